@@ -1,0 +1,1 @@
+"""ONNX export of interface models (energy, forces and virial in the graph)."""

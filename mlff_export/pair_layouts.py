@@ -1,0 +1,249 @@
+"""The two pair layouts of the interface and the aggregation primitive written for each.
+
+A model never indexes pairs itself: it asks its layout to move values between atoms and pairs.
+
+* :class:`PairList` (COO): pairs are ``pair_index[:, e]``; sums onto atoms are ``index_add``
+  (ScatterND with a reduction in ONNX). What users and vesin produce.
+* :class:`NeighborTable` (padded, ``[N, K]``): pair slot ``(i, k)`` holds the ``k``-th neighbor of
+  atom ``i``, with a mask for padding and the flat slot of the reverse pair. Sums onto centers are
+  row sums and sums onto neighbors are gathers through the reverse index, so neither the forward
+  pass nor its gradient contains a scatter (what TensorRT wants).
+
+Both expose the same per-pair tensors, flat over ``E`` pair slots (``E = N * K`` for the table):
+``centers [E]``, ``neighbors [E]``, ``shifts [E, 3]``, and the same operations:
+
+* ``gather_centers(x)`` / ``gather_neighbors(x)``: ``[N, ...] -> [E, ...]``;
+* ``sum_to_centers(m)`` / ``sum_to_neighbors(m)``: ``[E, ...] -> [N, ...]``;
+* ``mask_pairs(m)``: zero the padding slots (identity for a pair list);
+* ``sum_to_structures(x, structure_index, num_structures)``: ``[N, ...] -> [B, ...]``.
+
+Per-pair values a model sums onto atoms must be zero on padding slots (``mask_pairs`` does it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mlff_export.interface import InterfaceError
+
+
+def _broadcast_rows(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``weights [E]`` viewed as ``[E, 1, ..., 1]`` to multiply ``like [E, ...]``."""
+    return weights.reshape((-1,) + (1,) * (like.dim() - 1)).to(like.dtype)
+
+
+@dataclass
+class PairList:
+    """COO pair layout: ``pair_index [2, E]`` (center, neighbor) and ``pair_shifts [E, 3]``."""
+
+    pair_index: torch.Tensor
+    pair_shifts: torch.Tensor
+    num_atoms: int
+
+    @property
+    def centers(self) -> torch.Tensor:
+        return self.pair_index[0]
+
+    @property
+    def neighbors(self) -> torch.Tensor:
+        return self.pair_index[1]
+
+    @property
+    def shifts(self) -> torch.Tensor:
+        return self.pair_shifts
+
+    def gather_centers(self, x: torch.Tensor) -> torch.Tensor:
+        return x[self.centers]
+
+    def gather_neighbors(self, x: torch.Tensor) -> torch.Tensor:
+        return x[self.neighbors]
+
+    def sum_to_centers(self, m: torch.Tensor) -> torch.Tensor:
+        return m.new_zeros((self.num_atoms,) + m.shape[1:]).index_add(0, self.centers, m)
+
+    def sum_to_neighbors(self, m: torch.Tensor) -> torch.Tensor:
+        return m.new_zeros((self.num_atoms,) + m.shape[1:]).index_add(0, self.neighbors, m)
+
+    def mask_pairs(self, m: torch.Tensor) -> torch.Tensor:
+        return m
+
+    @staticmethod
+    def sum_to_structures(x: torch.Tensor, structure_index: torch.Tensor, num_structures: int) -> torch.Tensor:
+        return x.new_zeros((num_structures,) + x.shape[1:]).index_add(0, structure_index, x)
+
+
+# Both functions take the table as (neighbor_index [N, K], flat reverse [N*K], flat mask [N*K]).
+
+
+class _GatherNeighbors(torch.autograd.Function):
+    """``out[e] = x[neighbors[e]] * mask[e]``; its gradient is :class:`_SumToNeighbors` (no scatter)."""
+
+    @staticmethod
+    def forward(ctx, x, neighbor_index, reverse, mask):
+        ctx.save_for_backward(neighbor_index, reverse, mask)
+        out = x[neighbor_index.reshape(-1)]
+        return out * _broadcast_rows(mask, out)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        neighbor_index, reverse, mask = ctx.saved_tensors
+        return _SumToNeighbors.apply(grad_out, neighbor_index, reverse, mask), None, None, None
+
+
+class _SumToNeighbors(torch.autograd.Function):
+    """``out[j] = sum_k mask[j, k] * m[reverse[j, k]]``: the sum over pairs whose neighbor is ``j``.
+
+    Exact because the list is full: the pairs pointing at ``j`` are the reverses of ``j``'s own.
+    Its gradient is :class:`_GatherNeighbors`, so any order of derivative stays scatter-free.
+    """
+
+    @staticmethod
+    def forward(ctx, m, neighbor_index, reverse, mask):
+        ctx.save_for_backward(neighbor_index, reverse, mask)
+        num_atoms = neighbor_index.shape[0]
+        gathered = m[reverse]
+        gathered = gathered * _broadcast_rows(mask, gathered)
+        return gathered.reshape((num_atoms, -1) + m.shape[1:]).sum(1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        neighbor_index, reverse, mask = ctx.saved_tensors
+        return _GatherNeighbors.apply(grad_out, neighbor_index, reverse, mask), None, None, None
+
+
+@dataclass
+class NeighborTable:
+    """Padded per-atom neighbor table (all ``[N, K]``).
+
+    Attributes:
+        neighbor_index: [N, K] int64, neighbor atom of each slot (the row's own atom on padding).
+        neighbor_shifts: [N, K, 3] float, Cartesian periodic shift of each slot in Å (0 on padding).
+        neighbor_mask: [N, K] float, 1 for a real pair, 0 for padding.
+        reverse_index: [N, K] int64, flat slot ``j * K + k'`` of the reverse pair (own slot on padding).
+    """
+
+    neighbor_index: torch.Tensor
+    neighbor_shifts: torch.Tensor
+    neighbor_mask: torch.Tensor
+    reverse_index: torch.Tensor
+
+    @property
+    def num_atoms(self) -> int:
+        return self.neighbor_index.shape[0]
+
+    @property
+    def max_neighbors(self) -> int:
+        return self.neighbor_index.shape[1]
+
+    @property
+    def centers(self) -> torch.Tensor:
+        n, k = self.neighbor_index.shape
+        rows = torch.arange(n, device=self.neighbor_index.device)
+        return rows.unsqueeze(1).expand(n, k).reshape(-1)
+
+    @property
+    def neighbors(self) -> torch.Tensor:
+        return self.neighbor_index.reshape(-1)
+
+    @property
+    def shifts(self) -> torch.Tensor:
+        return self.neighbor_shifts.reshape(-1, 3)
+
+    def _function_args(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.neighbor_index, self.reverse_index.reshape(-1), self.neighbor_mask.reshape(-1)
+
+    def gather_centers(self, x: torch.Tensor) -> torch.Tensor:
+        n, k = self.neighbor_index.shape
+        return x.unsqueeze(1).expand((n, k) + x.shape[1:]).reshape((n * k,) + x.shape[1:])
+
+    def gather_neighbors(self, x: torch.Tensor) -> torch.Tensor:
+        return _GatherNeighbors.apply(x, *self._function_args())
+
+    def sum_to_centers(self, m: torch.Tensor) -> torch.Tensor:
+        n, k = self.neighbor_index.shape
+        return m.reshape((n, k) + m.shape[1:]).sum(1)
+
+    def sum_to_neighbors(self, m: torch.Tensor) -> torch.Tensor:
+        return _SumToNeighbors.apply(m, *self._function_args())
+
+    def mask_pairs(self, m: torch.Tensor) -> torch.Tensor:
+        return m * _broadcast_rows(self.neighbor_mask.reshape(-1), m)
+
+    @staticmethod
+    def sum_to_structures(x: torch.Tensor, structure_index: torch.Tensor, num_structures: int) -> torch.Tensor:
+        # One-hot multiply and reduce (no scatter, no matmul: TF32 or FusedMatMul would cost digits).
+        structures = torch.arange(num_structures, device=x.device)
+        one_hot = (structure_index.unsqueeze(0) == structures.unsqueeze(1)).to(x.dtype)
+        flat = x.reshape(x.shape[0], -1)
+        summed = (one_hot.unsqueeze(2) * flat.unsqueeze(0)).sum(1)
+        return summed.reshape((num_structures,) + x.shape[1:])
+
+    @classmethod
+    def from_pair_list(
+        cls, pair_index: torch.Tensor, pair_shifts: torch.Tensor, num_atoms: int, max_neighbors: int | None = None
+    ) -> NeighborTable:
+        """Convert a full pair list to a table with ``K = max_neighbors`` (default: the largest row).
+
+        Raises :class:`InterfaceError` if some pair has no reverse (the list is not full) or a row
+        has more than ``max_neighbors`` pairs.
+        """
+        device = pair_index.device
+        centers, neighbors = pair_index[0], pair_index[1]
+        num_pairs = centers.shape[0]
+        counts = torch.bincount(centers, minlength=num_atoms)
+        largest_row = int(counts.max()) if num_pairs else 0
+        k = largest_row if max_neighbors is None else max_neighbors
+        if largest_row > k:
+            raise InterfaceError(
+                f"neighbor table: atom {int(counts.argmax())} has {largest_row} pairs | "
+                f"max_neighbors={k} | use a larger max_neighbors (shape bucket)"
+            )
+        k = max(k, 1)
+        order = torch.argsort(centers, stable=True)
+        row_start = torch.cumsum(counts, 0) - counts
+        sorted_centers = centers[order]
+        slot_in_row = torch.arange(num_pairs, device=device) - row_start[sorted_centers]
+        slot = torch.empty_like(order)
+        slot[order] = sorted_centers * k + slot_in_row
+
+        reverse_pair = _reverse_pairs(pair_index, pair_shifts)
+        flat_slots = torch.arange(num_atoms * k, device=device)
+        neighbor_index = (flat_slots // k).clone()
+        neighbor_index[slot] = neighbors
+        reverse_index = flat_slots.clone()
+        reverse_index[slot] = slot[reverse_pair]
+        neighbor_shifts = pair_shifts.new_zeros((num_atoms * k, 3))
+        neighbor_shifts[slot] = pair_shifts
+        neighbor_mask = pair_shifts.new_zeros(num_atoms * k)
+        neighbor_mask[slot] = 1.0
+        return cls(
+            neighbor_index=neighbor_index.reshape(num_atoms, k),
+            neighbor_shifts=neighbor_shifts.reshape(num_atoms, k, 3),
+            neighbor_mask=neighbor_mask.reshape(num_atoms, k),
+            reverse_index=reverse_index.reshape(num_atoms, k),
+        )
+
+
+def _reverse_pairs(pair_index: torch.Tensor, pair_shifts: torch.Tensor) -> torch.Tensor:
+    """For each pair ``(i, j, s)`` the index of ``(j, i, -s)``; shifts are matched to 1e-4 Å."""
+    num_pairs = pair_index.shape[1]
+    if num_pairs == 0:
+        return pair_index.new_zeros(0)
+    shift_key = torch.round(pair_shifts.double() * 1e4).to(torch.int64)
+    keys = torch.cat([pair_index.T, shift_key], dim=1)
+    reverse_keys = torch.cat([pair_index.flip(0).T, -shift_key], dim=1)
+    _, ids = torch.unique(torch.cat([keys, reverse_keys]), dim=0, return_inverse=True)
+    key_ids, reverse_ids = ids[:num_pairs], ids[num_pairs:]
+    pair_of_id = torch.full((int(ids.max()) + 1,), -1, dtype=torch.int64, device=pair_index.device)
+    pair_of_id[key_ids] = torch.arange(num_pairs, device=pair_index.device)
+    reverse = pair_of_id[reverse_ids]
+    if bool((reverse < 0).any()):
+        missing = int(torch.nonzero(reverse < 0)[0, 0])
+        i, j = (int(v) for v in pair_index[:, missing])
+        raise InterfaceError(
+            f"pair_index: pair {missing} ({i} -> {j}) has no reverse pair ({j} -> {i}, opposite shift) | "
+            "the interface needs a full neighbor list (both directions)"
+        )
+    return reverse

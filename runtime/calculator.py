@@ -1,0 +1,102 @@
+"""One ASE calculator over every backend; :func:`load_calculator` builds it in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, CalculatorSetupError, PropertyNotImplementedError, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+from torch import nn
+
+from mlff_export import REFERENCE_CHECKPOINT
+from mlff_export.checkpoint import load_checkpoint
+from mlff_export.neighbors import VerletNeighborList, batch_inputs, check_structure
+from mlff_export.runtime.eager import EagerBackend
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class MLFFCalculator(Calculator):
+    """ASE calculator: energy, free_energy (= energy), forces and, for 3-D periodic cells, stress.
+
+    Energy, forces and stress come from one backend call. The neighbor list is reused between
+    calls while no atom moved more than ``skin / 2`` (see
+    :class:`~mlff_export.neighbors.VerletNeighborList`). Not thread-safe: use one per thread.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, backend: EagerBackend, cutoff: float, species: tuple[int, ...], skin: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.backend = backend
+        self.species = tuple(species)
+        self.neighbor_list = VerletNeighborList(cutoff, skin)
+
+    def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        if "stress" in properties and not atoms.pbc.all():
+            raise PropertyNotImplementedError(f"stress needs a 3-D periodic cell; this structure has pbc={atoms.pbc.tolist()}")
+        check_structure(atoms, self.species)
+        pairs = self.neighbor_list.pairs(atoms)
+        inputs = batch_inputs([atoms], [pairs], dtype=self.backend.dtype, device=self.backend.device)
+        outputs = {name: value.cpu().double().numpy() for name, value in self.backend.evaluate(inputs).items()}
+        energy = float(outputs["energy"][0])
+        self.results = {"energy": energy, "free_energy": energy, "forces": outputs["forces"]}
+        if atoms.pbc.all():
+            stress = -outputs["virial"][0] / atoms.get_volume()
+            self.results["stress"] = full_3x3_to_voigt_6_stress(0.5 * (stress + stress.T))
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CalculatorSetupError(f"device '{device}' requested but CUDA is not available here; use device='cpu'")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise CalculatorSetupError(
+                f"device '{device}' does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type != "cpu":
+        raise CalculatorSetupError(f"device must be 'cpu' or 'cuda[:N]'; got '{device}'")
+    return device
+
+
+def _resolve_model(model: str | Path | nn.Module) -> nn.Module:
+    if isinstance(model, nn.Module):
+        module = model
+    else:
+        module = load_checkpoint(model)
+    missing = [name for name in ("cutoff", "species") if not hasattr(module, name)]
+    if missing:
+        raise CalculatorSetupError(
+            f"model {type(module).__name__} lacks {missing}: an interface model declares `cutoff` (Å) and "
+            "`species` (atomic numbers it supports); see docs/interface.md"
+        )
+    return module
+
+
+def load_calculator(
+    model: str | Path | nn.Module = REFERENCE_CHECKPOINT,
+    device: str | torch.device = "cpu",
+    *,
+    dtype: str = "float32",
+    skin: float = 0.0,
+) -> MLFFCalculator:
+    """An ASE calculator for ``model`` (a checkpoint card path or an interface ``nn.Module``).
+
+    Args:
+        model: checkpoint ``.json`` (default: the bundled reference model) or a module.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        dtype: ``"float32"`` (default) or ``"float64"`` (reference precision).
+        skin: Verlet skin in Å; with ``skin > 0`` the neighbor list is reused across MD steps.
+    """
+    if dtype not in DTYPES:
+        raise CalculatorSetupError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    module = _resolve_model(model)
+    backend = EagerBackend(module, _resolve_device(device), DTYPES[dtype])
+    return MLFFCalculator(backend, cutoff=float(module.cutoff), species=tuple(module.species), skin=skin)

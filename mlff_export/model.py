@@ -71,14 +71,17 @@ class _Interaction(nn.Module):
         self.vector_v = nn.Linear(f, f, bias=False)
         self.update_mlp = _mlp(2 * f, f, 3 * f)
 
-    def forward(self, scalars, vectors, radial, unit_vectors, layout):
-        """scalars [N, F], vectors [N, 3, F], radial [E, R] (cutoff applied), unit_vectors [E, 3]."""
+    def forward(self, scalars, vectors, radial, cutoff_weight, unit_vectors, layout):
+        """scalars [N, F], vectors [N, 3, F], radial [E, R], cutoff_weight [E], unit_vectors [E, 3].
+
+        The cutoff multiplies the filter *after* its bias, so every message vanishes at the cutoff.
+        """
         n, f = scalars.shape
         num_pairs = radial.shape[0]
         # Message: one gather of [phi(s_j), v_j] per block, one sum onto centers.
         phi = self.message_mlp(scalars)
         neighbor_features = layout.gather_neighbors(torch.cat([phi, vectors.reshape(n, 3 * f)], dim=1))
-        filtered = neighbor_features[:, : 3 * f] * self.radial_filter(radial)
+        filtered = neighbor_features[:, : 3 * f] * (self.radial_filter(radial) * cutoff_weight.unsqueeze(1))
         ds, dv_from_vectors, dv_from_direction = torch.split(filtered, f, dim=1)
         neighbor_vectors = neighbor_features[:, 3 * f :].reshape(num_pairs, 3, f)
         dv = neighbor_vectors * dv_from_vectors.unsqueeze(1) + unit_vectors.unsqueeze(2) * dv_from_direction.unsqueeze(1)
@@ -141,14 +144,13 @@ class PaiNN(nn.Module):
         cutoff_weight = layout.mask_pairs(0.5 * (torch.cos(distances * (math.pi / self.config.cutoff)) + 1.0) * inside)
         frequencies = self.radial_frequencies.to(geometry_dtype)
         radial = torch.sin(distances.unsqueeze(1) * frequencies) / distances.unsqueeze(1)
-        radial = (radial * cutoff_weight.unsqueeze(1)).to(body_dtype)
-        unit_vectors = unit_vectors.to(body_dtype)
+        radial, cutoff_weight, unit_vectors = (t.to(body_dtype) for t in (radial, cutoff_weight, unit_vectors))
 
         species_index = self.species_lookup[species]
         scalars = self.embedding(species_index)
         vectors = scalars.new_zeros((scalars.shape[0], 3, scalars.shape[1]))
         for interaction in self.interactions:
-            scalars, vectors = interaction(scalars, vectors, radial, unit_vectors, layout)
+            scalars, vectors = interaction(scalars, vectors, radial, cutoff_weight, unit_vectors, layout)
         readout = self.readout(scalars).squeeze(1).to(geometry_dtype)
         reference = self.atom_reference_energies.to(geometry_dtype)[species_index]
         return readout * self.energy_scale.to(geometry_dtype) + reference

@@ -1,0 +1,69 @@
+"""Shared fixtures: small deterministic models and structures the physics tests run on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk, molecule
+
+from mlff_export.model import PaiNN, PaiNNConfig
+
+
+def make_small_painn(seed: int = 0) -> PaiNN:
+    """A randomly initialised, narrow PaiNN (fast on CPU); physics tests hold for any weights."""
+    torch.manual_seed(seed)
+    model = PaiNN(PaiNNConfig(num_features=32, num_interactions=2, num_radial=8, cutoff=4.0))
+    model.energy_scale.fill_(0.5)
+    model.atom_reference_energies.copy_(torch.tensor([-13.6, -1030.0, -1480.0, -2040.0]))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def small_model() -> PaiNN:
+    return make_small_painn()
+
+
+def rattled(atoms: Atoms, stdev: float = 0.05, seed: int = 1) -> Atoms:
+    atoms = atoms.copy()
+    atoms.rattle(stdev, seed=seed)
+    return atoms
+
+
+def triclinic_cell() -> Atoms:
+    """Four atoms in a small, strongly skewed periodic cell (all vectors shorter than the cutoff)."""
+    cell = np.array([[3.1, 0.0, 0.0], [1.4, 2.9, 0.0], [0.7, 1.1, 3.3]])
+    fractions = np.array([[0.0, 0.0, 0.0], [0.5, 0.4, 0.1], [0.2, 0.7, 0.6], [0.8, 0.2, 0.5]])
+    return Atoms("CNOH", scaled_positions=fractions, cell=cell, pbc=True)
+
+
+@pytest.fixture
+def benzene() -> Atoms:
+    return rattled(molecule("C6H6"))
+
+
+@pytest.fixture
+def diamond() -> Atoms:
+    """The 2-atom primitive diamond cell: every lattice vector (2.5 Å) is shorter than the cutoff."""
+    return rattled(bulk("C", "diamond", a=3.57), seed=2)
+
+
+@pytest.fixture
+def triclinic() -> Atoms:
+    return triclinic_cell()
+
+
+def structure_zoo() -> dict[str, Atoms]:
+    """Molecules and periodic cells of several kinds, keyed by a readable id."""
+    slab = rattled(bulk("C", "diamond", a=3.57, cubic=True), seed=3)
+    slab.pbc = [True, True, False]
+    return {
+        "H2": molecule("H2"),
+        "H2O": rattled(molecule("H2O")),
+        "CH4": rattled(molecule("CH4")),
+        "benzene": rattled(molecule("C6H6")),
+        "diamond-primitive": rattled(bulk("C", "diamond", a=3.57), seed=2),
+        "triclinic": triclinic_cell(),
+        "mixed-pbc-slab": slab,
+    }

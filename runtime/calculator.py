@@ -52,7 +52,10 @@ class MLFFCalculator(Calculator):
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise CalculatorSetupError(f"device must be 'cpu' or 'cuda[:N]'; got '{device}'") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise CalculatorSetupError(f"device '{device}' requested but CUDA is not available here; use device='cpu'")

@@ -1,0 +1,98 @@
+"""The ASE calculator: results, caching, bad input and setup errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+from ase.calculators.calculator import CalculatorSetupError, PropertyNotImplementedError
+from conftest import structure_zoo
+
+from mlff_export.interface import AtomicInputs, InterfaceError
+from mlff_export.neighbors import StructureError
+from mlff_export.runtime import load_calculator
+
+
+def test_default_is_the_reference_model():
+    atoms = molecule("C6H6")
+    atoms.calc = load_calculator()
+    assert np.isfinite(atoms.get_potential_energy())
+    assert atoms.get_forces().shape == (12, 3)
+    assert atoms.get_potential_energy() == atoms.get_potential_energy(force_consistent=True)
+
+
+def test_new_positions_give_new_forces(small_model):
+    """The anti-pattern to avoid: a cache that returns stale forces after a move."""
+    atoms = molecule("H2O")
+    atoms.calc = load_calculator(small_model, dtype="float64")
+    before = atoms.get_forces().copy()
+    atoms.positions[0] += [0.05, 0.0, 0.0]
+    assert not np.allclose(atoms.get_forces(), before)
+
+
+def test_skin_reuse_gives_the_same_forces_along_a_trajectory(small_model):
+    atoms = structure_zoo()["triclinic"]
+    fresh = load_calculator(small_model, dtype="float64")
+    reusing = load_calculator(small_model, dtype="float64", skin=0.6)
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        atoms.positions += rng.normal(0, 0.03, atoms.positions.shape)
+        a, b = atoms.copy(), atoms.copy()
+        a.calc, b.calc = fresh, reusing
+        np.testing.assert_allclose(b.get_forces(), a.get_forces(), atol=1e-10)
+        np.testing.assert_allclose(b.get_stress(), a.get_stress(), atol=1e-10)
+    assert reusing.neighbor_list.builds < fresh.neighbor_list.builds
+
+
+def test_stress_needs_a_periodic_cell(small_model):
+    atoms = molecule("CH4")
+    atoms.calc = load_calculator(small_model)
+    with pytest.raises(PropertyNotImplementedError, match="3-D periodic"):
+        atoms.get_stress()
+
+
+def test_unknown_element_reaches_the_user(small_model):
+    atoms = molecule("SiH4")
+    atoms.calc = load_calculator(small_model)
+    with pytest.raises(StructureError, match="Si"):
+        atoms.get_potential_energy()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"device": "tpu"}, "device must be"),
+        ({"device": "cuda:17"}, "cuda"),
+        ({"dtype": "float16"}, "dtype must be one of"),
+    ],
+)
+def test_setup_errors(small_model, kwargs, message):
+    if kwargs.get("device", "").startswith("cuda") and torch.cuda.device_count() > 17:
+        pytest.skip("this machine has a cuda:17")
+    with pytest.raises(CalculatorSetupError, match=message):
+        load_calculator(small_model, **kwargs)
+
+
+def test_module_without_cutoff_is_refused():
+    with pytest.raises(CalculatorSetupError, match="lacks"):
+        load_calculator(torch.nn.Linear(3, 1))
+
+
+def test_interface_check_names_the_tensor():
+    inputs = AtomicInputs(
+        positions=torch.zeros(2, 3),
+        species=torch.ones(2, dtype=torch.int64),
+        pair_index=torch.tensor([[0, 1], [1, 0]]),
+        pair_shifts=torch.zeros(2, 3),
+        structure_index=torch.zeros(2, dtype=torch.int64),
+        cell=torch.zeros(1, 3, 3),
+    )
+    inputs.check()
+    inputs.pair_index = torch.tensor([[0, 1], [1, 2]])
+    with pytest.raises(InterfaceError, match="pair_index"):
+        inputs.check()
+    inputs.pair_index = torch.tensor([[0, 1], [1, 0]])
+    inputs.positions = torch.full((2, 3), float("nan"))
+    with pytest.raises(InterfaceError, match="positions.*NaN"):
+        inputs.check()

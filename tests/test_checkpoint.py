@@ -1,0 +1,80 @@
+"""Checkpoints load safely and refuse anything that is not ours, damaged, or inconsistent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_small_painn
+
+from mlff_export import REFERENCE_CHECKPOINT
+from mlff_export.checkpoint import CheckpointError, load_checkpoint, read_card, save_checkpoint
+from mlff_export.model import PaiNN
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = make_small_painn(seed=3)
+    return model, save_checkpoint(model, tmp_path / "small.json", extra={"note": "test"})
+
+
+def test_round_trip_keeps_weights_and_buffers(saved):
+    model, card_path = saved
+    loaded = load_checkpoint(card_path)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
+    assert read_card(card_path)["extra"] == {"note": "test"}
+
+
+def test_float64_load(saved):
+    assert load_checkpoint(saved[1], dtype=torch.float64).embedding.weight.dtype == torch.float64
+
+
+def test_reference_checkpoint_loads():
+    model = load_checkpoint(REFERENCE_CHECKPOINT)
+    assert isinstance(model, PaiNN) and model.species == (1, 6, 7, 8)
+    assert 300_000 < sum(p.numel() for p in model.parameters()) < 500_000
+
+
+def test_truncated_weights_are_refused(saved):
+    _, card_path = saved
+    weights = card_path.with_suffix(".safetensors")
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="truncated or replaced"):
+        load_checkpoint(card_path)
+
+
+def test_weights_file_is_not_a_card(saved):
+    with pytest.raises(CheckpointError, match="not an mlff-export checkpoint card"):
+        load_checkpoint(saved[1].with_suffix(".safetensors"))
+
+
+def test_foreign_json_is_refused(tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"model": "something else"}))
+    with pytest.raises(CheckpointError, match="not an mlff-export checkpoint"):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nothing.json")
+
+
+def test_config_that_disagrees_with_weights_is_refused(saved):
+    _, card_path = saved
+    card = json.loads(card_path.read_text())
+    card["config"]["num_features"] = 48
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="config and weights disagree"):
+        load_checkpoint(card_path)
+
+
+def test_unknown_config_key_is_refused(saved):
+    _, card_path = saved
+    card = json.loads(card_path.read_text())
+    card["config"]["num_heads"] = 4
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="unknown keys"):
+        load_checkpoint(card_path)

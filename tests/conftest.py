@@ -67,3 +67,13 @@ def structure_zoo() -> dict[str, Atoms]:
         "triclinic": triclinic_cell(),
         "mixed-pbc-slab": slab,
     }
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests skip, with the reason, where CUDA is absent (CI); run them with ``pytest -m gpu``."""
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none here); run `pytest -m gpu` on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from torch import nn
 
 from mlff_export import REFERENCE_CHECKPOINT
 from mlff_export.checkpoint import load_checkpoint
-from mlff_export.neighbors import VerletNeighborList, batch_inputs, check_structure
+from mlff_export.neighbors import Pairs, StructureError, VerletNeighborList, batch_inputs, check_structure, compute_pairs
 from mlff_export.runtime.eager import EagerBackend
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -22,9 +23,10 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 class MLFFCalculator(Calculator):
     """ASE calculator: energy, free_energy (= energy), forces and, for 3-D periodic cells, stress.
 
-    Energy, forces and stress come from one backend call. The neighbor list is reused between
-    calls while no atom moved more than ``skin / 2`` (see
-    :class:`~mlff_export.neighbors.VerletNeighborList`). Not thread-safe: use one per thread.
+    Energy, forces and stress come from one backend call; :meth:`predict` evaluates many
+    structures in one call. The neighbor list is reused between calls while no atom moved more
+    than ``skin / 2`` (see :class:`~mlff_export.neighbors.VerletNeighborList`).
+    Not thread-safe (it holds per-call state, like every ASE calculator): use one per thread.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
@@ -41,14 +43,47 @@ class MLFFCalculator(Calculator):
         if "stress" in properties and not atoms.pbc.all():
             raise PropertyNotImplementedError(f"stress needs a 3-D periodic cell; this structure has pbc={atoms.pbc.tolist()}")
         check_structure(atoms, self.species)
-        pairs = self.neighbor_list.pairs(atoms)
-        inputs = batch_inputs([atoms], [pairs], dtype=self.backend.dtype, device=self.backend.device)
-        outputs = {name: value.cpu().double().numpy() for name, value in self.backend.evaluate(inputs).items()}
-        energy = float(outputs["energy"][0])
-        self.results = {"energy": energy, "free_energy": energy, "forces": outputs["forces"]}
-        if atoms.pbc.all():
-            stress = -outputs["virial"][0] / atoms.get_volume()
-            self.results["stress"] = full_3x3_to_voigt_6_stress(0.5 * (stress + stress.T))
+        (self.results,) = self._evaluate([atoms], [self.neighbor_list.pairs(atoms)])
+
+    def predict(self, structures: Sequence[Atoms]) -> list[dict[str, float | np.ndarray]]:
+        """Energy, free_energy, forces (and stress for 3-D periodic cells) of many structures.
+
+        All structures go through the backend in one call (split in halves only if the GPU runs
+        out of memory); results equal one-by-one calls. Returns one dict per structure, in ASE
+        units, like ``calc.results``.
+        """
+        structures = list(structures)
+        if not structures:
+            return []
+        for index, atoms in enumerate(structures):
+            try:
+                check_structure(atoms, self.species)
+            except StructureError as error:
+                raise StructureError(f"structure {index}: {error}") from None
+        pairs = [compute_pairs(atoms, self.neighbor_list.cutoff) for atoms in structures]
+        return self._evaluate(structures, pairs)
+
+    def _evaluate(self, structures: list[Atoms], pairs: list[Pairs]) -> list[dict[str, float | np.ndarray]]:
+        inputs = batch_inputs(structures, pairs, dtype=self.backend.dtype, device=self.backend.device)
+        try:
+            outputs = self.backend.evaluate(inputs)
+        except torch.cuda.OutOfMemoryError:
+            if len(structures) == 1:
+                raise
+            torch.cuda.empty_cache()
+            half = len(structures) // 2
+            return self._evaluate(structures[:half], pairs[:half]) + self._evaluate(structures[half:], pairs[half:])
+        energies, forces, virials = (outputs[name].cpu().double().numpy() for name in ("energy", "forces", "virial"))
+        atom_offsets = np.cumsum([0] + [len(atoms) for atoms in structures])
+        results = []
+        for index, atoms in enumerate(structures):
+            energy = float(energies[index])
+            result = {"energy": energy, "free_energy": energy, "forces": forces[atom_offsets[index] : atom_offsets[index + 1]]}
+            if atoms.pbc.all():
+                stress = -virials[index] / atoms.get_volume()
+                result["stress"] = full_3x3_to_voigt_6_stress(0.5 * (stress + stress.T))
+            results.append(result)
+        return results
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:

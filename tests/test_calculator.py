@@ -96,3 +96,45 @@ def test_interface_check_names_the_tensor():
     inputs.positions = torch.full((2, 3), float("nan"))
     with pytest.raises(InterfaceError, match="positions.*NaN"):
         inputs.check()
+
+
+def test_predict_equals_one_by_one(small_model):
+    structures = list(structure_zoo().values())
+    calc = load_calculator(small_model, dtype="float64")
+    batched = calc.predict(structures)
+    for atoms, result in zip(structures, batched):
+        atoms = atoms.copy()
+        atoms.calc = calc
+        assert result["energy"] == pytest.approx(atoms.get_potential_energy(), abs=1e-10)
+        np.testing.assert_allclose(result["forces"], atoms.get_forces(), atol=1e-10)
+        if atoms.pbc.all():
+            np.testing.assert_allclose(result["stress"], atoms.get_stress(), atol=1e-10)
+        else:
+            assert "stress" not in result
+
+
+def test_predict_names_the_bad_structure(small_model):
+    calc = load_calculator(small_model)
+    with pytest.raises(StructureError, match="structure 1: element"):
+        calc.predict([molecule("CH4"), molecule("SiH4")])
+
+
+def test_one_calculator_per_thread_gives_the_same_numbers(small_model):
+    from concurrent.futures import ThreadPoolExecutor
+
+    structures = list(structure_zoo().values())
+    expected = load_calculator(small_model, dtype="float64").predict(structures)
+
+    def evaluate_all(_):
+        calc = load_calculator(small_model, dtype="float64")
+        results = []
+        for atoms in structures:
+            atoms = atoms.copy()
+            atoms.calc = calc
+            results.append(atoms.get_forces())
+        return results
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for forces_per_thread in pool.map(evaluate_all, range(4)):
+            for forces, want in zip(forces_per_thread, expected):
+                np.testing.assert_allclose(forces, want["forces"], atol=1e-10)

@@ -1,0 +1,48 @@
+"""Export precisions: which parts of a model run in FP16, and the parity each must keep.
+
+FP16 is "body only": pair geometry (vectors, distances, cutoff, radial basis), the energy sum and
+the force and virial accumulation stay float32; the network body (embeddings, linear layers,
+messages) runs in float16. The model does the casting: a pair-energy model such as
+:class:`~mlff_export.model.PaiNN` computes geometry in the pair vectors' dtype and its body in its
+weights' dtype, so exporting a copy whose *parameters* are half (buffers such as the energy scale
+and per-species reference energies stay float32) gives that split, with explicit Cast nodes at the
+boundaries and a strongly typed graph.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+
+import torch
+from torch import nn
+
+PRECISIONS = ("fp32", "fp16")
+
+
+def model_for_precision(model: nn.Module, precision: str) -> nn.Module:
+    """A float32 (``"fp32"``) or half-body (``"fp16"``) eval-mode CPU copy of ``model``, frozen.
+
+    The input model is left untouched. For ``"fp16"`` only parameters become float16; buffers
+    keep float32 (an energy reference of -2000 eV in float16 would be off by up to 1 eV).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    copied = copy.deepcopy(model).to("cpu").float().eval()
+    for parameter in copied.parameters():
+        parameter.requires_grad_(False)
+        if precision == "fp16":
+            parameter.data = parameter.data.half()
+    return copied
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 over the float32 state dict (names, shapes and bytes, sorted by name)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu()
+        if tensor.is_floating_point():
+            tensor = tensor.float()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,123 @@
+"""Shape buckets of the TensorRT backend: bucket choice, limits, and padding that changes nothing.
+
+Padding is checked with real numbers: padded neighbor-table inputs through the eager model give
+the unpadded energy, forces and virial bit for bit (float64 and float32, CPU).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_small_painn, structure_zoo
+
+from mlff_export.export.engine_profiles import profile_from_ranges
+from mlff_export.forces import energy_forces_virial_from_pairs
+from mlff_export.neighbors import batch_inputs, compute_pairs
+from mlff_export.pair_layouts import NeighborTable
+from mlff_export.runtime.shape_buckets import (
+    ShapeBucket,
+    ShapeOutOfRangeError,
+    bucket_size,
+    choose_bucket,
+    pad_table_feeds,
+    strip_padding,
+    table_sizes,
+)
+
+SMALL = profile_from_ranges("1:8:64", "1:8:64", "1:2:4", name="small")
+LARGE = profile_from_ranges("32:256:1024", "8:32:64", "1:1:2", name="large")
+
+
+def table_feeds(structures, cutoff: float, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Neighbor-table feeds of several structures in one call (table width = largest row)."""
+    inputs = batch_inputs(structures, [compute_pairs(atoms, cutoff) for atoms in structures], dtype=dtype)
+    table = NeighborTable.from_pair_list(inputs.pair_index, inputs.pair_shifts, inputs.num_atoms)
+    return {
+        "positions": inputs.positions,
+        "species": inputs.species,
+        "neighbor_index": table.neighbor_index,
+        "neighbor_shifts": table.neighbor_shifts,
+        "neighbor_mask": table.neighbor_mask,
+        "reverse_index": table.reverse_index,
+        "structure_index": inputs.structure_index,
+        "cell": inputs.cell,
+    }
+
+
+def eager_outputs(model, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    table = NeighborTable(feeds["neighbor_index"], feeds["neighbor_shifts"], feeds["neighbor_mask"], feeds["reverse_index"])
+    energy, forces, virial = energy_forces_virial_from_pairs(
+        model, feeds["positions"], feeds["species"], table, feeds["structure_index"], feeds["cell"].shape[0]
+    )
+    return {"energy": energy.detach(), "forces": forces.detach(), "virial": virial.detach()}
+
+
+@pytest.mark.parametrize(("size", "expected"), [(1, 1), (2, 2), (3, 4), (5, 8), (8, 8), (9, 16), (40, 32)])
+def test_bucket_size_is_a_power_of_two_clamped_to_the_range(size, expected):
+    assert bucket_size(size, profile_from_ranges("1:1:32", "1:1:1", "1:1:1").atoms) == min(expected, 32)
+
+
+def test_bucket_size_respects_the_profile_minimum():
+    assert bucket_size(3, profile_from_ranges("16:32:64", "1:1:1", "1:1:1").atoms) == 16
+
+
+def test_padded_atoms_get_a_structure_of_their_own():
+    assert choose_bucket(5, 7, 1, [SMALL]) == ShapeBucket(profile_index=0, atoms=8, neighbors=8, structures=2)
+
+
+def test_exact_atom_count_when_no_structure_is_left_for_padding():
+    bucket = choose_bucket(100, 20, 2, [LARGE])
+    assert (bucket.atoms, bucket.structures) == (100, 2)
+
+
+def test_the_profile_with_fewest_pair_slots_wins():
+    assert choose_bucket(5, 7, 1, [LARGE, SMALL]).profile_index == 1
+    assert choose_bucket(300, 20, 1, [SMALL, LARGE]).profile_index == 1
+
+
+def test_a_call_larger_than_every_profile_names_the_limits():
+    with pytest.raises(ShapeOutOfRangeError, match=r"2000 atoms.*'large': atoms 32\.\.1024, neighbors per atom <= 64"):
+        choose_bucket(2000, 10, 1, [SMALL, LARGE])
+    with pytest.raises(ShapeOutOfRangeError, match="100 neighbors per atom"):
+        choose_bucket(10, 100, 1, [SMALL, LARGE])
+
+
+def test_padding_keeps_real_rows_and_renumbers_reverse_slots():
+    feeds = table_feeds([structure_zoo()["H2O"]], cutoff=4.0, dtype=torch.float64)
+    n, k, b = table_sizes(feeds)
+    padded = pad_table_feeds(feeds, ShapeBucket(0, n + 3, k + 2, b + 2), padding_species=1)
+    assert table_sizes(padded) == (n + 3, k + 2, b + 2)
+    assert list(padded) == list(feeds)
+    width = k + 2
+    flat_index = padded["neighbor_index"].reshape(-1)
+    flat_reverse = padded["reverse_index"].reshape(-1)
+    # reverse of the reverse is the slot itself, and the reverse slot points back at the center
+    slots = torch.arange(flat_reverse.numel())
+    assert torch.equal(flat_reverse[flat_reverse], slots)
+    real = padded["neighbor_mask"].reshape(-1) > 0
+    assert torch.equal(flat_index[flat_reverse[real]], slots[real] // width)
+    assert padded["neighbor_mask"][n:].sum() == 0 and padded["neighbor_mask"][:, k:].sum() == 0
+    assert padded["structure_index"][n:].tolist() == [b] * 3
+    assert padded["cell"][b:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_padded_inputs_give_exactly_the_unpadded_eager_results(dtype):
+    model = make_small_painn().to(dtype)
+    zoo = structure_zoo()
+    structures = [zoo["benzene"], zoo["diamond-primitive"], zoo["triclinic"]]
+    feeds = table_feeds(structures, cutoff=model.cutoff, dtype=dtype)
+    n, k, b = table_sizes(feeds)
+    bucket = choose_bucket(n, k, b, [SMALL])
+    assert bucket.shape != (n, k, b)  # every size grows
+    reference = eager_outputs(model, feeds)
+    padded = strip_padding(eager_outputs(model, pad_table_feeds(feeds, bucket, padding_species=model.species[0])), n, b)
+    for name in ("energy", "forces", "virial"):  # bitwise: padding adds exact zeros only
+        torch.testing.assert_close(padded[name], reference[name], atol=0, rtol=0, msg=lambda m: f"{name}: {m}")
+
+
+def test_padding_refuses_a_bucket_without_a_spare_structure():
+    feeds = table_feeds([structure_zoo()["CH4"]], cutoff=4.0, dtype=torch.float32)
+    n, k, b = table_sizes(feeds)
+    with pytest.raises(ValueError, match="no spare structure"):
+        pad_table_feeds(feeds, ShapeBucket(0, n + 1, k, b), padding_species=1)

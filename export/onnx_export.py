@@ -18,20 +18,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.fx.experimental.proxy_tensor import make_fx
 
 import mlff_export
 from mlff_export.export.errors import ExportError
-from mlff_export.export.graph_layouts import (
-    NEIGHBOR_TABLE,
-    OUTPUT_AXES,
-    PAIR_LIST,
-    GraphLayout,
-    example_inputs,
-    graph_function,
-)
+from mlff_export.export.graph_layouts import NEIGHBOR_TABLE, OUTPUT_AXES, PAIR_LIST, GraphLayout
 from mlff_export.export.interface_check import check_interface_model
-from mlff_export.export.joint_graph_ops import ONNX_TRANSLATIONS, TRACE_DECOMPOSITIONS
+from mlff_export.export.joint_graph import trace_joint_graph
+from mlff_export.export.joint_graph_ops import ONNX_TRANSLATIONS
 from mlff_export.export.metadata import FORCE_METHOD, ArtifactMetadata, graph_sha256
 from mlff_export.export.precision import PRECISIONS, model_for_precision, weights_sha256
 from mlff_export.forces import has_pair_energy
@@ -114,16 +107,7 @@ def to_onnx(model: nn.Module, path: str | Path, *, precision: str = "fp32", opse
 
 def _trace_to_onnx(model: nn.Module, layout: GraphLayout, opset: int):
     """Trace the joint energy/forces/virial function symbolically and convert it to a ModelProto."""
-    example = layout.feeds(example_inputs(tuple(model.species)))
-    args = tuple(example.values())
-    # The weights are real tensors closed over by the function: allowing them (they become graph
-    # constants, hence initializers) is what _allow_non_fake_inputs does.
-    traced = make_fx(
-        graph_function(model, layout),
-        tracing_mode="symbolic",
-        decomposition_table=TRACE_DECOMPOSITIONS,
-        _allow_non_fake_inputs=True,
-    )(*args).eval()
+    traced, args = trace_joint_graph(model, layout)
     with warnings.catch_warnings():
         # Notes of torch's exporter about its own internals, not about the user's model.
         warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")

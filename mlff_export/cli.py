@@ -67,11 +67,67 @@ def _run_demo(args) -> int:
     return 0
 
 
+def _add_build_engine(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "build-engine",
+        help="build a TensorRT engine (NAME.plan + NAME.plan.json) from an exported ONNX graph or a checkpoint",
+        description="Shapes: named profiles from engines/profiles.json (--profile, repeatable: several profiles in "
+        "one engine), or one custom profile from --atoms/--pairs/--structures, each MIN:OPT:MAX.",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--onnx", help="neighbor-table graph written by mlff_export.export.to_onnx (of --precision)")
+    source.add_argument("--checkpoint", help="checkpoint card (.json); exported to ONNX beside the engine first "
+                        "(default: the bundled reference model)")
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                        help="the graph's precision (FP16 engines are built from the FP16 export)")
+    parser.add_argument("--profile", action="append", default=[], metavar="NAME",
+                        help="named profile in engines/profiles.json, repeatable (default: small-molecules)")
+    parser.add_argument("--atoms", metavar="MIN:OPT:MAX", help="atoms per call N, all structures together")
+    parser.add_argument("--pairs", metavar="MIN:OPT:MAX",
+                        help="neighbor-table width K: pair slots per atom (the largest row), not total pairs")
+    parser.add_argument("--structures", metavar="MIN:OPT:MAX",
+                        help="structures per call B (one more than you batch, when atoms are padded)")
+    parser.add_argument("--out", help="engine file (default: engines/<model>-<precision>.plan)")
+    parser.add_argument("--workspace-mb", type=int, default=4096, help="workspace memory limit, MiB (default 4096)")
+    parser.add_argument("--opt-level", type=int, default=3, help="builder optimisation level 0..5 (default 3)")
+    parser.add_argument("--timing-cache", help="timing cache file (default: beside the engine, per TensorRT and GPU)")
+    parser.set_defaults(run=_run_build_engine)
+
+
+def _run_build_engine(args) -> int:
+    from pathlib import Path
+
+    from mlff_export.export.engine_builder import BuilderSettings, build_engine
+    from mlff_export.export.engine_profiles import profile_from_ranges, select_profiles
+    from mlff_export.export.tensorrt_compat import import_tensorrt
+
+    library = import_tensorrt()  # first: without TensorRT, one line and nothing else done
+    ranges = (args.atoms, args.pairs, args.structures)
+    if any(ranges) and (args.profile or not all(ranges)):
+        raise ValueError("give either --profile NAME ... or all three of --atoms, --pairs, --structures")
+    profiles = [profile_from_ranges(*ranges)] if all(ranges) else select_profiles(args.profile or ["small-molecules"])
+    settings = BuilderSettings(args.workspace_mb, args.opt_level, Path(args.timing_cache) if args.timing_cache else None)
+    if args.onnx:
+        onnx_path = Path(args.onnx)
+        default_out = Path("engines") / f"{onnx_path.stem}.plan"
+    else:
+        from mlff_export.checkpoint import load_checkpoint
+        from mlff_export.export import to_onnx
+
+        checkpoint = Path(args.checkpoint or REFERENCE_CHECKPOINT)
+        default_out = Path("engines") / f"{checkpoint.stem}-{args.precision}.plan"
+        onnx_path = Path(args.out or default_out).with_suffix(".onnx")
+        print(f"exporting {checkpoint} to {onnx_path} ({args.precision})")
+        to_onnx(load_checkpoint(checkpoint), onnx_path, precision=args.precision)
+    build_engine(onnx_path, Path(args.out or default_out), profiles, args.precision, settings, library=library)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlff-export", description=mlff_export.__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mlff-export {mlff_export.__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_info, _add_demo):
+    for add in (_add_info, _add_demo, _add_build_engine):
         add(subparsers)
     return parser
 

@@ -1,0 +1,115 @@
+"""Engine sidecars: written beside the plan, checked before loading, refusals that say how to rebuild."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlff_export.checkpoint import file_sha256
+from mlff_export.export.engine_profiles import profile_from_ranges, select_profiles
+from mlff_export.export.engine_sidecar import (
+    EngineMismatchError,
+    EngineSidecar,
+    check_engine,
+    read_sidecar,
+    rebuild_command,
+    sidecar_path,
+    write_sidecar,
+)
+
+HERE = {"tensorrt_flavour": "tensorrt", "tensorrt_version": "10.16.0", "compute_capability": "8.6"}
+
+
+@pytest.fixture
+def engine(tmp_path):
+    """A plan file (arbitrary bytes) with a sidecar as the builder writes it."""
+    plan = tmp_path / "painn-fp32.plan"
+    plan.write_bytes(b"serialized engine bytes")
+    profiles = select_profiles(["small-molecules"]) + [profile_from_ranges("1:64:512", "1:32:64", "1:2:4")]
+    sidecar = EngineSidecar(
+        plan_sha256=file_sha256(plan),
+        tensorrt_flavour="tensorrt",
+        tensorrt_version="10.16.0",
+        gpu_name="NVIDIA GeForce RTX 3080 Ti",
+        compute_capability="8.6",
+        precision="fp32",
+        profiles=[p.to_dict() for p in profiles],
+        onnx_path="exports/painn fp32.onnx",
+        onnx_sha256="a" * 64,
+        weights_sha256="b" * 64,
+        interface_version="1",
+        cutoff=5.0,
+        species=[1, 6, 7, 8],
+        build_time="2026-11-24T12:00:00+00:00",
+        build_seconds=12.5,
+    )
+    write_sidecar(plan, sidecar)
+    return plan
+
+
+def test_sidecar_sits_beside_the_plan_and_round_trips(engine):
+    assert sidecar_path(engine).name == "painn-fp32.plan.json"
+    sidecar = read_sidecar(engine)
+    assert sidecar.species == [1, 6, 7, 8] and sidecar.compute_capability == "8.6"
+    assert [p.name for p in sidecar.shape_profiles()] == ["small-molecules", "custom"]
+    assert not sidecar_path(engine).with_name("painn-fp32.plan.json.tmp").exists()
+
+
+def test_a_matching_engine_passes(engine):
+    assert check_engine(engine, **HERE).cutoff == 5.0
+
+
+def test_rebuild_command_names_profiles_and_ranges(engine):
+    command = rebuild_command(read_sidecar(engine), engine)
+    assert command.startswith("mlff-export build-engine --onnx 'exports/painn fp32.onnx' --precision fp32")
+    assert "--profile small-molecules --atoms 1:64:512 --pairs 1:32:64 --structures 1:2:4" in command
+    assert command.endswith(f"--out {engine}")
+
+
+def refusal(engine, **here) -> str:
+    with pytest.raises(EngineMismatchError) as error:
+        check_engine(engine, **{**HERE, **here})
+    message = str(error.value)
+    assert "Rebuild it: mlff-export build-engine --onnx" in message
+    return message
+
+
+def test_a_damaged_plan_is_refused(engine):
+    engine.write_bytes(b"serialized engine bytes, truncated or replaced")
+    assert "sha256 differs" in refusal(engine)
+
+
+def test_another_tensorrt_version_is_refused(engine):
+    assert "built with tensorrt 10.16.0, this machine has tensorrt 11.1.0" in refusal(engine, tensorrt_version="11.1.0")
+
+
+def test_another_tensorrt_flavour_is_refused(engine):
+    assert "tensorrt-rtx" in refusal(engine, tensorrt_flavour="tensorrt-rtx")
+
+
+def test_another_gpu_generation_is_refused(engine):
+    message = refusal(engine, compute_capability="9.0")
+    assert "compute capability 8.6 (NVIDIA GeForce RTX 3080 Ti), this GPU has 9.0" in message
+
+
+def test_another_interface_version_is_refused(engine):
+    path = sidecar_path(engine)
+    document = json.loads(path.read_text())
+    path.write_text(json.dumps({**document, "interface_version": "0"}))
+    assert "interface version '0'" in refusal(engine)
+
+
+def test_missing_or_foreign_sidecars_are_refused(engine):
+    path = sidecar_path(engine)
+    path.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(EngineMismatchError, match="not an mlff-export engine sidecar; rebuild"):
+        check_engine(engine, **HERE)
+    path.unlink()
+    with pytest.raises(EngineMismatchError, match="sidecar painn-fp32.plan.json is missing; rebuild"):
+        check_engine(engine, **HERE)
+
+
+def test_a_missing_engine_says_how_to_build_one(tmp_path):
+    with pytest.raises(EngineMismatchError, match="does not exist; build it with `mlff-export build-engine`"):
+        check_engine(tmp_path / "none.plan", **HERE)

@@ -93,7 +93,10 @@ class _Interaction(nn.Module):
         flat_vectors = vectors.reshape(n * 3, f)
         u = self.vector_u(flat_vectors).reshape(n, 3, f)
         v = self.vector_v(flat_vectors).reshape(n, 3, f)
-        v_norm = torch.sqrt(torch.clamp_min((v * v).sum(1), 1e-8))
+        # The norm runs in at least float32: in float16 the 1e-8 floor underflows to 0 and
+        # sqrt'(0) gives NaN forces wherever v vanishes by symmetry (the carbon of CH4).
+        v_wide = v.to(torch.promote_types(v.dtype, torch.float32))
+        v_norm = torch.sqrt(torch.clamp_min((v_wide * v_wide).sum(1), 1e-8)).to(v.dtype)
         a = self.update_mlp(torch.cat([scalars, v_norm], dim=1))
         a_vv, a_sv, a_ss = torch.split(a, f, dim=1)
         vectors = vectors + a_vv.unsqueeze(1) * u

@@ -135,6 +135,13 @@ def load_calculator(
     """
     if dtype not in DTYPES:
         raise CalculatorSetupError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if isinstance(model, (str, Path)) and Path(model).suffix == ".plan":
+        if dtype != "float32":
+            raise CalculatorSetupError(f"a TensorRT engine takes float32 inputs; got dtype={dtype!r}")
+        from mlff_export.runtime.tensorrt_backend import TensorRTBackend
+
+        engine_backend = TensorRTBackend(model, _resolve_device(device))
+        return MLFFCalculator(engine_backend, cutoff=engine_backend.cutoff, species=engine_backend.species, skin=skin)
     module = _resolve_model(model)
     backend = EagerBackend(module, _resolve_device(device), DTYPES[dtype])
     return MLFFCalculator(backend, cutoff=float(module.cutoff), species=tuple(module.species), skin=skin)

@@ -64,7 +64,7 @@ class MLFFCalculator(Calculator):
         return self._evaluate(structures, pairs)
 
     def _evaluate(self, structures: list[Atoms], pairs: list[Pairs]) -> list[dict[str, float | np.ndarray]]:
-        inputs = batch_inputs(structures, pairs, dtype=self.backend.dtype, device=self.backend.device)
+        inputs = batch_inputs(structures, pairs, dtype=self.backend.dtype)  # on the CPU: backends move it
         try:
             outputs = self.backend.evaluate(inputs)
         except torch.cuda.OutOfMemoryError:
@@ -125,12 +125,14 @@ def load_calculator(
     dtype: str = "float32",
     skin: float = 0.0,
 ) -> MLFFCalculator:
-    """An ASE calculator for ``model`` (a checkpoint card path or an interface ``nn.Module``).
+    """An ASE calculator for ``model`` (a checkpoint card path, an exported ``.onnx`` file or an
+    interface ``nn.Module``).
 
     Args:
-        model: checkpoint ``.json`` (default: the bundled reference model) or a module.
+        model: checkpoint ``.json`` (default: the bundled reference model), ``.onnx`` file (run by
+            ONNX Runtime; cutoff and species come from its metadata) or a module.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        dtype: ``"float32"`` (default) or ``"float64"`` (reference precision).
+        dtype: ``"float32"`` (default) or ``"float64"`` (reference precision; not for ``.onnx``).
         skin: Verlet skin in Å; with ``skin > 0`` the neighbor list is reused across MD steps.
     """
     if dtype not in DTYPES:
@@ -142,6 +144,13 @@ def load_calculator(
 
         engine_backend = TensorRTBackend(model, _resolve_device(device))
         return MLFFCalculator(engine_backend, cutoff=engine_backend.cutoff, species=engine_backend.species, skin=skin)
+    if isinstance(model, (str, Path)) and Path(model).suffix == ".onnx":
+        if dtype != "float32":
+            raise CalculatorSetupError(f"an ONNX graph takes float32 inputs; got dtype={dtype!r}")
+        from mlff_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        onnx_backend = OnnxRuntimeBackend(model, _resolve_device(device))
+        return MLFFCalculator(onnx_backend, cutoff=onnx_backend.cutoff, species=onnx_backend.species, skin=skin)
     module = _resolve_model(model)
     backend = EagerBackend(module, _resolve_device(device), DTYPES[dtype])
     return MLFFCalculator(backend, cutoff=float(module.cutoff), species=tuple(module.species), skin=skin)

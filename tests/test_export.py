@@ -1,0 +1,288 @@
+"""ONNX export: parity with eager PyTorch through ONNX Runtime, dynamic sizes, graph checks, metadata.
+
+Each model is exported once per module (export takes seconds); the tests share the files.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import molecule
+from conftest import make_small_painn, structure_zoo
+from torch import nn
+
+onnx = pytest.importorskip("onnx")
+onnxruntime = pytest.importorskip("onnxruntime")
+
+from mlff_export.export import ArtifactMetadataError, ExportError, ScatterGraphWarning, read_metadata, to_onnx  # noqa: E402
+from mlff_export.export.graph_layouts import NEIGHBOR_TABLE  # noqa: E402
+from mlff_export.export.parity import PARITY_TOLERANCES, max_differences  # noqa: E402
+from mlff_export.export.precision import weights_sha256  # noqa: E402
+from mlff_export.interface import INTERFACE_VERSION  # noqa: E402
+from mlff_export.neighbors import batch_inputs, compute_pairs  # noqa: E402
+from mlff_export.pair_layouts import NeighborTable  # noqa: E402
+from mlff_export.runtime import load_calculator  # noqa: E402
+from mlff_export.runtime.eager import EagerBackend  # noqa: E402
+from mlff_export.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
+
+CPU = torch.device("cpu")
+THREADS = 2  # more than one: ORT's multi-threaded kernels must give the same numbers
+
+
+class IndexAddSchNet(nn.Module):
+    """A SchNet-style model written the plain way, not on a pair layout: pairs are gathered by
+    indexing and summed with ``index_add`` (so its graph has scatters)."""
+
+    def __init__(self, species=(1, 6, 7, 8), cutoff: float = 4.0, width: int = 24, num_gaussians: int = 10):
+        super().__init__()
+        torch.manual_seed(3)
+        self.species = tuple(species)
+        self.cutoff = cutoff
+        self.embedding = nn.Embedding(max(species) + 1, width)
+        self.filter = nn.Sequential(nn.Linear(num_gaussians, width), nn.Tanh(), nn.Linear(width, width))
+        self.interaction = nn.Linear(width, width)
+        self.readout = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 1))
+        self.register_buffer("gaussian_centers", torch.linspace(0.5, cutoff, num_gaussians))
+
+    def forward(self, positions, species, pair_index, pair_shifts, structure_index, cell):
+        centers, neighbors = pair_index[0], pair_index[1]
+        vectors = positions[neighbors] - positions[centers] + pair_shifts
+        distances = torch.sqrt(torch.clamp_min((vectors * vectors).sum(1), 1e-12))
+        smooth_cutoff = 0.5 * (torch.cos(distances * (math.pi / self.cutoff)) + 1.0) * (distances < self.cutoff)
+        gaussians = torch.exp(-2.0 * (distances.unsqueeze(1) - self.gaussian_centers) ** 2)
+        features = self.embedding(species)
+        messages = self.interaction(features)[neighbors] * self.filter(gaussians) * smooth_cutoff.unsqueeze(1)
+        features = features + torch.zeros_like(features).index_add(0, centers, messages)
+        atom_energies = self.readout(features).squeeze(1)
+        return torch.zeros(cell.shape[0], dtype=positions.dtype).index_add(0, structure_index, atom_energies)
+
+
+@pytest.fixture(scope="module")
+def painn():
+    return make_small_painn()
+
+
+@pytest.fixture(scope="module")
+def painn_onnx(painn, tmp_path_factory):
+    """precision -> path of the exported small PaiNN."""
+    folder = tmp_path_factory.mktemp("painn")
+    return {precision: to_onnx(painn, folder / f"painn.{precision}.onnx", precision=precision) for precision in ("fp32", "fp16")}
+
+
+@pytest.fixture(scope="module")
+def schnet():
+    return IndexAddSchNet().eval()
+
+
+@pytest.fixture(scope="module")
+def schnet_export(schnet, tmp_path_factory):
+    """(path, warnings recorded during export) of the index_add model."""
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        path = to_onnx(schnet, tmp_path_factory.mktemp("schnet") / "schnet.fp32.onnx")
+    return path, recorded
+
+
+def inputs_for(structures, cutoff):
+    return batch_inputs(structures, [compute_pairs(atoms, cutoff) for atoms in structures])
+
+
+def assert_parity(backend, reference_model, structures, precision):
+    """Backend vs eager float32 on ``structures`` (one call), within the precision's tolerances."""
+    inputs = inputs_for(structures, reference_model.cutoff)
+    expected = EagerBackend(reference_model, CPU, torch.float32).evaluate(inputs)
+    differences = max_differences(backend.evaluate(inputs.to(device=backend.device)), expected)
+    for name, tolerance in PARITY_TOLERANCES[precision].items():
+        assert differences[name] <= tolerance, f"{precision} {name}: max |difference| {differences[name]:.3g} > {tolerance:g}"
+
+
+ZOO = structure_zoo()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_onnxruntime_matches_eager(painn, painn_onnx, precision, name):
+    backend = OnnxRuntimeBackend(painn_onnx[precision], CPU, intra_op_threads=THREADS)
+    assert_parity(backend, painn, [ZOO[name]], precision)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_mixed_batch_matches_eager(painn, painn_onnx, precision):
+    """All molecules and cells in one call (B=7): per-structure sums must not mix structures."""
+    backend = OnnxRuntimeBackend(painn_onnx[precision], CPU, intra_op_threads=THREADS)
+    assert_parity(backend, painn, list(ZOO.values()), precision)
+
+
+def test_one_graph_runs_several_sizes(painn, painn_onnx):
+    """One session, no re-export: a lone atom (N=1, B=1, no pairs), benzene, and a batch."""
+    backend = OnnxRuntimeBackend(painn_onnx["fp32"], CPU, intra_op_threads=THREADS)
+    batches = [[Atoms("H", positions=[[0.0, 0.0, 0.0]])], [ZOO["benzene"]], [ZOO["triclinic"], molecule("CH4")]]
+    for structures in batches:
+        assert_parity(backend, painn, structures, "fp32")
+    assert len({sum(len(atoms) for atoms in structures) for structures in batches}) == 3
+
+
+def test_padding_slots_give_finite_forces(painn, painn_onnx):
+    """Padding slots are zero-length pairs; a table padded far beyond its longest row changes nothing."""
+    inputs = inputs_for([ZOO["CH4"], ZOO["diamond-primitive"]], painn.cutoff)
+    session = onnxruntime.InferenceSession(str(painn_onnx["fp32"]), providers=["CPUExecutionProvider"])
+    compact = NEIGHBOR_TABLE.feeds(inputs)
+    outputs = {}
+    for extra_slots in (0, 7):
+        feeds = dict(compact)
+        table = NeighborTable.from_pair_list(
+            inputs.pair_index, inputs.pair_shifts, inputs.num_atoms, compact["neighbor_index"].shape[1] + extra_slots
+        )
+        feeds.update(vars(table))
+        outputs[extra_slots] = session.run(None, {name: tensor.numpy() for name, tensor in feeds.items()})
+    for compact_output, padded_output in zip(outputs[0], outputs[7]):
+        assert np.isfinite(padded_output).all()
+        np.testing.assert_allclose(padded_output, compact_output, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_neighbor_table_graph_has_no_scatter(painn_onnx, precision):
+    op_counts = Counter(node.op_type for node in onnx.load(str(painn_onnx[precision])).graph.node)
+    assert not {"ScatterND", "ScatterElements", "Scatter"} & set(op_counts), op_counts
+
+
+def test_all_input_axes_are_symbolic(painn_onnx):
+    graph = onnx.load(str(painn_onnx["fp32"])).graph
+    for value in graph.input:
+        dims = value.type.tensor_type.shape.dim
+        expected = NEIGHBOR_TABLE.input_axes[value.name]
+        assert tuple(d.dim_param or d.dim_value for d in dims) == expected
+
+
+def value_types(model_proto) -> dict[str, int]:
+    """ONNX element type of every value of a graph, after strict shape inference."""
+    inferred = onnx.shape_inference.infer_shapes(model_proto, check_type=True, strict_mode=True).graph
+    types = {value.name: value.type.tensor_type.elem_type for value in [*inferred.value_info, *inferred.input, *inferred.output]}
+    types.update({tensor.name: tensor.data_type for tensor in inferred.initializer})
+    return types
+
+
+def test_fp16_graph_is_typed_body_half_geometry_float(painn_onnx):
+    """Strongly typed FP16: the network's matrix products run in float16; the radial basis, the
+    cosine cutoff and all outputs stay float32."""
+    model_proto = onnx.load(str(painn_onnx["fp16"]))
+    onnx.checker.check_model(model_proto, full_check=True)
+    types = value_types(model_proto)
+    float16, float32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    nodes = model_proto.graph.node
+    products = [node for node in nodes if node.op_type in ("MatMul", "Gemm")]
+    assert products and all(types[node.output[0]] == float16 for node in products)
+    geometry = [node for node in nodes if node.op_type in ("Sin", "Cos")]
+    assert geometry and all(types[node.output[0]] == float32 for node in geometry)
+    assert all(types[value.name] == float32 for value in model_proto.graph.output)
+
+
+def test_fp16_forces_are_finite_where_features_vanish_by_symmetry(painn, painn_onnx):
+    """In the symmetric CH4 the carbon's vector features vanish: a float16 norm floor would give NaN."""
+    backend = OnnxRuntimeBackend(painn_onnx["fp16"], CPU, intra_op_threads=THREADS)
+    assert_parity(backend, painn, [molecule("CH4")], "fp16")
+
+
+def test_metadata_round_trips(painn, painn_onnx):
+    for precision, path in painn_onnx.items():
+        metadata = read_metadata(path)
+        assert metadata.interface_version == INTERFACE_VERSION
+        assert metadata.cutoff == painn.cutoff and metadata.species == painn.species
+        assert metadata.precision == precision and metadata.input_layout == "neighbor_table"
+        assert metadata.weights_sha256 == weights_sha256(painn)
+        assert metadata.force_method.startswith("conservative")
+        assert metadata.torch_version == torch.__version__ and metadata.opset >= 18
+
+
+def rewrite_metadata(source, destination, **changes):
+    model_proto = onnx.load(str(source))
+    props = {prop.key: prop.value for prop in model_proto.metadata_props}
+    props.update({key: value for key, value in changes.items() if value is not None})
+    for key in [key for key, value in changes.items() if value is None]:
+        del props[key]
+    del model_proto.metadata_props[:]
+    onnx.helper.set_model_props(model_proto, props)
+    onnx.save(model_proto, str(destination))
+    return destination
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"interface_version": "0"}, "interface version '0'"),
+        ({"cutoff": None}, r"lacks \['cutoff'\]"),
+    ],
+)
+def test_reader_refuses_foreign_metadata_and_says_how_to_fix(painn_onnx, tmp_path, changes, message):
+    path = rewrite_metadata(painn_onnx["fp32"], tmp_path / "changed.onnx", **changes)
+    for read in (read_metadata, load_calculator):
+        with pytest.raises(ArtifactMetadataError, match=message) as error:
+            read(path)
+        assert "mlff-export export" in str(error.value)
+
+
+def test_reader_refuses_a_modified_graph(painn_onnx, tmp_path):
+    model_proto = onnx.load(str(painn_onnx["fp32"]))
+    model_proto.graph.node[-1].name = "renamed"
+    onnx.save(model_proto, str(tmp_path / "modified.onnx"))
+    with pytest.raises(ArtifactMetadataError, match="modified after export"):
+        read_metadata(tmp_path / "modified.onnx")
+
+
+def test_load_calculator_runs_onnx_files(painn, painn_onnx):
+    atoms = ZOO["triclinic"].copy()
+    atoms.calc = load_calculator(painn_onnx["fp32"], device="cpu")
+    assert atoms.calc.backend.name == "onnxruntime"
+    reference = ZOO["triclinic"].copy()
+    reference.calc = load_calculator(painn)
+    assert atoms.get_potential_energy() == pytest.approx(reference.get_potential_energy(), abs=1e-4)
+    np.testing.assert_allclose(atoms.get_forces(), reference.get_forces(), atol=1e-4)
+    np.testing.assert_allclose(atoms.get_stress(), reference.get_stress(), atol=1e-5)
+
+
+def test_index_add_model_exports_with_a_scatter_warning(schnet_export):
+    path, recorded = schnet_export
+    messages = [str(w.message) for w in recorded if issubclass(w.category, ScatterGraphWarning)]
+    assert len(messages) == 1
+    assert "ScatterElements plugin" in messages[0] and "intra_op_num_threads" in messages[0]
+    assert read_metadata(path).input_layout == "pair_list"
+
+
+def test_index_add_model_matches_eager(schnet, schnet_export):
+    backend = OnnxRuntimeBackend(schnet_export[0], CPU, intra_op_threads=THREADS)
+    assert backend.session.get_session_options().intra_op_num_threads == 1  # ScatterND(add) races otherwise
+    assert_parity(backend, schnet, list(ZOO.values()), "fp32")
+    assert_parity(backend, schnet, [Atoms("C", positions=[[0.0, 0.0, 0.0]])], "fp32")
+
+
+@pytest.mark.parametrize(
+    "make_model, options, message",
+    [
+        (lambda: nn.Linear(3, 1), {}, "cutoff"),
+        (make_small_painn, {"opset": 13}, "opset"),
+        (make_small_painn, {"precision": "int8"}, "precision must be one of"),
+        (IndexAddSchNet, {"precision": "fp16"}, "atomic_energies"),
+        ("not a module", {}, "expected a torch.nn.Module"),
+    ],
+    ids=["no-interface", "old-opset", "unknown-precision", "fp16-without-atomic-energies", "not-a-module"],
+)
+def test_bad_input_is_refused_before_writing(tmp_path, make_model, options, message):
+    model = make_model() if callable(make_model) else make_model
+    with pytest.raises(ExportError, match=message):
+        to_onnx(model, tmp_path / "out" / "model.onnx", **options)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_execution_provider_matches_eager(painn, painn_onnx, precision):
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime here has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    backend = OnnxRuntimeBackend(painn_onnx[precision], torch.device("cuda"))
+    assert_parity(backend, painn, list(ZOO.values()), precision)

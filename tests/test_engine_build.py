@@ -239,3 +239,14 @@ def test_tensorrt_engine_matches_eager_across_buckets(tmp_path):
         expected, got = eager.evaluate(inputs), engine.evaluate(inputs)
         for name in ("energy", "forces", "virial"):
             torch.testing.assert_close(got[name], expected[name], atol=2e-4, rtol=1e-5, msg=lambda m: f"{names} {name}: {m}")
+
+
+def test_load_calculator_sends_plan_files_to_the_tensorrt_backend(tmp_path):
+    from ase.calculators.calculator import CalculatorSetupError
+
+    from mlff_export.runtime import load_calculator
+
+    with pytest.raises(CalculatorSetupError, match="TensorRT engine takes float32"):
+        load_calculator(tmp_path / "e.plan", device="cpu", dtype="float64")
+    with pytest.raises(ValueError, match="runs on a CUDA device; got device 'cpu'"):
+        load_calculator(tmp_path / "e.plan", device="cpu")

@@ -23,5 +23,5 @@ class EagerBackend:
         self.dtype = dtype
 
     def evaluate(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:
-        energy, forces, virial = energy_forces_virial(self.model, inputs)
+        energy, forces, virial = energy_forces_virial(self.model, inputs.to(self.device, self.dtype))
         return {"energy": energy.detach(), "forces": forces.detach(), "virial": virial.detach()}

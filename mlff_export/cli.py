@@ -123,11 +123,53 @@ def _run_build_engine(args) -> int:
     return 0
 
 
+def _add_validate(subparsers) -> None:
+    from mlff_export.validation.tolerances import OVERRIDABLE, PRECISIONS
+
+    parser = subparsers.add_parser(
+        "validate", help="prove an artifact is its PyTorch model: parity, finite differences, NVE, report"
+    )
+    parser.add_argument("artifact", help="exported .onnx (or any artifact load_calculator runs)")
+    parser.add_argument("--reference", default=str(REFERENCE_CHECKPOINT), help="checkpoint card it was exported from")
+    parser.add_argument("--structures", metavar="FILE", help="structures (any format ase.io.read reads); default: built-in set")
+    parser.add_argument("--precision", choices=PRECISIONS, help="tolerance set (default: the artifact's precision)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N], for artifact and reference")
+    parser.add_argument("--report", metavar="DIR", help="write report.json, report.md and force_parity.png here")
+    parser.add_argument("--nve-steps", type=int, default=200, help="VelocityVerlet steps of the NVE check (0: skip)")
+    tolerances = parser.add_argument_group("tolerances", "override the precision's defaults (docs/validation.md)")
+    for name, description in OVERRIDABLE.items():
+        flag = "--tolerance-" + name.replace(".", "-").replace("_", "-")
+        tolerances.add_argument(flag, dest=f"tolerance:{name}", type=float, metavar="X", help=description)
+    parser.set_defaults(run=_run_validate)
+
+
+def _run_validate(args) -> int:
+    from mlff_export.validation.report import text_summary
+    from mlff_export.validation.validate import validate_artifact
+
+    overrides = {key.partition(":")[2]: value for key, value in vars(args).items() if key.startswith("tolerance:") and value is not None}
+    report = validate_artifact(
+        args.artifact,
+        reference=args.reference,
+        structures=args.structures,
+        precision=args.precision,
+        device=args.device,
+        tolerance_overrides=overrides,
+        nve_steps=args.nve_steps,
+        report_dir=args.report,
+    )
+    print(text_summary(report))
+    if args.report:
+        print(f"report     {args.report}/report.md, report.json, force_parity.png")
+    print("PASSED" if report.passed else "FAILED")
+    return 0 if report.passed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlff-export", description=mlff_export.__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mlff-export {mlff_export.__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_info, _add_demo, _add_build_engine):
+    for add in (_add_info, _add_demo, _add_build_engine, _add_validate):
         add(subparsers)
     return parser
 

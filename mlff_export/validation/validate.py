@@ -1,0 +1,137 @@
+"""``validate_artifact``: the whole validation of one deployed artifact against its PyTorch model.
+
+Order: load both calculators (artifact on ``device``; reference in eager float64), check
+provenance, evaluate the structures (artifact: one mixed batch and one by one; reference: one
+batch), compare outputs, check forces against finite differences of the artifact's own energy,
+run NVE with both, compare the ONNX graph across runtimes, and write the report.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+from ase.build import molecule
+from torch import nn
+
+from mlff_export import REFERENCE_CHECKPOINT
+from mlff_export.checkpoint import load_checkpoint
+from mlff_export.runtime import load_calculator
+from mlff_export.validation.comparison import compare_predictions
+from mlff_export.validation.physics import check_forces_by_finite_differences, compare_nve
+from mlff_export.validation.provenance import check_provenance
+from mlff_export.validation.report import ValidationReport, write_report
+from mlff_export.validation.runtime_comparison import compare_onnx_runtimes, graph_feeds
+from mlff_export.validation.structures import builtin_structures, check_structures, read_structures, supported_structures
+from mlff_export.validation.tolerances import default_tolerances
+
+FINITE_DIFFERENCE_STRUCTURES = 8
+"""At most this many structures (the first ones) get the finite-difference check."""
+
+NVE_MOLECULE = "C6H6"
+
+
+def artifact_precision(calculator) -> str:
+    """The precision the artifact declares in its metadata (``"fp32"`` for one that declares none)."""
+    metadata = getattr(calculator.backend, "metadata", None)
+    return getattr(metadata, "precision", "fp32")
+
+
+def validate_artifact(
+    artifact: str | Path,
+    *,
+    reference: str | Path | nn.Module = REFERENCE_CHECKPOINT,
+    structures: str | Path | None = None,
+    precision: str | None = None,
+    device: str = "cpu",
+    tolerance_overrides: dict[str, float] | None = None,
+    nve_steps: int = 200,
+    compare_runtimes: bool = True,
+    report_dir: str | Path | None = None,
+) -> ValidationReport:
+    """Validate ``artifact`` (anything :func:`~mlff_export.runtime.load_calculator` runs, e.g. an
+    exported ``.onnx``) against ``reference`` (checkpoint card or interface module).
+
+    Args:
+        structures: a file ASE reads (all its structures), or None for the built-in set.
+        precision: which default tolerances apply (``"fp32"``/``"fp16"``); default: the artifact's.
+        device: where the artifact and the reference run (``"cpu"``, ``"cuda"``).
+        tolerance_overrides: tolerance name (see ``tolerances.OVERRIDABLE``) -> value.
+        nve_steps: VelocityVerlet steps (0: no NVE check).
+        compare_runtimes: run the polygraphy cross-runtime comparison for ``.onnx`` artifacts.
+        report_dir: where to write ``report.json``, ``report.md`` and the parity plot (None: nowhere).
+
+    Raises:
+        StructureError (a ValueError) for a structure the artifact cannot evaluate, naming it.
+    """
+    artifact_calculator = load_calculator(artifact, device=device)
+    reference_model = copy.deepcopy(reference if isinstance(reference, nn.Module) else load_checkpoint(reference))
+    provenance = check_provenance(artifact, reference_model)
+    reference_calculator = load_calculator(reference_model, device=device, dtype="float64")
+    precision = precision or artifact_precision(artifact_calculator)
+    tolerances = default_tolerances(precision).overridden(tolerance_overrides or {})
+    notes = []
+
+    species = tuple(sorted(set(artifact_calculator.species) & set(reference_calculator.species)))
+    if structures is None:
+        source = "built-in set"
+        every_structure = builtin_structures()
+        selected = supported_structures(every_structure, species)
+        if len(selected) < len(every_structure):
+            notes.append(f"built-in structures with elements outside the model's were left out: {sorted(set(every_structure) - set(selected))}")
+    else:
+        source = str(structures)
+        selected = read_structures(structures)
+        check_structures(selected, artifact_calculator.species, source)
+        check_structures(selected, reference_calculator.species, f"{source} (reference model)")
+    names, atoms = list(selected), list(selected.values())
+
+    batched = artifact_calculator.predict(atoms)
+    one_by_one = [artifact_calculator.predict([structure])[0] for structure in atoms]
+    reference_results = reference_calculator.predict(atoms)
+    comparisons = compare_predictions("artifact vs reference", names, atoms, batched, reference_results, tolerances.outputs)
+    comparisons += compare_predictions("artifact batched vs one by one", names, atoms, batched, one_by_one, tolerances.outputs)
+
+    finite_difference_set = dict(list(selected.items())[:FINITE_DIFFERENCE_STRUCTURES])
+    finite_differences = check_forces_by_finite_differences(
+        artifact_calculator, finite_difference_set, rtol=tolerances.finite_difference_rtol
+    )
+
+    nve = None
+    nve_atoms = molecule(NVE_MOLECULE)
+    if nve_steps <= 0:
+        notes.append("NVE check not run (nve_steps=0)")
+    elif not set(nve_atoms.numbers.tolist()) <= set(species):
+        notes.append(f"NVE check not run: the model lacks elements of {NVE_MOLECULE}")
+    else:
+        nve = compare_nve(
+            artifact_calculator, reference_calculator, nve_atoms, structure="benzene", steps=nve_steps, allowed_excess=tolerances.nve_drift_excess
+        )
+
+    runtimes = None
+    layout = getattr(artifact_calculator.backend, "layout", None)
+    if compare_runtimes and Path(artifact).suffix == ".onnx" and layout is not None:
+        feeds = graph_feeds(layout, atoms, artifact_calculator.neighbor_list.cutoff)
+        runtimes = compare_onnx_runtimes(artifact, feeds, atol=tolerances.runtime_atol, rtol=tolerances.runtime_rtol)
+
+    report = ValidationReport(
+        artifact=str(artifact),
+        reference=f"<{type(reference).__name__} module>" if isinstance(reference, nn.Module) else str(reference),
+        precision=precision,
+        device=str(device),
+        structures_source=source,
+        structure_names=names,
+        tolerances=tolerances,
+        provenance=provenance,
+        comparisons=comparisons,
+        finite_differences=finite_differences,
+        nve=nve,
+        runtimes=runtimes,
+        notes=notes,
+    )
+    if report_dir is not None:
+        artifact_forces = np.concatenate([result["forces"] for result in batched])
+        reference_forces = np.concatenate([result["forces"] for result in reference_results])
+        write_report(report, report_dir, artifact_forces, reference_forces)
+    return report

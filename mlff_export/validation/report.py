@@ -19,7 +19,9 @@ PARITY_PLOT = "force_parity.png"
 
 @dataclass
 class ValidationReport:
-    """Everything one ``mlff-export validate`` run found; :attr:`passed` is the verdict."""
+    """Everything one ``mlff-export validate`` run found; :attr:`passed` is the verdict.
+
+    ``parity_plot``: file name of the force parity PNG beside the report, once written."""
 
     artifact: str
     reference: str
@@ -34,6 +36,7 @@ class ValidationReport:
     nve: NVEComparison | None = None
     runtimes: RuntimeComparison | None = None
     notes: list[str] = field(default_factory=list)
+    parity_plot: str | None = None
 
     def failures(self) -> list[str]:
         """One line per failed check, naming it and the numbers that failed it."""
@@ -193,7 +196,9 @@ def markdown(report: ValidationReport) -> str:
                 f"| {o.runners} | {o.output} | {o.max_abs_difference:.3g} | {o.mean_abs_difference:.3g} | {o.max_rel_difference:.3g} | {_verdict(o.passed)} |"
                 for o in runtimes.outputs
             ]
-    lines += ["", f"![force parity]({PARITY_PLOT})", ""]
+    if report.parity_plot:
+        lines += ["", f"![force parity]({report.parity_plot})"]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -231,10 +236,15 @@ def plot_force_parity(artifact_forces: np.ndarray, reference_forces: np.ndarray,
 
 
 def write_report(report: ValidationReport, directory: str | Path, artifact_forces: np.ndarray, reference_forces: np.ndarray) -> Path:
-    """Write ``report.json``, ``report.md`` and the parity plot into ``directory``; returns it."""
+    """Write the parity plot (where matplotlib is installed; a note otherwise), ``report.json``
+    and ``report.md`` into ``directory``; returns it."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    try:
+        plot_force_parity(artifact_forces, reference_forces, directory / PARITY_PLOT, title=f"{Path(report.artifact).name} vs reference")
+        report.parity_plot = PARITY_PLOT
+    except ImportError:
+        report.notes.append("no force parity plot: matplotlib is not installed (pip install 'mlff-export[report]')")
     write_json(report, directory / "report.json")
     (directory / "report.md").write_text(markdown(report))
-    plot_force_parity(artifact_forces, reference_forces, directory / PARITY_PLOT, title=f"{Path(report.artifact).name} vs reference")
     return directory

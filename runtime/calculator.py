@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,10 @@ from torch import nn
 from mlff_export import REFERENCE_CHECKPOINT
 from mlff_export.checkpoint import load_checkpoint
 from mlff_export.neighbors import Pairs, StructureError, VerletNeighborList, batch_inputs, check_structure, compute_pairs
+from mlff_export.runtime.backend import Backend
 from mlff_export.runtime.eager import EagerBackend
+
+logger = logging.getLogger("mlff_export")
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -31,7 +35,7 @@ class MLFFCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, backend: EagerBackend, cutoff: float, species: tuple[int, ...], skin: float = 0.0, **kwargs):
+    def __init__(self, backend: Backend, cutoff: float, species: tuple[int, ...], skin: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.backend = backend
         self.species = tuple(species)
@@ -118,39 +122,77 @@ def _resolve_model(model: str | Path | nn.Module) -> nn.Module:
     return module
 
 
+ARTIFACT_BACKENDS = {".onnx": "onnxruntime", ".plan": "tensorrt"}
+MODULE_BACKENDS = {"eager": None, "compile": "default", "compile-reduce-overhead": "reduce-overhead"}
+BACKENDS = (*MODULE_BACKENDS, *ARTIFACT_BACKENDS.values())
+
+
+def _artifact_backend(path: Path, device: torch.device):
+    """The backend that runs an exported artifact (imported lazily: onnxruntime, tensorrt)."""
+    if path.suffix == ".plan":
+        from mlff_export.runtime.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(path, device)
+    from mlff_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(path, device)
+
+
+def _module_backend(module: nn.Module, name: str, device: torch.device, dtype: torch.dtype):
+    if name == "eager":
+        return EagerBackend(module, device, dtype)
+    if dtype != torch.float32:
+        raise CalculatorSetupError(f"backend '{name}' runs float32; use backend='eager' for float64")
+    from mlff_export.runtime.compiled import CompiledBackend
+
+    return CompiledBackend(module, device, mode=MODULE_BACKENDS[name])
+
+
 def load_calculator(
     model: str | Path | nn.Module = REFERENCE_CHECKPOINT,
     device: str | torch.device = "cpu",
     *,
+    backend: str | None = None,
     dtype: str = "float32",
     skin: float = 0.0,
 ) -> MLFFCalculator:
-    """An ASE calculator for ``model`` (a checkpoint card path, an exported ``.onnx`` file or an
-    interface ``nn.Module``).
+    """An ASE calculator for ``model``, in one line.
 
     Args:
-        model: checkpoint ``.json`` (default: the bundled reference model), ``.onnx`` file (run by
-            ONNX Runtime; cutoff and species come from its metadata) or a module.
+        model: checkpoint ``.json`` (default: the bundled reference model), an interface
+            ``nn.Module``, an exported ``.onnx`` file (ONNX Runtime) or a ``.plan`` engine
+            (TensorRT); artifacts carry cutoff and species in their metadata.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        dtype: ``"float32"`` (default) or ``"float64"`` (reference precision; not for ``.onnx``).
+        backend: one of :data:`BACKENDS`; default: from the artifact (``.onnx`` -> onnxruntime,
+            ``.plan`` -> tensorrt), else ``"eager"``. ``"compile"`` / ``"compile-reduce-overhead"``
+            run the exporter's joint graph through torch.compile (CUDA graphs with the latter).
+        dtype: ``"float32"`` (default) or ``"float64"`` (reference precision; eager only).
         skin: Verlet skin in Å; with ``skin > 0`` the neighbor list is reused across MD steps.
+
+    The chosen backend is logged (logger ``mlff_export``) and kept as ``calc.backend.name``.
     """
     if dtype not in DTYPES:
         raise CalculatorSetupError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    if isinstance(model, (str, Path)) and Path(model).suffix == ".plan":
+    if backend is not None and backend not in BACKENDS:
+        raise CalculatorSetupError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    resolved_device = _resolve_device(device)
+    suffix = Path(model).suffix if isinstance(model, (str, Path)) else None
+    if suffix in ARTIFACT_BACKENDS:
+        if backend not in (None, ARTIFACT_BACKENDS[suffix]):
+            raise CalculatorSetupError(f"a {suffix} file runs on backend '{ARTIFACT_BACKENDS[suffix]}', not {backend!r}")
         if dtype != "float32":
-            raise CalculatorSetupError(f"a TensorRT engine takes float32 inputs; got dtype={dtype!r}")
-        from mlff_export.runtime.tensorrt_backend import TensorRTBackend
-
-        engine_backend = TensorRTBackend(model, _resolve_device(device))
-        return MLFFCalculator(engine_backend, cutoff=engine_backend.cutoff, species=engine_backend.species, skin=skin)
-    if isinstance(model, (str, Path)) and Path(model).suffix == ".onnx":
-        if dtype != "float32":
-            raise CalculatorSetupError(f"an ONNX graph takes float32 inputs; got dtype={dtype!r}")
-        from mlff_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
-        onnx_backend = OnnxRuntimeBackend(model, _resolve_device(device))
-        return MLFFCalculator(onnx_backend, cutoff=onnx_backend.cutoff, species=onnx_backend.species, skin=skin)
-    module = _resolve_model(model)
-    backend = EagerBackend(module, _resolve_device(device), DTYPES[dtype])
-    return MLFFCalculator(backend, cutoff=float(module.cutoff), species=tuple(module.species), skin=skin)
+            raise CalculatorSetupError(f"a {suffix} artifact takes float32 inputs; got dtype={dtype!r}")
+        engine = _artifact_backend(Path(model), resolved_device)
+        cutoff, species = engine.cutoff, engine.species
+    else:
+        name = backend or "eager"
+        if name not in MODULE_BACKENDS:
+            raise CalculatorSetupError(
+                f"backend '{name}' runs an exported artifact: export first (mlff-export export, then "
+                "load the .onnx) or build an engine (mlff-export build-engine, then load the .plan)"
+            )
+        module = _resolve_model(model)
+        engine = _module_backend(module, name, resolved_device, DTYPES[dtype])
+        cutoff, species = float(module.cutoff), tuple(module.species)
+    logger.info("mlff-export: backend '%s' on %s", engine.name, resolved_device)
+    return MLFFCalculator(engine, cutoff=cutoff, species=species, skin=skin)

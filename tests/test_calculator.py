@@ -138,3 +138,28 @@ def test_one_calculator_per_thread_gives_the_same_numbers(small_model):
         for forces_per_thread in pool.map(evaluate_all, range(4)):
             for forces, want in zip(forces_per_thread, expected):
                 np.testing.assert_allclose(forces, want["forces"], atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"backend": "magic"}, "backend must be one of"),
+        ({"backend": "onnxruntime"}, "export first"),
+        ({"backend": "compile", "dtype": "float64"}, "runs float32"),
+    ],
+)
+def test_backend_choice_errors(small_model, kwargs, message):
+    with pytest.raises(CalculatorSetupError, match=message):
+        load_calculator(small_model, **kwargs)
+
+
+def test_compile_backend_matches_eager(small_model):
+    """torch.compile of the traced joint graph (padded to a shape bucket) gives eager's numbers."""
+    structures = [structure_zoo()[name] for name in ("benzene", "triclinic")]
+    eager = load_calculator(small_model).predict(structures)
+    compiled_calc = load_calculator(small_model, backend="compile")
+    assert compiled_calc.backend.name == "compile-default"
+    compiled = compiled_calc.predict(structures)
+    for want, have in zip(eager, compiled):
+        assert have["energy"] == pytest.approx(want["energy"], abs=1e-4)
+        np.testing.assert_allclose(have["forces"], want["forces"], atol=1e-4)

@@ -123,7 +123,7 @@ def _resolve_model(model: str | Path | nn.Module) -> nn.Module:
 
 
 ARTIFACT_BACKENDS = {".onnx": "onnxruntime", ".plan": "tensorrt"}
-MODULE_BACKENDS = {"eager": None, "compile": "default", "compile-reduce-overhead": "reduce-overhead"}
+MODULE_BACKENDS = ("eager", "compile", "compile-reduce-overhead", "cuda-graphs")
 BACKENDS = (*MODULE_BACKENDS, *ARTIFACT_BACKENDS.values())
 
 
@@ -143,9 +143,13 @@ def _module_backend(module: nn.Module, name: str, device: torch.device, dtype: t
         return EagerBackend(module, device, dtype)
     if dtype != torch.float32:
         raise CalculatorSetupError(f"backend '{name}' runs float32; use backend='eager' for float64")
-    from mlff_export.runtime.compiled import CompiledBackend
+    if name == "cuda-graphs" and device.type != "cuda":
+        raise CalculatorSetupError(f"backend 'cuda-graphs' needs a CUDA device; got '{device}'")
+    from mlff_export.runtime.joint_graph import CompiledBackend, CudaGraphBackend
 
-    return CompiledBackend(module, device, mode=MODULE_BACKENDS[name])
+    if name == "cuda-graphs":
+        return CudaGraphBackend(module, device)
+    return CompiledBackend(module, device, mode="reduce-overhead" if name == "compile-reduce-overhead" else "default")
 
 
 def load_calculator(
@@ -165,7 +169,8 @@ def load_calculator(
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         backend: one of :data:`BACKENDS`; default: from the artifact (``.onnx`` -> onnxruntime,
             ``.plan`` -> tensorrt), else ``"eager"``. ``"compile"`` / ``"compile-reduce-overhead"``
-            run the exporter's joint graph through torch.compile (CUDA graphs with the latter).
+            run the exporter's joint graph through torch.compile (CUDA graphs with the latter);
+            ``"cuda-graphs"`` replays that graph, uncompiled, as one CUDA graph per shape bucket.
         dtype: ``"float32"`` (default) or ``"float64"`` (reference precision; eager only).
         skin: Verlet skin in Å; with ``skin > 0`` the neighbor list is reused across MD steps.
 

@@ -123,6 +123,52 @@ def _run_build_engine(args) -> int:
     return 0
 
 
+def _add_export(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export", help="export a checkpoint to ONNX (energy, forces, virial in the graph): NAME.<precision>.onnx"
+    )
+    parser.add_argument("--checkpoint", default=str(REFERENCE_CHECKPOINT), help="checkpoint card (.json)")
+    parser.add_argument("--out", default=".", help="output folder (default: the current folder)")
+    parser.add_argument("--precision", default="fp32,fp16", help="comma-separated, of fp32, fp16 (default: both)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 18)")
+    parser.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    from pathlib import Path
+
+    import onnx
+    from ase.build import bulk, molecule
+
+    from mlff_export.checkpoint import load_checkpoint
+    from mlff_export.export import to_onnx
+    from mlff_export.export.onnx_export import DEFAULT_OPSET
+    from mlff_export.export.precision import PRECISIONS
+    from mlff_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
+    from mlff_export.runtime.parity import compare_with_eager
+
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    if not precisions or set(precisions) - set(PRECISIONS):
+        raise ValueError(f"--precision must be a comma-separated list of {list(PRECISIONS)}, got {args.precision!r}")
+    checkpoint = Path(args.checkpoint)
+    model = load_checkpoint(checkpoint)
+    structures = [molecule("H2O"), molecule("C6H6"), bulk("C", "diamond", a=3.57)]
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    passed = True
+    for precision in precisions:
+        start = time.perf_counter()
+        path = to_onnx(model, Path(args.out) / f"{checkpoint.stem}.{precision}.onnx", precision=precision, opset=opset)
+        seconds = time.perf_counter() - start
+        graph = onnx.load(str(path)).graph
+        print(f"{path}  {seconds:.1f} s  {len(graph.node)} nodes  {len(graph.initializer)} initializers")
+        deviations = compare_with_eager(OnnxRuntimeBackend(path), model, structures, precision)
+        passed &= all(deviation.passed for deviation in deviations.values())
+        report = "  ".join(f"|d{name}| {d.difference:.2e} (<= {d.allowed:.2e})" for name, d in deviations.items())
+        print(f"  vs eager (H2O, benzene, diamond): {report}")
+    print("PASSED" if passed else "FAILED")
+    return 0 if passed else 1
+
+
 def _add_validate(subparsers) -> None:
     from mlff_export.validation.tolerances import OVERRIDABLE, PRECISIONS
 
@@ -134,6 +180,7 @@ def _add_validate(subparsers) -> None:
     parser.add_argument("--structures", metavar="FILE", help="structures (any format ase.io.read reads); default: built-in set")
     parser.add_argument("--precision", choices=PRECISIONS, help="tolerance set (default: the artifact's precision)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N], for artifact and reference")
+    parser.add_argument("--backend", help="the artifact's runtime backend (default: from its suffix; e.g. compile)")
     parser.add_argument("--report", metavar="DIR", help="write report.json, report.md and force_parity.png here")
     parser.add_argument("--nve-steps", type=int, default=200, help="VelocityVerlet steps of the NVE check (0: skip)")
     tolerances = parser.add_argument_group("tolerances", "override the precision's defaults (docs/validation.md)")
@@ -154,6 +201,7 @@ def _run_validate(args) -> int:
         structures=args.structures,
         precision=args.precision,
         device=args.device,
+        backend=args.backend,
         tolerance_overrides=overrides,
         nve_steps=args.nve_steps,
         report_dir=args.report,
@@ -169,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlff-export", description=mlff_export.__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mlff-export {mlff_export.__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_info, _add_demo, _add_build_engine, _add_validate):
+    for add in (_add_info, _add_demo, _add_export, _add_build_engine, _add_validate):
         add(subparsers)
     return parser
 

@@ -22,14 +22,13 @@ onnxruntime = pytest.importorskip("onnxruntime")
 
 from mlff_export.export import ArtifactMetadataError, ExportError, ScatterGraphWarning, read_metadata, to_onnx  # noqa: E402
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE  # noqa: E402
-from mlff_export.export.parity import PARITY_TOLERANCES, max_differences  # noqa: E402
 from mlff_export.export.precision import weights_sha256  # noqa: E402
 from mlff_export.interface import INTERFACE_VERSION  # noqa: E402
 from mlff_export.neighbors import batch_inputs, compute_pairs  # noqa: E402
 from mlff_export.pair_layouts import NeighborTable  # noqa: E402
 from mlff_export.runtime import load_calculator  # noqa: E402
-from mlff_export.runtime.eager import EagerBackend  # noqa: E402
 from mlff_export.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
+from mlff_export.runtime.parity import compare_with_eager  # noqa: E402
 
 CPU = torch.device("cpu")
 THREADS = 2  # more than one: ORT's multi-threaded kernels must give the same numbers
@@ -95,11 +94,8 @@ def inputs_for(structures, cutoff):
 
 def assert_parity(backend, reference_model, structures, precision):
     """Backend vs eager float32 on ``structures`` (one call), within the precision's tolerances."""
-    inputs = inputs_for(structures, reference_model.cutoff)
-    expected = EagerBackend(reference_model, CPU, torch.float32).evaluate(inputs)
-    differences = max_differences(backend.evaluate(inputs.to(device=backend.device)), expected)
-    for name, tolerance in PARITY_TOLERANCES[precision].items():
-        assert differences[name] <= tolerance, f"{precision} {name}: max |difference| {differences[name]:.3g} > {tolerance:g}"
+    for name, deviation in compare_with_eager(backend, reference_model, structures, precision).items():
+        assert deviation.passed, f"{precision} {name}: |difference| {deviation.difference:.3g} > {deviation.allowed:.3g}"
 
 
 ZOO = structure_zoo()
@@ -286,3 +282,22 @@ def test_cuda_execution_provider_matches_eager(painn, painn_onnx, precision):
         pytest.skip("onnxruntime here has no CUDAExecutionProvider (install onnxruntime-gpu)")
     backend = OnnxRuntimeBackend(painn_onnx[precision], torch.device("cuda"))
     assert_parity(backend, painn, list(ZOO.values()), precision)
+
+
+def test_cli_exports_a_checkpoint_and_checks_parity(tmp_path, capsys):
+    from mlff_export.checkpoint import save_checkpoint
+    from mlff_export.cli import main
+
+    card = save_checkpoint(make_small_painn(), tmp_path / "small.json")
+    assert main(["export", "--checkpoint", str(card), "--out", str(tmp_path / "out"), "--precision", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "out" / "small.fp32.onnx").is_file() and not (tmp_path / "out" / "small.fp16.onnx").exists()
+    assert "nodes" in out and "initializers" in out and out.rstrip().endswith("PASSED")
+
+
+def test_cli_refuses_an_unknown_precision_in_one_line(tmp_path, capsys):
+    from mlff_export.cli import main
+
+    assert main(["export", "--out", str(tmp_path), "--precision", "fp8"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "fp8" in err and not list(tmp_path.iterdir())

@@ -19,14 +19,13 @@ PARITY_PLOT = "force_parity.png"
 
 @dataclass
 class ValidationReport:
-    """Everything one ``mlff-export validate`` run found; :attr:`passed` is the verdict.
-
-    ``parity_plot``: file name of the force parity PNG beside the report, once written."""
+    """Everything one ``mlff-export validate`` run found; :attr:`passed` is the verdict."""
 
     artifact: str
     reference: str
     precision: str
     device: str
+    backend: str
     structures_source: str
     structure_names: list[str]
     tolerances: Tolerances
@@ -36,7 +35,6 @@ class ValidationReport:
     nve: NVEComparison | None = None
     runtimes: RuntimeComparison | None = None
     notes: list[str] = field(default_factory=list)
-    parity_plot: str | None = None
 
     def failures(self) -> list[str]:
         """One line per failed check, naming it and the numbers that failed it."""
@@ -82,7 +80,7 @@ def _mark(passed: bool) -> str:
 def text_summary(report: ValidationReport) -> str:
     """A few terminal lines: one per check, then the failures (no verdict line)."""
     lines = [
-        f"artifact   {report.artifact} ({report.precision}, {report.device})",
+        f"artifact   {report.artifact} ({report.precision}, {report.backend} on {report.device})",
         f"reference  {report.reference} (eager float64)",
         f"structures {report.structures_source}: {len(report.structure_names)}",
     ]
@@ -132,7 +130,7 @@ def markdown(report: ValidationReport) -> str:
         f"# Validation of `{report.artifact}`: {'PASSED' if report.passed else 'FAILED'}",
         "",
         f"- reference: `{report.reference}` (eager PyTorch, float64)",
-        f"- precision: {report.precision}; device: {report.device}",
+        f"- precision: {report.precision}; device: {report.device}; backend: {report.backend}",
         f"- structures: {report.structures_source} ({len(report.structure_names)}: {', '.join(report.structure_names)})",
     ]
     lines += [f"- note: {note}" for note in report.notes]
@@ -196,9 +194,7 @@ def markdown(report: ValidationReport) -> str:
                 f"| {o.runners} | {o.output} | {o.max_abs_difference:.3g} | {o.mean_abs_difference:.3g} | {o.max_rel_difference:.3g} | {_verdict(o.passed)} |"
                 for o in runtimes.outputs
             ]
-    if report.parity_plot:
-        lines += ["", f"![force parity]({report.parity_plot})"]
-    lines.append("")
+    lines += ["", f"![force parity]({PARITY_PLOT})", ""]
     return "\n".join(lines)
 
 
@@ -236,15 +232,10 @@ def plot_force_parity(artifact_forces: np.ndarray, reference_forces: np.ndarray,
 
 
 def write_report(report: ValidationReport, directory: str | Path, artifact_forces: np.ndarray, reference_forces: np.ndarray) -> Path:
-    """Write the parity plot (where matplotlib is installed; a note otherwise), ``report.json``
-    and ``report.md`` into ``directory``; returns it."""
+    """Write ``report.json``, ``report.md`` and the force parity plot into ``directory``; returns it."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    try:
-        plot_force_parity(artifact_forces, reference_forces, directory / PARITY_PLOT, title=f"{Path(report.artifact).name} vs reference")
-        report.parity_plot = PARITY_PLOT
-    except ImportError:
-        report.notes.append("no force parity plot: matplotlib is not installed (pip install 'mlff-export[report]')")
+    plot_force_parity(artifact_forces, reference_forces, directory / PARITY_PLOT, title=f"{Path(report.artifact).name} vs reference")
     write_json(report, directory / "report.json")
     (directory / "report.md").write_text(markdown(report))
     return directory

@@ -10,6 +10,7 @@ comparison is skipped with a note.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +75,9 @@ def compare_onnx_runtimes(path: str | Path, feeds: dict[str, np.ndarray], *, ato
     ]
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         runners.append(OnnxrtRunner(SessionFromOnnx(path, providers=["cuda"]), name="ort-cuda"))
-    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL), warnings.catch_warnings():
+        # CompareFunc.simple works on every polygraphy >= 0.49; 0.53 deprecates it for SimpleCompareFunc.
+        warnings.filterwarnings("ignore", message="CompareFunc.simple is deprecated", category=DeprecationWarning)
         results = Comparator.run(runners, data_loader=[feeds])
         accuracy = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol))
     outputs = []

@@ -5,13 +5,13 @@ Defaults (measured and justified in ``docs/validation.md``):
 =====================  =================  =================  ====================================
 check                  FP32               FP16               unit
 =====================  =================  =================  ====================================
-energy per atom        atol 1e-5,         atol 2e-3,         eV/atom (rtol 5e-7: four float32
+energy per atom        atol 1e-5,         atol 3e-3,         eV/atom (rtol 5e-7: four float32
                        rtol 5e-7          rtol 5e-7          ulps of a per-atom energy)
 forces                 atol 1e-4          atol 2e-2,         eV/Å
                                           rtol 2e-2
-stress                 atol 1e-5          atol 5e-4          eV/Å³ (1e-5 eV/Å³ = 1.6 MPa)
-finite differences     rtol 1e-2          rtol 1e-1          of the force norm, plus the float32
-                                                             noise floor of the energy
+stress                 atol 1e-5          atol 1e-3          eV/Å³ (1e-5 eV/Å³ = 1.6 MPa)
+finite differences     rtol 1e-2          rtol 1e-1          of the force norm, plus the energy's
+                                                             noise floor (see .physics)
 NVE drift excess       1e-4               2e-3               eV/atom over the run, beyond the
                                                              reference model's own drift
 cross-runtime (ONNX)   atol 1e-4,         atol 1e-3,         output units (energy in eV)
@@ -99,9 +99,9 @@ DEFAULT_TOLERANCES = {
     ),
     "fp16": Tolerances(
         outputs={
-            "energy_per_atom": OutputTolerance(atol=2e-3, rtol=5e-7),
+            "energy_per_atom": OutputTolerance(atol=3e-3, rtol=5e-7),
             "forces": OutputTolerance(atol=2e-2, rtol=2e-2),
-            "stress": OutputTolerance(atol=5e-4),
+            "stress": OutputTolerance(atol=1e-3),
         },
         finite_difference_rtol=1e-1,
         nve_drift_excess=2e-3,

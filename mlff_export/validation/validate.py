@@ -45,6 +45,7 @@ def validate_artifact(
     structures: str | Path | None = None,
     precision: str | None = None,
     device: str = "cpu",
+    backend: str | None = None,
     tolerance_overrides: dict[str, float] | None = None,
     nve_steps: int = 200,
     compare_runtimes: bool = True,
@@ -57,6 +58,8 @@ def validate_artifact(
         structures: a file ASE reads (all its structures), or None for the built-in set.
         precision: which default tolerances apply (``"fp32"``/``"fp16"``); default: the artifact's.
         device: where the artifact and the reference run (``"cpu"``, ``"cuda"``).
+        backend: the artifact's runtime backend (``load_calculator``'s ``backend``; default:
+            from the artifact's suffix), e.g. ``"compile"`` to validate torch.compile on a checkpoint.
         tolerance_overrides: tolerance name (see ``tolerances.OVERRIDABLE``) -> value.
         nve_steps: VelocityVerlet steps (0: no NVE check).
         compare_runtimes: run the polygraphy cross-runtime comparison for ``.onnx`` artifacts.
@@ -65,7 +68,7 @@ def validate_artifact(
     Raises:
         StructureError (a ValueError) for a structure the artifact cannot evaluate, naming it.
     """
-    artifact_calculator = load_calculator(artifact, device=device)
+    artifact_calculator = load_calculator(artifact, device=device, backend=backend)
     reference_model = copy.deepcopy(reference if isinstance(reference, nn.Module) else load_checkpoint(reference))
     provenance = check_provenance(artifact, reference_model)
     reference_calculator = load_calculator(reference_model, device=device, dtype="float64")
@@ -94,8 +97,9 @@ def validate_artifact(
     comparisons += compare_predictions("artifact batched vs one by one", names, atoms, batched, one_by_one, tolerances.outputs)
 
     finite_difference_set = dict(list(selected.items())[:FINITE_DIFFERENCE_STRUCTURES])
+    energy_errors = {name: abs(ours["energy"] - theirs["energy"]) for name, ours, theirs in zip(names, batched, reference_results)}
     finite_differences = check_forces_by_finite_differences(
-        artifact_calculator, finite_difference_set, rtol=tolerances.finite_difference_rtol
+        artifact_calculator, finite_difference_set, rtol=tolerances.finite_difference_rtol, energy_errors=energy_errors
     )
 
     nve = None
@@ -120,6 +124,7 @@ def validate_artifact(
         reference=f"<{type(reference).__name__} module>" if isinstance(reference, nn.Module) else str(reference),
         precision=precision,
         device=str(device),
+        backend=artifact_calculator.backend.name,
         structures_source=source,
         structure_names=names,
         tolerances=tolerances,

@@ -135,6 +135,7 @@ def _add_export(subparsers) -> None:
 
 
 def _run_export(args) -> int:
+    import logging
     from pathlib import Path
 
     import onnx
@@ -147,6 +148,7 @@ def _run_export(args) -> int:
     from mlff_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
     from mlff_export.runtime.parity import compare_with_eager
 
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # the exporter's notes on absent torchvision ops
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     if not precisions or set(precisions) - set(PRECISIONS):
         raise ValueError(f"--precision must be a comma-separated list of {list(PRECISIONS)}, got {args.precision!r}")
@@ -213,11 +215,52 @@ def _run_validate(args) -> int:
     return 0 if report.passed else 1
 
 
+def _add_bench(subparsers) -> None:
+    from mlff_export.bench.cases import ALL_BACKENDS
+
+    parser = subparsers.add_parser("bench", help="benchmark every available backend side by side (JSON, Markdown, plots)")
+    parser.add_argument("--checkpoint", default=str(REFERENCE_CHECKPOINT), help="checkpoint card (.json)")
+    parser.add_argument("--suite", choices=("quick", "full"), default="quick", help="quick: CPU, under a minute")
+    parser.add_argument("--backends", default=None, help=f"comma-separated of {','.join(ALL_BACKENDS)} (default: all)")
+    parser.add_argument("--precision", default="fp32,fp16", help="comma-separated, of fp32, fp16")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
+    parser.add_argument("--out", default="bench/results/latest", help="output folder")
+    parser.set_defaults(run=_run_bench)
+
+
+def _run_bench(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from mlff_export.bench.cases import ALL_BACKENDS
+    from mlff_export.bench.run import run_benchmark
+
+    backends = _comma_list(args.backends, ALL_BACKENDS, "--backends") if args.backends else list(ALL_BACKENDS)
+    precisions = _comma_list(args.precision, ("fp32", "fp16"), "--precision")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(args.out)
+    results = run_benchmark(Path(args.checkpoint), args.suite, backends, precisions, device, out)
+    print((out / "results.md").read_text())
+    failed = [r for r in results["records"] if "error" in r]
+    print(f"wrote {out}/results.json, results.md and plots; {len(results['records'])} measurements, {len(failed)} failed")
+    return 0
+
+
+def _comma_list(text: str, allowed, option: str) -> list[str]:
+    """Parse a comma-separated option, refusing unknown values with the allowed ones."""
+    values = [value.strip() for value in text.split(",") if value.strip()]
+    unknown = [value for value in values if value not in allowed]
+    if unknown or not values:
+        raise ValueError(f"{option} must be a comma-separated list of {', '.join(allowed)}; got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlff-export", description=mlff_export.__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mlff-export {mlff_export.__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_info, _add_demo, _add_export, _add_build_engine, _add_validate):
+    for add in (_add_info, _add_demo, _add_export, _add_build_engine, _add_validate, _add_bench):
         add(subparsers)
     return parser
 

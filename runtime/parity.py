@@ -18,4 +18,5 @@ def compare_with_eager(backend, model: nn.Module, structures: Sequence[Atoms], p
     virial eV) under ``precision``'s tolerances, with all ``structures`` in one call of each."""
     inputs = batch_inputs(list(structures), [compute_pairs(atoms, model.cutoff) for atoms in structures])
     expected = EagerBackend(model, torch.device("cpu"), torch.float32).evaluate(inputs)
-    return compare_with_tolerances(backend.evaluate(inputs.to(device=backend.device)), expected, precision)
+    actual = backend.evaluate(inputs.to(device=backend.device))
+    return compare_with_tolerances(actual, expected, precision, inputs.structure_index)

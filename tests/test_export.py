@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import molecule
-from conftest import make_small_painn, structure_zoo
+from ase.build import bulk, molecule
+from conftest import make_small_painn, rattled, structure_zoo
 from torch import nn
 
 onnx = pytest.importorskip("onnx")
@@ -110,9 +110,11 @@ def test_onnxruntime_matches_eager(painn, painn_onnx, precision, name):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_mixed_batch_matches_eager(painn, painn_onnx, precision):
-    """All molecules and cells in one call (B=7): per-structure sums must not mix structures."""
+    """All molecules and cells and a 64-atom cell in one call (B=8): per-structure sums must not
+    mix structures."""
     backend = OnnxRuntimeBackend(painn_onnx[precision], CPU, intra_op_threads=THREADS)
-    assert_parity(backend, painn, list(ZOO.values()), precision)
+    supercell = rattled(bulk("C", "diamond", a=3.57, cubic=True) * (2, 2, 2), seed=5)
+    assert_parity(backend, painn, [*ZOO.values(), supercell], precision)
 
 
 def test_one_graph_runs_several_sizes(painn, painn_onnx):

@@ -83,6 +83,13 @@ class OutputComparison:
     violations: int
     passed: bool
 
+    @property
+    def worst_location(self) -> str:
+        """``"<structure> atom <i>"``, ``"<structure>"`` for per-structure outputs, ``"-"`` if empty."""
+        if not self.count:
+            return "-"
+        return self.worst_structure + (f" atom {self.worst_atom}" if self.worst_atom >= 0 else "")
+
 
 def compare_output(label: str, output: str, predicted: OutputValues, reference: OutputValues, tolerance: OutputTolerance) -> OutputComparison:
     """Compare one output; rows of ``predicted`` and ``reference`` must correspond."""

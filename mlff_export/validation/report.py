@@ -40,9 +40,8 @@ class ValidationReport:
         """One line per failed check, naming it and the numbers that failed it."""
         lines = [f"provenance: {check.name}: {check.detail}" for check in self.provenance if not check.passed]
         lines += [
-            f"{c.label}: {c.output} max |error| {c.max_abs_error:.3g} {c.unit} at {c.worst_structure}"
-            + (f" atom {c.worst_atom}" if c.worst_atom >= 0 else "")
-            + f" ({c.violations} of {c.count} values beyond atol {c.atol:g} + rtol {c.rtol:g} * |reference|)"
+            f"{c.label}: {c.output} max |error| {c.max_abs_error:.3g} {c.unit} at {c.worst_location}"
+            f" ({c.violations} of {c.count} values beyond atol {c.atol:g} + rtol {c.rtol:g} * |reference|)"
             for c in self.comparisons
             if not c.passed
         ]
@@ -86,12 +85,11 @@ def text_summary(report: ValidationReport) -> str:
     ]
     lines += [f"note       {note}" for note in report.notes]
     lines += [f"{_mark(c.passed)} provenance: {c.name}" for c in report.provenance]
-    for c in report.comparisons:
-        where = f" at {c.worst_structure}" + (f" atom {c.worst_atom}" if c.worst_atom >= 0 else "") if c.count else ""
-        lines.append(
-            f"{_mark(c.passed)} {c.label}: {c.output:<15} max {c.max_abs_error:9.3g}  mean {c.mean_abs_error:9.3g} {c.unit:<7}"
-            f" (atol {c.atol:g}, rtol {c.rtol:g}){where}"
-        )
+    lines += [
+        f"{_mark(c.passed)} {c.label}: {c.output:<15} max {c.max_abs_error:9.3g}  mean {c.mean_abs_error:9.3g} {c.unit:<7}"
+        f" (atol {c.atol:g}, rtol {c.rtol:g}) at {c.worst_location}"
+        for c in report.comparisons
+    ]
     if report.finite_differences:
         worst = max(report.finite_differences, key=lambda f: f.error / f.allowed)
         lines.append(
@@ -143,15 +141,14 @@ def markdown(report: ValidationReport) -> str:
         "",
         "## Outputs",
         "",
-        "| comparison | output | max abs error | mean abs error | relative error | worst structure (atom) | atol | rtol | result |",
+        "| comparison | output | max abs error | mean abs error | relative error | worst | atol | rtol | result |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for c in report.comparisons:
-        where = f"{c.worst_structure}" + (f" ({c.worst_atom})" if c.worst_atom >= 0 else "") if c.count else "—"
-        lines.append(
-            f"| {c.label} | {c.output} ({c.unit}) | {c.max_abs_error:.3g} | {c.mean_abs_error:.3g} | "
-            f"{c.relative_error:.3g} | {where} | {c.atol:g} | {c.rtol:g} | {_verdict(c.passed)} |"
-        )
+    lines += [
+        f"| {c.label} | {c.output} ({c.unit}) | {c.max_abs_error:.3g} | {c.mean_abs_error:.3g} | "
+        f"{c.relative_error:.3g} | {c.worst_location} | {c.atol:g} | {c.rtol:g} | {_verdict(c.passed)} |"
+        for c in report.comparisons
+    ]
     if report.finite_differences:
         lines += [
             "",

@@ -221,7 +221,7 @@ def _add_bench(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="benchmark every available backend side by side (JSON, Markdown, plots)")
     parser.add_argument("--checkpoint", default=str(REFERENCE_CHECKPOINT), help="checkpoint card (.json)")
     parser.add_argument("--suite", choices=("quick", "full"), default="quick", help="quick: CPU, under a minute")
-    parser.add_argument("--backends", default=None, help=f"comma-separated of {','.join(ALL_BACKENDS)} (default: all)")
+    parser.add_argument("--backends", default=None, help=f"comma-separated of {','.join(ALL_BACKENDS)} (default: the suite's: quick eager,onnxruntime; full all)")
     parser.add_argument("--precision", default="fp32,fp16", help="comma-separated, of fp32, fp16")
     parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
     parser.add_argument("--out", default="bench/results/latest", help="output folder")
@@ -236,7 +236,7 @@ def _run_bench(args) -> int:
     from mlff_export.bench.cases import ALL_BACKENDS
     from mlff_export.bench.run import run_benchmark
 
-    backends = _comma_list(args.backends, ALL_BACKENDS, "--backends") if args.backends else list(ALL_BACKENDS)
+    backends = _comma_list(args.backends, ALL_BACKENDS, "--backends") if args.backends else None
     precisions = _comma_list(args.precision, ("fp32", "fp16"), "--precision")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(args.out)

@@ -1,0 +1,148 @@
+"""The rows of the benchmark: each backend (and each of the seed's experiments) as a calculator.
+
+Runtime backends come from :func:`mlff_export.runtime.load_calculator`. Two rows exist only to
+re-measure the seed's experiments and are defined here: FP16 autocast around the eager model,
+and TorchScript (``torch.jit.trace`` of the joint graph, one trace per shape bucket: the eager
+model's ``autograd.grad`` cannot be scripted).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mlff_export.checkpoint import load_checkpoint
+from mlff_export.interface import AtomicInputs
+from mlff_export.runtime.calculator import MLFFCalculator, load_calculator
+from mlff_export.runtime.eager import EagerBackend
+from mlff_export.runtime.joint_graph import JointGraphBackend
+
+ALL_BACKENDS = (
+    "eager",
+    "eager-fp16-autocast",
+    "torchscript",
+    "compile",
+    "compile-reduce-overhead",
+    "compile-max-autotune",
+    "cuda-graphs",
+    "onnxruntime",
+    "tensorrt",
+)
+GPU_ONLY = {"eager-fp16-autocast", "compile-reduce-overhead", "compile-max-autotune", "cuda-graphs", "tensorrt"}
+
+
+class AutocastEagerBackend(EagerBackend):
+    """The seed's "FP16 autocast": the eager model under ``torch.autocast(float16)``."""
+
+    name = "eager-fp16-autocast"
+
+    def evaluate(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:
+        with torch.autocast(self.device.type, dtype=torch.float16):
+            return super().evaluate(inputs)
+
+
+class TorchScriptBackend(JointGraphBackend):
+    """The seed's "TorchScript JIT": the joint graph traced by ``torch.jit.trace`` per bucket."""
+
+    name = "torchscript"
+
+    def __init__(self, model, device):
+        super().__init__(model, device)
+        self._traced: dict[tuple, torch.jit.ScriptModule] = {}
+
+    def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        key = tuple(tuple(tensor.shape) for tensor in feeds.values())
+        if key not in self._traced:
+            self._traced[key] = torch.jit.trace(self.graph, tuple(feeds.values()), check_trace=False)
+        return dict(zip(("energy", "forces", "virial"), self._traced[key](*feeds.values())))
+
+
+@dataclass
+class Case:
+    """One benchmark row: a backend at a precision, built on demand."""
+
+    backend: str
+    precision: str
+    build: Callable[[], MLFFCalculator]
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} {self.precision}"
+
+
+def _calculator_with(backend, model) -> MLFFCalculator:
+    return MLFFCalculator(backend, cutoff=model.cutoff, species=model.species)
+
+
+def plan_cases(
+    checkpoint: Path,
+    onnx_files: dict[str, Path],
+    device: torch.device,
+    backends: list[str],
+    precisions: list[str],
+) -> tuple[list[Case], dict[str, str]]:
+    """The cases to run, and for each requested row that cannot run here, the reason."""
+    cases: list[Case] = []
+    not_run: dict[str, str] = {}
+    for backend in backends:
+        if backend in GPU_ONLY and device.type != "cuda":
+            not_run[backend] = "needs a CUDA GPU"
+            continue
+        if backend == "tensorrt":
+            if importlib.util.find_spec("tensorrt") is None:
+                not_run[backend] = (
+                    "full TensorRT is not installed (not obtainable on this machine; TensorRT-RTX builds here "
+                    "but cannot deserialize on compute capability 9.0)"
+                )
+                continue
+            for precision in precisions:
+                cases.append(Case(backend, precision, _engine_case(onnx_files[precision], precision, device)))
+            continue
+        if backend == "onnxruntime":
+            if importlib.util.find_spec("onnxruntime") is None:
+                not_run[backend] = "onnxruntime is not installed"
+                continue
+            for precision in precisions:
+                path = onnx_files[precision]
+                cases.append(Case(backend, precision, lambda path=path: load_calculator(path, device)))
+            continue
+        if "fp32" not in precisions:
+            continue
+        cases.append(Case(backend, "fp32", _module_case(backend, checkpoint, device)))
+    return cases, not_run
+
+
+def _module_case(backend: str, checkpoint: Path, device: torch.device) -> Callable[[], MLFFCalculator]:
+    def build() -> MLFFCalculator:
+        if backend == "eager-fp16-autocast":
+            model = load_checkpoint(checkpoint)
+            return _calculator_with(AutocastEagerBackend(model, device, torch.float32), model)
+        if backend == "torchscript":
+            model = load_checkpoint(checkpoint)
+            return _calculator_with(TorchScriptBackend(model, device), model)
+        if backend == "compile-max-autotune":
+            from mlff_export.runtime.joint_graph import CompiledBackend
+
+            model = load_checkpoint(checkpoint)
+            return _calculator_with(CompiledBackend(model, device, mode="max-autotune"), model)
+        return load_calculator(checkpoint, device, backend=backend)
+
+    return build
+
+
+def _engine_case(onnx_path: Path, precision: str, device: torch.device) -> Callable[[], MLFFCalculator]:
+    """Build a TensorRT engine with every named profile beside the ONNX file, then load it."""
+
+    def build() -> MLFFCalculator:
+        from mlff_export.export.engine_builder import build_engine
+        from mlff_export.export.engine_profiles import load_profiles
+
+        plan = onnx_path.with_suffix(".plan")
+        build_engine(onnx_path, plan, list(load_profiles().values()), precision)
+        return load_calculator(plan, device)
+
+    return build

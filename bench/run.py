@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -22,8 +23,14 @@ def run_benchmark(
     returns the JSON written.
 
     Writes into ``out``: ``records.jsonl`` (as it goes), ``results.json`` (environment, records,
-    rows not run and why), ``results.md`` and the PNG plots.
+    rows not run and why), ``results.md`` and the PNG plots. Exported graphs and engines go to a
+    temporary folder, removed at the end.
     """
+    with tempfile.TemporaryDirectory(prefix="mlff-bench-") as artifacts:
+        return _run(checkpoint, suite_name, backends, precisions, device, out, Path(artifacts))
+
+
+def _run(checkpoint, suite_name, backends, precisions, device, out: Path, artifacts: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     suite = build_suite(suite_name)
     backends = list(backends or suite.default_backends)
@@ -34,7 +41,7 @@ def run_benchmark(
 
         model = load_checkpoint(checkpoint)
         for precision in precisions:
-            onnx_files[precision] = to_onnx(model, out / f"{checkpoint.stem}.{precision}.onnx", precision=precision)
+            onnx_files[precision] = to_onnx(model, artifacts / f"{checkpoint.stem}.{precision}.onnx", precision=precision)
     cases, not_run = plan_cases(checkpoint, onnx_files, device, backends, precisions)
     if "eager" not in backends:
         not_run.setdefault("eager", "not requested (used as the parity reference only)")

@@ -256,11 +256,65 @@ def _comma_list(text: str, allowed, option: str) -> list[str]:
     return values
 
 
+def _add_pipeline(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "pipeline",
+        help="the main job: export (fp32, fp16), build engines where TensorRT exists, validate, benchmark",
+    )
+    parser.add_argument("--checkpoint", default=str(REFERENCE_CHECKPOINT), help="checkpoint card (.json)")
+    parser.add_argument("--out", default="mlff-export-results", help="output folder")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
+    parser.add_argument("--suite", choices=("quick", "full"), default="quick", help="benchmark suite")
+    parser.set_defaults(run=_run_pipeline)
+
+
+def _run_pipeline(args) -> int:
+    """Each step is the subcommand of the same name; artifacts are validated on ONNX Runtime, or on
+    TensorRT where an engine could be built (TensorRT installed and a CUDA GPU present)."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    out = Path(args.out)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    stem = Path(args.checkpoint).stem
+    steps = [("export", ["export", "--checkpoint", args.checkpoint, "--out", str(out / "onnx")])]
+    artifacts = {precision: out / "onnx" / f"{stem}.{precision}.onnx" for precision in ("fp32", "fp16")}
+    if importlib.util.find_spec("tensorrt") is not None and device.startswith("cuda"):
+        for precision in ("fp32", "fp16"):
+            plan = out / "engines" / f"{stem}.{precision}.plan"
+            steps.append((f"build-engine {precision}", ["build-engine", "--onnx", str(artifacts[precision]),
+                                                        "--precision", precision, "--profile", "small-molecules",
+                                                        "--profile", "medium", "--out", str(plan)]))
+            artifacts[precision] = plan
+    else:
+        print("build-engine: skipped (needs TensorRT and a CUDA GPU: pip install \"mlff-export[trt]\"); "
+              "validating the ONNX graphs on ONNX Runtime instead")
+    for precision, artifact in artifacts.items():
+        steps.append((f"validate {precision}", ["validate", str(artifact), "--reference", args.checkpoint,
+                                                "--device", device, "--report", str(out / f"validate-{precision}")]))
+    steps.append(("bench", ["bench", "--checkpoint", args.checkpoint, "--suite", args.suite, "--device", device,
+                            "--out", str(out / "bench")]))
+    outcomes = []
+    for name, argv in steps:
+        print(f"\n=== mlff-export {' '.join(argv)}", flush=True)
+        start = time.perf_counter()
+        outcomes.append((name, main(argv), time.perf_counter() - start))
+    print("\n=== pipeline summary")
+    for name, code, seconds in outcomes:
+        print(f"{name:<22} {'ok' if code == 0 else 'FAILED'}  {seconds:6.1f} s")
+    passed = all(code == 0 for _, code, _ in outcomes)
+    print(f"results in {out}/")
+    print("PASSED" if passed else "FAILED")
+    return 0 if passed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlff-export", description=mlff_export.__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mlff-export {mlff_export.__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_info, _add_demo, _add_export, _add_build_engine, _add_validate, _add_bench):
+    for add in (_add_info, _add_demo, _add_export, _add_build_engine, _add_validate, _add_bench, _add_pipeline):
         add(subparsers)
     return parser
 

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU checks of the project, run on the lent H100 (see README.md beside this file).
+# Usage: bash bench/device/gpu_checks.sh STEP...   (install tests ort-parity trt-rtx validate bench-quick bench-full)
+# Results collect in /tmp/gpu-checks (kept while the machine stays warm); every call ends by packing
+# that folder into $OUT/gpu-checks.tar.gz (the device returns at most 8 files).
+# Commands run from /tmp: `python -m` in the checkout would import its unmapped mlff_export/.
+set -uo pipefail
+export PYTHONPATH=/tmp/mlff:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+repo=$PWD
+out=/tmp/gpu-checks; mkdir -p "$out"
+cli=/tmp/mlff/bin/mlff-export
+status=0
+for step in "$@"; do
+  echo "=== $step ($(date -u +%H:%M:%S))"
+  case $step in
+    install)  # the project itself, non-editable, with the setuptools from the wheels
+      python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/mlff . > "$out/install.log" 2>&1 \
+        && python3 -c "import mlff_export.runtime, mlff_export.bench; print('mlff_export installed')" ;;
+    tests)
+      nvidia-smi > "$out/tests.log" 2>&1
+      (cd /tmp && python3 -m pytest -m gpu -q -p no:cacheprovider --rootdir "$repo" "$repo/tests") >> "$out/tests.log" 2>&1 ;;
+    ort-parity)
+      python3 bench/ort_cuda_parity.py --out "$out" > "$out/ort-parity.log" 2>&1 ;;
+    trt-rtx)
+      python3 bench/trt_rtx_check.py --out "$out" --profile small-molecules --profile medium > "$out/trt-rtx.log" 2>&1 ;;
+    validate)
+      (cd /tmp && $cli export --out /tmp/onnx) > "$out/validate.log" 2>&1 \
+        && for p in fp32 fp16; do (cd /tmp && $cli validate /tmp/onnx/painn-hcno.$p.onnx --precision $p --device cuda --report "$out/validate-$p"); done >> "$out/validate.log" 2>&1 ;;
+    bench-quick|bench-full)
+      (cd /tmp && $cli bench --suite "${step#bench-}" --device cuda --out "$out/$step") > "$out/$step.log" 2>&1 ;;
+    *) echo "unknown step $step"; status=2; continue ;;
+  esac
+  code=$?; [ $code -ne 0 ] && status=$code
+  echo "=== $step exit $code"; tail -n 25 "$out/$step.log" 2>/dev/null
+done
+[ -n "${OUT:-}" ] && tar czf "$OUT/gpu-checks.tar.gz" -C /tmp gpu-checks
+exit $status

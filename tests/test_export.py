@@ -303,3 +303,18 @@ def test_cli_refuses_an_unknown_precision_in_one_line(tmp_path, capsys):
     assert main(["export", "--out", str(tmp_path), "--precision", "fp8"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and "fp8" in err and not list(tmp_path.iterdir())
+
+
+def test_cli_refuses_a_checkpoint_whose_config_and_weights_disagree(tmp_path, capsys):
+    import json
+
+    from mlff_export.checkpoint import save_checkpoint
+    from mlff_export.cli import main
+
+    card = save_checkpoint(make_small_painn(), tmp_path / "small.json")
+    values = json.loads(card.read_text())
+    values["config"]["num_features"] = 16
+    card.write_text(json.dumps(values))
+    assert main(["export", "--checkpoint", str(card), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "disagree" in err and not (tmp_path / "out").exists()

@@ -12,9 +12,8 @@ from mlff_export.forces import energy_forces_virial
 INTERFACE_DOC = "see docs/interface.md"
 
 
-def check_interface_model(model: nn.Module) -> None:
-    """Raise :class:`ExportError` unless ``model`` declares ``cutoff`` and ``species`` and returns
-    energy [B] for interface inputs, with finite forces [N, 3] and virial [B, 3, 3]."""
+def check_declares_interface(model: nn.Module) -> None:
+    """Raise :class:`ExportError` unless ``model`` is a module declaring ``cutoff`` and ``species``."""
     if not isinstance(model, nn.Module):
         raise ExportError(f"model | received {type(model).__name__} | expected a torch.nn.Module ({INTERFACE_DOC})")
     name = type(model).__name__
@@ -26,7 +25,13 @@ def check_interface_model(model: nn.Module) -> None:
         raise ExportError(
             f"model {name}: attribute `species` | received {species!r} | expected atomic numbers ({INTERFACE_DOC})"
         )
-    inputs = example_inputs(tuple(species))
+
+
+def check_interface_outputs(model: nn.Module) -> None:
+    """Raise :class:`ExportError` unless ``model`` (on the CPU, float32 inputs) returns energy [B]
+    for interface inputs, with finite forces [N, 3] and virial [B, 3, 3]."""
+    name = type(model).__name__
+    inputs = example_inputs(tuple(model.species))
     n, b = inputs.num_atoms, inputs.num_structures
     try:
         outputs = energy_forces_virial(model, inputs)

@@ -22,7 +22,7 @@ from torch import nn
 import mlff_export
 from mlff_export.export.errors import ExportError
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE, OUTPUT_AXES, PAIR_LIST, GraphLayout
-from mlff_export.export.interface_check import check_interface_model
+from mlff_export.export.interface_check import check_declares_interface, check_interface_outputs
 from mlff_export.export.joint_graph import trace_joint_graph
 from mlff_export.export.joint_graph_ops import ONNX_TRANSLATIONS
 from mlff_export.export.metadata import FORCE_METHOD, ArtifactMetadata, graph_sha256
@@ -68,15 +68,15 @@ def to_onnx(model: nn.Module, path: str | Path, *, precision: str = "fp32", opse
         )
     if precision not in PRECISIONS:
         raise ExportError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    check_interface_model(model)
+    check_declares_interface(model)
     layout = NEIGHBOR_TABLE if has_pair_energy(model) else PAIR_LIST
     if precision == "fp16" and layout is PAIR_LIST:
         raise ExportError(
             f"fp16 needs a model with `atomic_energies(pair_vectors, species, layout)` that runs its body in its "
             f"weights' dtype (as PaiNN does); {type(model).__name__} has none: export it with precision='fp32'"
         )
-    export_model = model_for_precision(model, precision)
-    check_interface_model(export_model)
+    export_model = model_for_precision(model, precision)  # CPU, float32 (body float16 for fp16)
+    check_interface_outputs(export_model)
     model_proto = _trace_to_onnx(export_model, layout, opset)
     _check_axes(model_proto, layout)
     if layout.has_scatter:

@@ -62,6 +62,16 @@ class IndexAddSchNet(nn.Module):
         return torch.zeros(cell.shape[0], dtype=positions.dtype).index_add(0, structure_index, atom_energies)
 
 
+class PerAtomEnergies(nn.Module):
+    """Breaks the interface: returns an energy per atom [N], not per structure [B]."""
+
+    cutoff = 4.0
+    species = (1, 6, 7, 8)
+
+    def forward(self, positions, species, pair_index, pair_shifts, structure_index, cell):
+        return (positions * positions).sum(1)
+
+
 @pytest.fixture(scope="module")
 def painn():
     return make_small_painn()
@@ -263,12 +273,13 @@ def test_index_add_model_matches_eager(schnet, schnet_export):
     "make_model, options, message",
     [
         (lambda: nn.Linear(3, 1), {}, "cutoff"),
+        (PerAtomEnergies, {}, r"output energy .* expected float \(4,\)"),
         (make_small_painn, {"opset": 13}, "opset"),
         (make_small_painn, {"precision": "int8"}, "precision must be one of"),
         (IndexAddSchNet, {"precision": "fp16"}, "atomic_energies"),
         ("not a module", {}, "expected a torch.nn.Module"),
     ],
-    ids=["no-interface", "old-opset", "unknown-precision", "fp16-without-atomic-energies", "not-a-module"],
+    ids=["no-interface", "energy-per-atom", "old-opset", "unknown-precision", "fp16-without-atomic-energies", "not-a-module"],
 )
 def test_bad_input_is_refused_before_writing(tmp_path, make_model, options, message):
     model = make_model() if callable(make_model) else make_model

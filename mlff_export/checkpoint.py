@@ -40,6 +40,7 @@ def save_checkpoint(model: PaiNN, card_path: str | Path, extra: dict | None = No
     ``extra`` (JSON-serialisable, e.g. training provenance) is stored under ``"extra"``.
     """
     card_path = Path(card_path)
+    card_path.parent.mkdir(parents=True, exist_ok=True)
     weights_path = card_path.with_suffix(".safetensors")
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(weights_path))

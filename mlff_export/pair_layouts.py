@@ -226,24 +226,41 @@ class NeighborTable:
         )
 
 
+def _lexicographic_order(keys: torch.Tensor) -> torch.Tensor:
+    """Row order that sorts ``keys [E, C]`` lexicographically (stable sorts, last column first)."""
+    order = torch.arange(keys.shape[0], device=keys.device)
+    for column in reversed(range(keys.shape[1])):
+        order = order[torch.argsort(keys[order, column], stable=True)]
+    return order
+
+
 def _reverse_pairs(pair_index: torch.Tensor, pair_shifts: torch.Tensor) -> torch.Tensor:
-    """For each pair ``(i, j, s)`` the index of ``(j, i, -s)``; shifts are matched to 1e-4 Å."""
+    """For each pair ``(i, j, s)`` the index of ``(j, i, -s)``; shifts are matched to 1e-4 Å.
+
+    The keys ``(i, j, s)`` and the reverse keys ``(j, i, -s)`` of a full list are the same set:
+    sorting both lines every pair up with its reverse (exact, O(E log E), no hashing).
+    """
     num_pairs = pair_index.shape[1]
     if num_pairs == 0:
         return pair_index.new_zeros(0)
     shift_key = torch.round(pair_shifts.double() * 1e4).to(torch.int64)
     keys = torch.cat([pair_index.T, shift_key], dim=1)
     reverse_keys = torch.cat([pair_index.flip(0).T, -shift_key], dim=1)
-    _, ids = torch.unique(torch.cat([keys, reverse_keys]), dim=0, return_inverse=True)
-    key_ids, reverse_ids = ids[:num_pairs], ids[num_pairs:]
-    pair_of_id = torch.full((int(ids.max()) + 1,), -1, dtype=torch.int64, device=pair_index.device)
-    pair_of_id[key_ids] = torch.arange(num_pairs, device=pair_index.device)
-    reverse = pair_of_id[reverse_ids]
-    if bool((reverse < 0).any()):
-        missing = int(torch.nonzero(reverse < 0)[0, 0])
+    key_order, reverse_order = _lexicographic_order(keys), _lexicographic_order(reverse_keys)
+    differs = keys[key_order] != reverse_keys[reverse_order]
+    unmatched = differs.any(dim=1)
+    if bool(unmatched.any()):
+        # At the first mismatch the smaller row has no partner: a key nobody reverses to, or a
+        # reverse key that is nobody's key. Either way that row's pair has no reverse.
+        row = int(torch.nonzero(unmatched)[0, 0])
+        column = int(torch.nonzero(differs[row])[0, 0])
+        key_is_smaller = bool(keys[key_order[row], column] < reverse_keys[reverse_order[row], column])
+        missing = int(key_order[row] if key_is_smaller else reverse_order[row])
         i, j = (int(v) for v in pair_index[:, missing])
         raise InterfaceError(
             f"pair_index: pair {missing} ({i} -> {j}) has no reverse pair ({j} -> {i}, opposite shift) | "
             "the interface needs a full neighbor list (both directions)"
         )
+    reverse = torch.empty_like(key_order)
+    reverse[reverse_order] = key_order
     return reverse

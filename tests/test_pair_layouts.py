@@ -66,3 +66,11 @@ def test_half_list_is_refused(batch):
 def test_too_small_table_is_refused(batch):
     with pytest.raises(InterfaceError, match="use a larger max_neighbors"):
         NeighborTable.from_pair_list(batch.pair_index, batch.pair_shifts, batch.num_atoms, max_neighbors=2)
+
+
+def test_the_pair_without_reverse_is_named(batch):
+    keep = torch.ones(batch.num_pairs, dtype=torch.bool)
+    keep[5] = False  # drop one direction of one pair: its reverse is now the orphan
+    center, neighbor = (int(v) for v in batch.pair_index[:, 5])
+    with pytest.raises(InterfaceError, match=rf"\({neighbor} -> {center}\) has no reverse pair"):
+        NeighborTable.from_pair_list(batch.pair_index[:, keep], batch.pair_shifts[keep], batch.num_atoms)

@@ -14,8 +14,8 @@ for step in "$@"; do
   echo "=== $step ($(date -u +%H:%M:%S))"
   case $step in
     install)  # the project itself, non-editable, with the setuptools from the wheels
-      python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/mlff . > "$out/install.log" 2>&1 \
-        && python3 -c "import mlff_export.runtime, mlff_export.bench; print('mlff_export installed')" ;;
+      python3 -m pip install -q --upgrade --no-deps --no-build-isolation --no-index --target /tmp/mlff . > "$out/install.log" 2>&1 \
+        && (cd /tmp && python3 -c "import mlff_export.runtime, mlff_export.bench; print('mlff_export installed')") ;;
     tests)
       nvidia-smi > "$out/tests.log" 2>&1
       (cd /tmp && python3 -m pytest -m gpu -q -p no:cacheprovider --rootdir "$repo" "$repo/tests") >> "$out/tests.log" 2>&1 ;;

@@ -32,18 +32,17 @@ OUTPUT_AXES = {"energy": ("num_structures",), "forces": ("num_atoms", 3), "viria
 
 @dataclass(frozen=True)
 class GraphLayout:
-    """Names, axes and dtypes of an exported graph's inputs (a string axis is dynamic).
+    """Names and axes of an exported graph's inputs (a string axis is dynamic; floats are float32,
+    indices int64).
 
     Attributes:
         name: stored in the artifact's metadata as ``input_layout``.
         input_axes: input name -> axes, in the graph's input order.
-        integer_inputs: inputs of dtype int64; the others are float32.
         has_scatter: whether the graph keeps scatters with a reduction (``index_add``).
     """
 
     name: str
     input_axes: dict[str, tuple[str | int, ...]]
-    integer_inputs: frozenset[str]
     has_scatter: bool
 
     @property
@@ -90,7 +89,6 @@ NEIGHBOR_TABLE = GraphLayout(
         "structure_index": ("num_atoms",),
         "cell": ("num_structures", 3, 3),
     },
-    integer_inputs=frozenset({"species", "neighbor_index", "reverse_index", "structure_index"}),
     has_scatter=False,
 )
 
@@ -104,7 +102,6 @@ PAIR_LIST = GraphLayout(
         "structure_index": ("num_atoms",),
         "cell": ("num_structures", 3, 3),
     },
-    integer_inputs=frozenset({"species", "pair_index", "structure_index"}),
     has_scatter=True,
 )
 

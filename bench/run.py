@@ -47,7 +47,7 @@ def _run(checkpoint, suite_name, backends, precisions, device, out: Path, artifa
         not_run.setdefault("eager", "not requested (used as the parity reference only)")
     reference = load_calculator(checkpoint, device)
     (out / "records.jsonl").unlink(missing_ok=True)
-    steps = len(cases) * len(suite.workloads)
+    steps = sum(suite.runs(case.backend, workload) for case in cases for workload in suite.workloads)
     with tqdm(total=steps, desc=f"bench {suite_name}", unit="task") as bar:
 
         def progress(message: str) -> None:

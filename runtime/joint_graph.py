@@ -31,8 +31,9 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that replay CUDA graphs
 MAX_COMPILED_BUCKETS = 64
 
-# Buckets only bound the number of compiled or captured shapes here: one wide profile.
-UNBOUNDED = profile_from_ranges("1:64:16777216", "1:32:65536", "1:1:1048576", name="joint-graph")
+# Buckets only bound the number of compiled or captured shapes here: one wide profile. Its
+# minimums put every small molecule (<= 16 atoms, <= 16 neighbors) into one bucket.
+UNBOUNDED = profile_from_ranges("16:64:16777216", "16:32:65536", "2:2:1048576", name="joint-graph")
 
 
 class JointGraphBackend:

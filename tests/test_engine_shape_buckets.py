@@ -57,6 +57,12 @@ def test_bucket_size_is_a_power_of_two_clamped_to_the_range(size, expected):
     assert bucket_size(size, profile_from_ranges("1:1:32", "1:1:1", "1:1:1").atoms) == min(expected, 32)
 
 
+@pytest.mark.parametrize(("size", "expected"), [(64, 64), (65, 80), (100, 112), (129, 160), (1029, 1280), (98304, 98304)])
+def test_large_buckets_waste_at_most_a_quarter(size, expected):
+    assert bucket_size(size, profile_from_ranges("1:1:1000000", "1:1:1", "1:1:1").atoms) == expected
+    assert expected <= 1.25 * size
+
+
 def test_bucket_size_respects_the_profile_minimum():
     assert bucket_size(3, profile_from_ranges("16:32:64", "1:1:1", "1:1:1").atoms) == 16
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the project, run on the lent H100 (see README.md beside this file).
-# Usage: bash bench/device/gpu_checks.sh STEP...   (install tests ort-parity trt-rtx validate bench-quick bench-full)
+# Usage: bash bench/device/gpu_checks.sh STEP...
+#   steps: install tests ort-parity trt-rtx validate bench-quick bench-full bench-full-uncompiled bench-full-compiled
 # Results collect in /tmp/gpu-checks (kept while the machine stays warm); every call ends by packing
 # that folder into $OUT/gpu-checks.tar.gz (the device returns at most 8 files).
 # Commands run from /tmp: `python -m` in the checkout would import its unmapped mlff_export/.
@@ -27,7 +28,11 @@ for step in "$@"; do
       (cd /tmp && $cli export --out /tmp/onnx) > "$out/validate.log" 2>&1 \
         && for p in fp32 fp16; do (cd /tmp && $cli validate /tmp/onnx/painn-hcno.$p.onnx --precision $p --device cuda --report "$out/validate-$p"); done >> "$out/validate.log" 2>&1 ;;
     bench-quick|bench-full)
-      (cd /tmp && $cli bench --suite "${step#bench-}" --device cuda --out "$out/$step") > "$out/$step.log" 2>&1 ;;
+      (cd /tmp && timeout 560 $cli bench --suite "${step#bench-}" --device cuda --out "$out/$step") > "$out/$step.log" 2>&1 ;;
+    bench-full-uncompiled|bench-full-compiled)  # the full suite in two calls of < 10 min, eager in both
+      backends=eager,eager-fp16-autocast,torchscript,cuda-graphs,onnxruntime,tensorrt
+      [ "$step" = bench-full-compiled ] && backends=eager,compile,compile-reduce-overhead,compile-max-autotune
+      (cd /tmp && timeout 560 $cli bench --suite full --backends $backends --device cuda --out "$out/$step") > "$out/$step.log" 2>&1 ;;
     *) echo "unknown step $step"; status=2; continue ;;
   esac
   code=$?; [ $code -ne 0 ] && status=$code

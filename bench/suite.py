@@ -159,7 +159,20 @@ def run_suite(
     A failure (out of memory, an unsupported op) becomes a record with ``error`` set, and the
     suite goes on.
     """
-    references = {w.name: reference_calc.predict(w.structures) for w in suite.workloads if w.kind != "loop"}
+    references: dict[str, list[dict] | None] = {}
+
+    def reference_for(workload: Workload) -> list[dict] | None:
+        """Eager FP32 results of the workload, computed once; None where eager itself fails (OOM)."""
+        if workload.kind == "loop":
+            return None
+        if workload.name not in references:
+            try:
+                references[workload.name] = reference_calc.predict(workload.structures)
+            except torch.cuda.OutOfMemoryError:
+                references[workload.name] = None
+                torch.cuda.empty_cache()
+        return references[workload.name]
+
     for case in cases:
         progress(f"{case.label}: building")
         try:
@@ -171,7 +184,7 @@ def run_suite(
             if not suite.runs(case.backend, workload):
                 continue
             progress(f"{case.label}: {workload.name}")
-            yield _measure(case, workload, calc, references.get(workload.name), device)
+            yield _measure(case, workload, calc, reference_for(workload), device)
         del calc
         gc.collect()
         if device.type == "cuda":
@@ -206,6 +219,8 @@ def _measure(case: Case, workload: Workload, calc: MLFFCalculator, reference: li
             )
         if reference is not None:
             record.update(_parity(calc, reference, workload.structures))
+        elif workload.kind != "loop":
+            record["parity"] = "not measured: eager FP32 ran out of GPU memory on this workload"
     except torch.cuda.OutOfMemoryError as error:
         record["error"] = f"out of GPU memory: {str(error).splitlines()[0]}"
     except Exception as error:  # noqa: BLE001 - reported in the table, the suite goes on

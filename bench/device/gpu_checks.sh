@@ -32,7 +32,7 @@ for step in "$@"; do
     bench-full-uncompiled|bench-full-compiled)  # the full suite in two calls of < 10 min, eager in both
       backends=eager,eager-fp16-autocast,torchscript,cuda-graphs,onnxruntime,tensorrt
       [ "$step" = bench-full-compiled ] && backends=eager,compile,compile-reduce-overhead,compile-max-autotune
-      (cd /tmp && timeout 560 $cli bench --suite full --backends $backends --device cuda --out "$out/$step") > "$out/$step.log" 2>&1 ;;
+      (cd /tmp && TORCH_LOGS=perf_hints timeout 560 $cli bench --suite full --backends $backends --device cuda --out "$out/$step") > "$out/$step.log" 2>&1 ;;
     *) echo "unknown step $step"; status=2; continue ;;
   esac
   code=$?; [ $code -ne 0 ] && status=$code

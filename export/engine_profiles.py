@@ -10,11 +10,11 @@ makes one from command-line ranges.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
+from mlff_export.json_documents import read_json_document
 
 PROFILES_FILE = Path(__file__).resolve().parent.parent / "engines" / "profiles.json"
 PROFILES_FORMAT = "mlff-export-engine-profiles"
@@ -106,18 +106,14 @@ class ShapeProfile:
 def load_profiles(path: str | Path = PROFILES_FILE) -> dict[str, ShapeProfile]:
     """Read and check a profiles file (``engines/profiles.json`` by default): name -> profile."""
     path = Path(path)
-    try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ProfileSpecError(f"profiles file {path} does not exist") from None
-    except json.JSONDecodeError as error:
-        raise ProfileSpecError(f"profiles file {path} is not valid JSON ({error})") from None
-    if not isinstance(document, dict) or document.get("format") != PROFILES_FORMAT:
-        raise ProfileSpecError(f"profiles file {path} | expected \"format\": \"{PROFILES_FORMAT}\"")
-    if document.get("version") != PROFILES_VERSION:
-        raise ProfileSpecError(
-            f"profiles file {path} | received version {document.get('version')!r} | expected {PROFILES_VERSION}"
-        )
+    document = read_json_document(
+        path,
+        kind="profiles file",
+        format_name=PROFILES_FORMAT,
+        version_key="version",
+        version=PROFILES_VERSION,
+        error=ProfileSpecError,
+    )
     entries = document.get("profiles")
     if not isinstance(entries, dict) or not entries:
         raise ProfileSpecError(f"profiles file {path} | expected a non-empty \"profiles\" object")

@@ -18,6 +18,7 @@ from pathlib import Path
 from mlff_export.checkpoint import file_sha256
 from mlff_export.export.engine_profiles import ShapeProfile, load_profiles
 from mlff_export.interface import INTERFACE_VERSION
+from mlff_export.json_documents import read_json_document
 
 SIDECAR_FORMAT = "mlff-export-engine"
 SIDECAR_FORMAT_VERSION = 1
@@ -98,19 +99,15 @@ def read_sidecar(plan_path: str | Path) -> EngineSidecar:
     """Read ``NAME.plan.json``; raise :class:`EngineMismatchError` when it is missing or unreadable."""
     path = sidecar_path(plan_path)
     hint = f"rebuild the engine with `mlff-export build-engine ... --out {plan_path}` (it writes both files)"
-    try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EngineMismatchError(f"{plan_path}: its sidecar {path.name} is missing; {hint}") from None
-    except json.JSONDecodeError as error:
-        raise EngineMismatchError(f"{plan_path}: sidecar {path.name} is not valid JSON ({error}); {hint}") from None
-    if not isinstance(document, dict) or document.get("format") != SIDECAR_FORMAT:
-        raise EngineMismatchError(f"{plan_path}: {path.name} is not an mlff-export engine sidecar; {hint}")
-    if document.get("format_version") != SIDECAR_FORMAT_VERSION:
-        raise EngineMismatchError(
-            f"{plan_path}: sidecar format version {document.get('format_version')!r}, this mlff-export reads "
-            f"{SIDECAR_FORMAT_VERSION}; {hint}"
-        )
+    document = read_json_document(
+        path,
+        kind="engine sidecar",
+        format_name=SIDECAR_FORMAT,
+        version_key="format_version",
+        version=SIDECAR_FORMAT_VERSION,
+        error=EngineMismatchError,
+        hint=hint,
+    )
     values = {key: value for key, value in document.items() if key not in ("format", "format_version")}
     try:
         return EngineSidecar(**values)

@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mlff_export.json_documents import read_json_document
 from mlff_export.model import PaiNN, PaiNNConfig
 
 CHECKPOINT_FORMAT = "mlff-export-checkpoint"
@@ -59,23 +60,15 @@ def save_checkpoint(model: PaiNN, card_path: str | Path, extra: dict | None = No
 
 def read_card(card_path: str | Path) -> dict:
     """The checkpoint's JSON card, after checking that it is one of ours."""
-    card_path = Path(card_path)
-    if not card_path.is_file():
-        raise CheckpointError(f"checkpoint {card_path} does not exist")
-    try:
-        card = json.loads(card_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(
-            f"{card_path} is not an mlff-export checkpoint card (JSON expected: {error}); "
-            "pass the .json written by save_checkpoint, not the weights file"
-        ) from None
-    if not isinstance(card, dict) or card.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{card_path} is JSON but not an mlff-export checkpoint (no format '{CHECKPOINT_FORMAT}')")
-    if card.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{card_path}: checkpoint format version {card.get('format_version')}, "
-            f"this mlff-export reads version {CHECKPOINT_FORMAT_VERSION}"
-        )
+    card = read_json_document(
+        card_path,
+        kind="checkpoint card",
+        format_name=CHECKPOINT_FORMAT,
+        version_key="format_version",
+        version=CHECKPOINT_FORMAT_VERSION,
+        error=CheckpointError,
+        hint="pass the .json card that save_checkpoint writes (not the weights file)",
+    )
     if card.get("architecture") not in ARCHITECTURES:
         raise CheckpointError(f"{card_path}: unknown architecture {card.get('architecture')!r}; known {sorted(ARCHITECTURES)}")
     return card

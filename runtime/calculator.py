@@ -18,6 +18,7 @@ from mlff_export.checkpoint import load_checkpoint
 from mlff_export.neighbors import Pairs, StructureError, VerletNeighborList, batch_inputs, check_structure, compute_pairs
 from mlff_export.runtime.backend import Backend
 from mlff_export.runtime.eager import EagerBackend
+from mlff_export.runtime.shape_buckets import ShapeOutOfRangeError
 
 logger = logging.getLogger("mlff_export")
 
@@ -52,9 +53,9 @@ class MLFFCalculator(Calculator):
     def predict(self, structures: Sequence[Atoms]) -> list[dict[str, float | np.ndarray]]:
         """Energy, free_energy, forces (and stress for 3-D periodic cells) of many structures.
 
-        All structures go through the backend in one call (split in halves only if the GPU runs
-        out of memory); results equal one-by-one calls. Returns one dict per structure, in ASE
-        units, like ``calc.results``.
+        All structures go through the backend in one call, split in halves only where the GPU runs
+        out of memory or the batch exceeds an engine's largest profile; results equal one-by-one
+        calls. Returns one dict per structure, in ASE units, like ``calc.results``.
         """
         structures = list(structures)
         if not structures:
@@ -71,10 +72,11 @@ class MLFFCalculator(Calculator):
         inputs = batch_inputs(structures, pairs, dtype=self.backend.dtype)  # on the CPU: backends move it
         try:
             outputs = self.backend.evaluate(inputs)
-        except torch.cuda.OutOfMemoryError:
+        except (torch.cuda.OutOfMemoryError, ShapeOutOfRangeError):
             if len(structures) == 1:
                 raise
-            torch.cuda.empty_cache()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
             half = len(structures) // 2
             return self._evaluate(structures[:half], pairs[:half]) + self._evaluate(structures[half:], pairs[half:])
         energies, forces, virials = (outputs[name].cpu().double().numpy() for name in ("energy", "forces", "virial"))

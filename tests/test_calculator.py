@@ -12,6 +12,8 @@ from conftest import structure_zoo
 from mlff_export.interface import AtomicInputs, InterfaceError
 from mlff_export.neighbors import StructureError
 from mlff_export.runtime import load_calculator
+from mlff_export.runtime.eager import EagerBackend
+from mlff_export.runtime.shape_buckets import ShapeOutOfRangeError
 
 
 def test_default_is_the_reference_model():
@@ -163,3 +165,30 @@ def test_compile_backend_matches_eager(small_model):
     for want, have in zip(eager, compiled):
         assert have["energy"] == pytest.approx(want["energy"], abs=1e-4)
         np.testing.assert_allclose(have["forces"], want["forces"], atol=1e-4)
+
+
+class LimitedEagerBackendForTests(EagerBackend):
+    """A fake engine limit for testing the calculator's splitting: eager, but refuses > 20 atoms."""
+
+    calls: list[int]
+
+    def evaluate(self, inputs):
+        self.calls.append(inputs.num_atoms)
+        if inputs.num_atoms > 20:
+            raise ShapeOutOfRangeError(f"call with {inputs.num_atoms} atoms fits no profile (max 20)")
+        return super().evaluate(inputs)
+
+
+def test_predict_splits_a_batch_larger_than_the_engine(small_model):
+    from mlff_export.runtime.calculator import MLFFCalculator
+
+    structures = [structure_zoo()[name] for name in ("benzene", "CH4", "H2O", "benzene")]
+    backend = LimitedEagerBackendForTests(small_model, torch.device("cpu"), torch.float64)
+    backend.calls = []
+    calc = MLFFCalculator(backend, cutoff=small_model.cutoff, species=small_model.species)
+    expected = load_calculator(small_model, dtype="float64").predict(structures)
+    for want, have in zip(expected, calc.predict(structures)):
+        np.testing.assert_allclose(have["forces"], want["forces"], atol=1e-10)
+    assert backend.calls[0] == 32 and max(backend.calls[1:]) <= 20
+    with pytest.raises(ShapeOutOfRangeError, match="fits no profile"):
+        calc.predict([structure_zoo()["triclinic"].repeat((2, 2, 2))])  # 32 atoms in one structure

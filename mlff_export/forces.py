@@ -80,8 +80,11 @@ def energy_forces_virial(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Energy [B] (eV), forces [N, 3] (eV/Å), virial [B, 3, 3] (eV) for a pair list input.
 
-    Takes the pair-vector route where the model offers it, else the strain route.
+    Checks ``inputs`` against the interface first (:class:`~mlff_export.interface.InterfaceError`
+    naming the tensor), then takes the pair-vector route where the model offers it, else the
+    strain route.
     """
+    inputs.check()
     if has_pair_energy(model):
         layout = PairList(inputs.pair_index, inputs.pair_shifts, inputs.num_atoms)
         return energy_forces_virial_from_pairs(

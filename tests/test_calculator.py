@@ -192,3 +192,18 @@ def test_predict_splits_a_batch_larger_than_the_engine(small_model):
     assert backend.calls[0] == 32 and max(backend.calls[1:]) <= 20
     with pytest.raises(ShapeOutOfRangeError, match="fits no profile"):
         calc.predict([structure_zoo()["triclinic"].repeat((2, 2, 2))])  # 32 atoms in one structure
+
+
+def test_raw_inputs_are_checked_before_the_model_runs(small_model):
+    from mlff_export.forces import energy_forces_virial
+
+    inputs = AtomicInputs(
+        positions=torch.zeros(2, 3, dtype=torch.float64),
+        species=torch.ones(2, dtype=torch.int64),
+        pair_index=torch.tensor([[0, 1], [1, 5]]),
+        pair_shifts=torch.zeros(2, 3, dtype=torch.float64),
+        structure_index=torch.zeros(2, dtype=torch.int64),
+        cell=torch.zeros(1, 3, 3, dtype=torch.float64),
+    )
+    with pytest.raises(InterfaceError, match="pair_index"):
+        energy_forces_virial(small_model.double(), inputs)

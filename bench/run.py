@@ -17,7 +17,13 @@ from mlff_export.runtime.calculator import load_calculator
 
 
 def run_benchmark(
-    checkpoint: Path, suite_name: str, backends: list[str] | None, precisions: list[str], device: torch.device, out: Path
+    checkpoint: Path,
+    suite_name: str,
+    backends: list[str] | None,
+    precisions: list[str],
+    device: torch.device,
+    out: Path,
+    only: str | None = None,
 ) -> dict:
     """Run ``suite_name`` for ``backends`` (default: the suite's) x ``precisions`` on ``device``;
     returns the JSON written.
@@ -27,12 +33,12 @@ def run_benchmark(
     temporary folder, removed at the end.
     """
     with tempfile.TemporaryDirectory(prefix="mlff-bench-") as artifacts:
-        return _run(checkpoint, suite_name, backends, precisions, device, out, Path(artifacts))
+        return _run(checkpoint, suite_name, backends, precisions, device, out, only, Path(artifacts))
 
 
-def _run(checkpoint, suite_name, backends, precisions, device, out: Path, artifacts: Path) -> dict:
+def _run(checkpoint, suite_name, backends, precisions, device, out: Path, only, artifacts: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    suite = build_suite(suite_name)
+    suite = build_suite(suite_name, only)
     backends = list(backends or suite.default_backends)
     onnx_files = {}
     if "onnxruntime" in backends or "tensorrt" in backends:

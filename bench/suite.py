@@ -67,8 +67,18 @@ class Suite:
         return workload.name in self.only_on.get(backend, (workload.name,))
 
 
-def build_suite(name: str) -> Suite:
-    """``quick`` (CPU, under a minute) or ``full`` (the H100 run)."""
+def build_suite(name: str, only: str | None = None) -> Suite:
+    """``quick`` (CPU, under a minute) or ``full`` (the H100 run); ``only`` keeps the workloads
+    whose name contains it."""
+    suite = _named_suite(name)
+    if only:
+        suite.workloads = [w for w in suite.workloads if only in w.name]
+        if not suite.workloads:
+            raise ValueError(f"--only {only!r} matches no workload of suite {name!r}")
+    return suite
+
+
+def _named_suite(name: str) -> Suite:
     if name == "quick":
         return Suite(
             "quick",

@@ -225,6 +225,7 @@ def _add_bench(subparsers) -> None:
     parser.add_argument("--precision", default="fp32,fp16", help="comma-separated, of fp32, fp16")
     parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
     parser.add_argument("--out", default="bench/results/latest", help="output folder")
+    parser.add_argument("--only", default=None, help="run only the workloads whose name contains this (e.g. water)")
     parser.set_defaults(run=_run_bench)
 
 
@@ -240,7 +241,7 @@ def _run_bench(args) -> int:
     precisions = _comma_list(args.precision, ("fp32", "fp16"), "--precision")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(args.out)
-    results = run_benchmark(Path(args.checkpoint), args.suite, backends, precisions, device, out)
+    results = run_benchmark(Path(args.checkpoint), args.suite, backends, precisions, device, out, args.only)
     print((out / "results.md").read_text())
     failed = [r for r in results["records"] if "error" in r]
     print(f"wrote {out}/results.json, results.md and plots; {len(results['records'])} measurements, {len(failed)} failed")

@@ -30,6 +30,7 @@ from mlff_export.runtime.shape_buckets import choose_bucket, pad_table_feeds, st
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that replay CUDA graphs
 MAX_COMPILED_BUCKETS = 64
+PAIRS_BUILT_ON_DEVICE = 20_000  # from this many pairs on, build the neighbor table on the GPU
 
 # Buckets only bound the number of compiled or captured shapes here: one wide profile. Its
 # minimums put every small molecule (<= 16 atoms, <= 16 neighbors) into one bucket.
@@ -53,8 +54,14 @@ class JointGraphBackend:
         self.graph, _ = trace_joint_graph(model_for_precision(model, "fp32").to(device), NEIGHBOR_TABLE, device)
 
     def prepare(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:
-        """Padded neighbor-table feeds of ``inputs`` on the device (built on the CPU, then moved)."""
-        feeds = NEIGHBOR_TABLE.feeds(inputs.to("cpu", torch.float32))
+        """Padded neighbor-table feeds of ``inputs`` on the device.
+
+        Small calls build the table on the CPU and copy it (a few small ops beat kernel launches);
+        from :data:`PAIRS_BUILT_ON_DEVICE` pairs on, the pair list goes to the device first and the
+        sorting and padding run there.
+        """
+        where = self.device if inputs.num_pairs >= PAIRS_BUILT_ON_DEVICE else torch.device("cpu")
+        feeds = NEIGHBOR_TABLE.feeds(inputs.to(where, torch.float32))
         padded = pad_table_feeds(feeds, choose_bucket(*table_sizes(feeds), [UNBOUNDED]), self.species[0])
         return {name: tensor.to(self.device, non_blocking=True) for name, tensor in padded.items()}
 

@@ -34,3 +34,16 @@ def test_gpu_backend_matches_eager(backend, eager_results):
         atoms = atoms.copy()
         atoms.calc = calc
         np.testing.assert_allclose(atoms.get_forces(), want["forces"], atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["cuda-graphs", "compile-reduce-overhead"])
+def test_large_cell_builds_its_table_on_the_gpu_and_matches_eager(backend):
+    """A 1029-atom water box has ~50k pairs: above PAIRS_BUILT_ON_DEVICE, the table is built on the GPU."""
+    from mlff_export.bench.workloads import water_box
+
+    atoms = water_box(1000)
+    expected = load_calculator(REFERENCE_CHECKPOINT, device="cuda").predict([atoms])[0]
+    got = load_calculator(REFERENCE_CHECKPOINT, device="cuda", backend=backend).predict([atoms])[0]
+    assert got["energy"] == pytest.approx(expected["energy"], rel=1e-6)
+    np.testing.assert_allclose(got["forces"], expected["forces"], atol=1e-4)
+    np.testing.assert_allclose(got["stress"], expected["stress"], atol=1e-6)

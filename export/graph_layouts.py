@@ -57,9 +57,10 @@ class GraphLayout:
             for axes in self.input_axes.values()
         )
 
-    def feeds(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:
-        """The graph's inputs (float32, int64) for interface inputs on any device."""
-        inputs = inputs.to(dtype=torch.float32)
+    def feeds(self, inputs: AtomicInputs, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """The graph's inputs (floats in ``dtype``, float32 for exported graphs; int64) for
+        interface inputs on any device."""
+        inputs = inputs.to(dtype=dtype)
         if self.name == PAIR_LIST.name:
             tensors = dict(zip(INPUT_NAMES, inputs.as_tuple()))
         else:

@@ -11,6 +11,7 @@ import torch
 from conftest import make_small_painn, structure_zoo
 
 from mlff_export.export.engine_profiles import profile_from_ranges
+from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
 from mlff_export.forces import energy_forces_virial_from_pairs
 from mlff_export.neighbors import batch_inputs, compute_pairs
 from mlff_export.pair_layouts import NeighborTable
@@ -31,17 +32,7 @@ LARGE = profile_from_ranges("32:256:1024", "8:32:64", "1:1:2", name="large")
 def table_feeds(structures, cutoff: float, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Neighbor-table feeds of several structures in one call (table width = largest row)."""
     inputs = batch_inputs(structures, [compute_pairs(atoms, cutoff) for atoms in structures], dtype=dtype)
-    table = NeighborTable.from_pair_list(inputs.pair_index, inputs.pair_shifts, inputs.num_atoms)
-    return {
-        "positions": inputs.positions,
-        "species": inputs.species,
-        "neighbor_index": table.neighbor_index,
-        "neighbor_shifts": table.neighbor_shifts,
-        "neighbor_mask": table.neighbor_mask,
-        "reverse_index": table.reverse_index,
-        "structure_index": inputs.structure_index,
-        "cell": inputs.cell,
-    }
+    return NEIGHBOR_TABLE.feeds(inputs, dtype)
 
 
 def eager_outputs(model, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

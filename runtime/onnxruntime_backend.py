@@ -63,8 +63,9 @@ class OnnxRuntimeBackend:
                     f"device '{self.device}' requested but this onnxruntime has no CUDAExecutionProvider "
                     f"(available: {onnxruntime.get_available_providers()}); install onnxruntime-gpu"
                 )
-            # use_tf32=0: ORT allows TF32 matmuls by default; on an H100 that cost float32 graphs
-            # 2.6e-4 eV/Å in forces and 9e-3 eV in the virial of a 64-atom cell.
+            # use_tf32=0: ORT allows TF32 matmuls (10-bit mantissa) by default, which float32
+            # graphs must not use (an H100 run showed force errors above the 1e-4 eV/Å bar; that
+            # run's log was not kept: see docs/export.md).
             cuda_options = {"device_id": self.device.index or 0, "use_tf32": 0}
             providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
         session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)

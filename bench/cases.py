@@ -124,11 +124,6 @@ def _module_case(backend: str, checkpoint: Path, device: torch.device) -> Callab
         if backend == "torchscript":
             model = load_checkpoint(checkpoint)
             return _calculator_with(TorchScriptBackend(model, device), model)
-        if backend == "compile-max-autotune":
-            from mlff_export.runtime.joint_graph import CompiledBackend
-
-            model = load_checkpoint(checkpoint)
-            return _calculator_with(CompiledBackend(model, device, mode="max-autotune"), model)
         return load_calculator(checkpoint, device, backend=backend)
 
     return build

@@ -20,7 +20,7 @@ from mlff_export import REFERENCE_CHECKPOINT
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
 from mlff_export.neighbors import batch_inputs, compute_pairs
 from mlff_export.runtime import load_calculator
-from mlff_export.runtime.joint_graph import UNBOUNDED
+from mlff_export.runtime.device_feeds import UNBOUNDED
 from mlff_export.runtime.shape_buckets import choose_bucket, pad_table_feeds, table_sizes
 
 
@@ -40,7 +40,7 @@ def median_microseconds(call, repeats: int = 200) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--molecule", default="C6H6")
-    parser.add_argument("--backend", default="compile-reduce-overhead", choices=("compile", "compile-reduce-overhead", "cuda-graphs"))
+    parser.add_argument("--backend", default="compile-reduce-overhead", choices=("compile", "compile-reduce-overhead", "compile-max-autotune", "cuda-graphs"))
     args = parser.parse_args()
     device = torch.device("cuda")
     calc = load_calculator(REFERENCE_CHECKPOINT, device, backend=args.backend)
@@ -52,6 +52,7 @@ def main() -> None:
     bucket = choose_bucket(*table_sizes(feeds), [UNBOUNDED])
     padded = pad_table_feeds(feeds, bucket, backend.species[0])
     on_device = backend.prepare(inputs)
+    device_feeds = backend.device_feeds(atoms)
     outputs = backend.run(on_device)
     stages = {
         "vesin neighbor list": lambda: compute_pairs(atoms, calc.neighbor_list.cutoff),
@@ -60,7 +61,9 @@ def main() -> None:
         "padding to the bucket (CPU)": lambda: pad_table_feeds(feeds, bucket, backend.species[0]),
         "8 copies to the GPU": lambda: [t.to(device) for t in padded.values()],
         "graph call (run)": lambda: backend.run(on_device),
-        "outputs back to the CPU": lambda: [t.cpu() for t in outputs.values()],
+        "GPU path: feeds on the device": lambda: backend.device_feeds(atoms),
+        "GPU path: graph replay, same feeds": lambda: backend.run(device_feeds),
+        "outputs back to the CPU": lambda: [t.cpu() for t in backend.run(on_device).values()],
         "whole calculator call": lambda: (atoms.positions.__setitem__((0, 0), atoms.positions[0, 0] + 1e-6), calc.get_forces(atoms)),
     }
     print(f"{args.molecule}: {len(atoms)} atoms, bucket {bucket.shape}, backend {backend.name}, torch {torch.__version__}")
@@ -68,7 +71,7 @@ def main() -> None:
         print(f"  {name:<36} {median_microseconds(call):9.1f} µs")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as profile:
         for _ in range(20):
-            backend.run(on_device)
+            backend.run(device_feeds)
         torch.cuda.synchronize()
     kernels = [e for e in profile.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     gpu_us = sum(e.device_time for e in kernels) / 20

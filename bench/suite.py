@@ -121,7 +121,10 @@ def _timed_task(workload: Workload, calc: MLFFCalculator) -> tuple[Callable[[int
         inputs = batch_inputs([atoms], [compute_pairs(atoms, calc.neighbor_list.cutoff)], dtype=calc.backend.dtype)
         backend = calc.backend
         if hasattr(backend, "prepare"):
-            prepared = backend.prepare(inputs)
+            # The feeds the calculator builds: on the GPU where the backend can (device_feeds).
+            device_feeds = getattr(backend, "device_feeds", None)
+            prepared = device_feeds(atoms) if device_feeds is not None else None
+            prepared = prepared if prepared is not None else backend.prepare(inputs)
             return (lambda step: backend.run(prepared)), 1
         on_device = inputs.to(backend.device)
         return (lambda step: backend.evaluate(on_device)), 1
@@ -197,6 +200,9 @@ def run_suite(
             yield _measure(case, workload, calc, reference_for(workload), device)
         del calc
         gc.collect()
+        # A fresh torch.compile state per case: after an out-of-memory inside one case, later
+        # compiles in the same process failed with "Attempt to trace generator" (H100, torch 2.11).
+        torch._dynamo.reset()
         if device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -42,12 +42,33 @@ class MLFFCalculator(Calculator):
         self.species = tuple(species)
         self.neighbor_list = VerletNeighborList(cutoff, skin)
 
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
+        """What changed since the last calculation: positions, numbers, cell or pbc (what the
+        model sees). ASE's version compares every property with ``np.isclose``, which was about
+        half of a small molecule's CPU time per call; exact comparison only ever recomputes more."""
+        previous = self.atoms
+        if previous is None or len(previous) != len(atoms):
+            return list(all_changes)
+        checks = {
+            "positions": (previous.positions, atoms.positions),
+            "numbers": (previous.numbers, atoms.numbers),
+            "cell": (previous.cell.array, atoms.cell.array),
+            "pbc": (previous.pbc, atoms.pbc),
+        }
+        return [name for name, (old, new) in checks.items() if not np.array_equal(old, new)]
+
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         if "stress" in properties and not atoms.pbc.all():
             raise PropertyNotImplementedError(f"stress needs a 3-D periodic cell; this structure has pbc={atoms.pbc.tolist()}")
         check_structure(atoms, self.species)
+        # Backends that build their inputs on the GPU skip the CPU neighbor list (None: they cannot).
+        evaluate_atoms = getattr(self.backend, "evaluate_atoms", None)
+        outputs = evaluate_atoms(atoms) if evaluate_atoms is not None else None
+        if outputs is not None:
+            (self.results,) = _structure_results([atoms], outputs)
+            return
         (self.results,) = self._evaluate([atoms], [self.neighbor_list.pairs(atoms)])
 
     def predict(self, structures: Sequence[Atoms]) -> list[dict[str, float | np.ndarray]]:
@@ -79,17 +100,22 @@ class MLFFCalculator(Calculator):
                 torch.cuda.empty_cache()
             half = len(structures) // 2
             return self._evaluate(structures[:half], pairs[:half]) + self._evaluate(structures[half:], pairs[half:])
-        energies, forces, virials = (outputs[name].cpu().double().numpy() for name in ("energy", "forces", "virial"))
-        atom_offsets = np.cumsum([0] + [len(atoms) for atoms in structures])
-        results = []
-        for index, atoms in enumerate(structures):
-            energy = float(energies[index])
-            result = {"energy": energy, "free_energy": energy, "forces": forces[atom_offsets[index] : atom_offsets[index + 1]]}
-            if atoms.pbc.all():
-                stress = -virials[index] / atoms.get_volume()
-                result["stress"] = full_3x3_to_voigt_6_stress(0.5 * (stress + stress.T))
-            results.append(result)
-        return results
+        return _structure_results(structures, outputs)
+
+
+def _structure_results(structures: list[Atoms], outputs: dict[str, torch.Tensor]) -> list[dict[str, float | np.ndarray]]:
+    """Backend outputs (energy [B], forces [N, 3], virial [B, 3, 3]) as ASE results per structure."""
+    energies, forces, virials = (outputs[name].cpu().double().numpy() for name in ("energy", "forces", "virial"))
+    atom_offsets = np.cumsum([0] + [len(atoms) for atoms in structures])
+    results = []
+    for index, atoms in enumerate(structures):
+        energy = float(energies[index])
+        result = {"energy": energy, "free_energy": energy, "forces": forces[atom_offsets[index] : atom_offsets[index + 1]]}
+        if atoms.pbc.all():
+            stress = -virials[index] / atoms.get_volume()
+            result["stress"] = full_3x3_to_voigt_6_stress(0.5 * (stress + stress.T))
+        results.append(result)
+    return results
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -125,7 +151,8 @@ def _resolve_model(model: str | Path | nn.Module) -> nn.Module:
 
 
 ARTIFACT_BACKENDS = {".onnx": "onnxruntime", ".plan": "tensorrt"}
-MODULE_BACKENDS = ("eager", "compile", "compile-reduce-overhead", "cuda-graphs")
+COMPILE_BACKENDS = {"compile": "default", "compile-reduce-overhead": "reduce-overhead", "compile-max-autotune": "max-autotune"}
+MODULE_BACKENDS = ("eager", *COMPILE_BACKENDS, "cuda-graphs")
 BACKENDS = (*MODULE_BACKENDS, *ARTIFACT_BACKENDS.values())
 
 
@@ -135,9 +162,9 @@ def _artifact_backend(path: Path, device: torch.device):
         from mlff_export.runtime.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(path, device)
-    from mlff_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
+    from mlff_export.runtime.onnxruntime_backend import onnxruntime_backend
 
-    return OnnxRuntimeBackend(path, device)
+    return onnxruntime_backend(path, device)
 
 
 def _module_backend(module: nn.Module, name: str, device: torch.device, dtype: torch.dtype):
@@ -151,7 +178,7 @@ def _module_backend(module: nn.Module, name: str, device: torch.device, dtype: t
 
     if name == "cuda-graphs":
         return CudaGraphBackend(module, device)
-    return CompiledBackend(module, device, mode="reduce-overhead" if name == "compile-reduce-overhead" else "default")
+    return CompiledBackend(module, device, mode=COMPILE_BACKENDS[name])
 
 
 def load_calculator(
@@ -170,9 +197,13 @@ def load_calculator(
             (TensorRT); artifacts carry cutoff and species in their metadata.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         backend: one of :data:`BACKENDS`; default: from the artifact (``.onnx`` -> onnxruntime,
-            ``.plan`` -> tensorrt), else ``"eager"``. ``"compile"`` / ``"compile-reduce-overhead"``
-            run the exporter's joint graph through torch.compile (CUDA graphs with the latter);
-            ``"cuda-graphs"`` replays that graph, uncompiled, as one CUDA graph per shape bucket.
+            ``.plan`` -> tensorrt), else ``"eager"``. ``"compile"``, ``"compile-reduce-overhead"``
+            and ``"compile-max-autotune"`` run the exporter's joint graph through torch.compile
+            (the last two replay one CUDA graph per shape bucket; max-autotune also searches
+            matmul kernels, minutes per bucket); ``"cuda-graphs"`` replays that graph, uncompiled,
+            as one CUDA graph per bucket. On CUDA, every backend but eager builds a single
+            structure's inputs on the GPU (small molecules: all pairs, no search; otherwise
+            vesin-torch where installed), so only positions cross to the device.
         dtype: ``"float32"`` (default) or ``"float64"`` (reference precision; eager only).
         skin: Verlet skin in Å; with ``skin > 0`` the neighbor list is reused across MD steps.
 

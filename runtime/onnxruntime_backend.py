@@ -1,12 +1,20 @@
-"""ONNX Runtime backend: runs an exported graph (``mlff_export.export.to_onnx``) on CPU or CUDA.
+"""ONNX Runtime backends: run an exported graph (``mlff_export.export.to_onnx``) on CPU or CUDA.
 
 Same contract as :class:`~mlff_export.runtime.eager.EagerBackend`: ``evaluate(inputs)`` takes
 interface inputs (a pair list) and returns energy [B] (eV), forces [N, 3] (eV/Å) and virial
-[B, 3, 3] (eV) as torch tensors on the backend's device. The pair list is turned into the graph's
-input layout here (a padded neighbor table for scatter-free graphs). On CUDA the tensors are bound
-in place with IOBinding: no copies through the host.
+[B, 3, 3] (eV) as torch tensors on the backend's device.
 
-onnxruntime is imported when a backend is built, so the package imports without it.
+* :class:`OnnxRuntimeBackend`: one session for every size (dynamic axes), CPU EP or CUDA EP with
+  IOBinding (tensors bound in place: no copies through the host).
+* :class:`OnnxRuntimeBucketBackend`: neighbor-table graphs padded to shape buckets, one session
+  per bucket with its dynamic axes fixed (``add_free_dimension_override_by_name``) and its buffers
+  bound once; on CUDA each session captures a CUDA graph (``enable_cuda_graph``) and replays it.
+  One session per bucket rather than one session with ``gpu_graph_id`` per bucket: a CUDA graph
+  needs every node on the CUDA EP, and a graph with dynamic axes keeps its shape arithmetic on the
+  CPU; fixing the axes folds it away.
+
+:func:`onnxruntime_backend` picks: the bucket backend on CUDA for neighbor-table graphs, else the
+plain one. onnxruntime is imported when a backend is built, so the package imports without it.
 """
 
 from __future__ import annotations
@@ -17,9 +25,12 @@ import numpy as np
 import torch
 from ase.calculators.calculator import CalculatorSetupError
 
-from mlff_export.export.graph_layouts import LAYOUTS, OUTPUT_AXES
-from mlff_export.export.metadata import parse_metadata
+from mlff_export.export.graph_layouts import LAYOUTS, NEIGHBOR_TABLE, OUTPUT_AXES
+from mlff_export.export.metadata import ArtifactMetadata, parse_metadata, read_metadata
 from mlff_export.interface import OUTPUT_NAMES, AtomicInputs
+from mlff_export.runtime.padded_table import PaddedTableBackend
+from mlff_export.runtime.shape_buckets import table_sizes
+from mlff_export.runtime.static_feeds import StaticFeeds
 
 NUMPY_DTYPES = {torch.float32: np.float32, torch.int64: np.int64}
 
@@ -32,6 +43,46 @@ def _import_onnxruntime():
             "the ONNX backend needs onnxruntime: pip install 'mlff-export[ort]' (or onnxruntime-gpu for CUDA)"
         ) from None
     return onnxruntime
+
+
+def _providers(onnxruntime, device: torch.device, cuda_graph: bool = False) -> list:
+    if device.type != "cuda":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        raise CalculatorSetupError(
+            f"device '{device}' requested but this onnxruntime has no CUDAExecutionProvider "
+            f"(available: {onnxruntime.get_available_providers()}); install onnxruntime-gpu"
+        )
+    # use_tf32=0: ORT allows TF32 matmuls (10-bit mantissa) by default, which float32 graphs
+    # must not use (an H100 run showed force errors above the 1e-4 eV/Å bar; that run's log
+    # was not kept: see docs/export.md).
+    cuda_options = {"device_id": device.index or 0, "use_tf32": 0}
+    if cuda_graph:
+        cuda_options["enable_cuda_graph"] = "1"
+    return [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
+
+
+def _check_io(session, path: Path, input_names: tuple[str, ...]) -> None:
+    names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+    if names != (list(input_names), list(OUTPUT_NAMES)):
+        raise CalculatorSetupError(f"{path}: graph inputs/outputs {names} | expected {list(input_names)} -> {list(OUTPUT_NAMES)}")
+
+
+def _bind(binding, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Bind torch tensors' memory as the session's inputs and outputs (no copies)."""
+    kind, device_id = device.type, device.index or 0
+    for name, tensor in inputs.items():
+        binding.bind_input(name, kind, device_id, NUMPY_DTYPES[tensor.dtype], list(tensor.shape), tensor.data_ptr())
+    for name, tensor in outputs.items():
+        binding.bind_output(name, kind, device_id, np.float32, list(tensor.shape), tensor.data_ptr())
+
+
+def _empty_outputs(num_atoms: int, num_structures: int, device: torch.device) -> dict[str, torch.Tensor]:
+    sizes = {"num_atoms": num_atoms, "num_structures": num_structures}
+    return {
+        name: torch.empty([sizes.get(axis, axis) for axis in OUTPUT_AXES[name]], dtype=torch.float32, device=device)
+        for name in OUTPUT_NAMES
+    }
 
 
 class OnnxRuntimeBackend:
@@ -56,18 +107,7 @@ class OnnxRuntimeBackend:
         self.dtype = torch.float32
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
-        providers = ["CPUExecutionProvider"]
-        if self.device.type == "cuda":
-            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-                raise CalculatorSetupError(
-                    f"device '{self.device}' requested but this onnxruntime has no CUDAExecutionProvider "
-                    f"(available: {onnxruntime.get_available_providers()}); install onnxruntime-gpu"
-                )
-            # use_tf32=0: ORT allows TF32 matmuls (10-bit mantissa) by default, which float32
-            # graphs must not use (an H100 run showed force errors above the 1e-4 eV/Å bar; that
-            # run's log was not kept: see docs/export.md).
-            cuda_options = {"device_id": self.device.index or 0, "use_tf32": 0}
-            providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
+        providers = _providers(onnxruntime, self.device)
         session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
         self.metadata = parse_metadata(session.get_modelmeta().custom_metadata_map, path)
         self.layout = LAYOUTS.get(self.metadata.input_layout)
@@ -76,11 +116,7 @@ class OnnxRuntimeBackend:
         if self.layout.has_scatter and intra_op_threads != 1:
             options.intra_op_num_threads = 1
             session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
-        names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-        if names != (list(self.layout.input_names), list(OUTPUT_NAMES)):
-            raise CalculatorSetupError(
-                f"{path}: graph inputs/outputs {names} | expected {list(self.layout.input_names)} -> {list(OUTPUT_NAMES)}"
-            )
+        _check_io(session, path, self.layout.input_names)
         self.session = session
         self.path = path
 
@@ -101,17 +137,77 @@ class OnnxRuntimeBackend:
 
     def _run_bound(self, feeds: dict[str, torch.Tensor], num_atoms: int, num_structures: int) -> dict[str, torch.Tensor]:
         """Run on CUDA with inputs and outputs bound to torch tensors' memory (IOBinding)."""
-        sizes = {"num_atoms": num_atoms, "num_structures": num_structures}
-        device_id = self.device.index or 0
         binding = self.session.io_binding()
-        for name, tensor in feeds.items():
-            binding.bind_input(name, "cuda", device_id, NUMPY_DTYPES[tensor.dtype], list(tensor.shape), tensor.data_ptr())
-        outputs = {}
-        for name in OUTPUT_NAMES:
-            shape = [sizes.get(axis, axis) for axis in OUTPUT_AXES[name]]
-            outputs[name] = torch.empty(shape, dtype=torch.float32, device=self.device)
-            binding.bind_output(name, "cuda", device_id, np.float32, shape, outputs[name].data_ptr())
+        outputs = _empty_outputs(num_atoms, num_structures, self.device)
+        _bind(binding, feeds, outputs, self.device)
         # ORT runs on its own stream: the inputs torch wrote on its stream must be complete.
         torch.cuda.synchronize(self.device)
         self.session.run_with_iobinding(binding)
         return outputs
+
+
+class _SessionBucket:
+    """One bucket's session (dynamic axes fixed), its bound buffers and, on CUDA, its CUDA graph.
+
+    ORT captures the graph itself on an early run and replays it afterwards; inputs change only
+    by writing into the bound buffers.
+    """
+
+    def __init__(self, onnxruntime, path: Path, feeds: dict[str, torch.Tensor], device: torch.device):
+        options = onnxruntime.SessionOptions()
+        num_atoms, width, num_structures = table_sizes(feeds)
+        for axis, size in (("num_atoms", num_atoms), ("max_neighbors", width), ("num_structures", num_structures)):
+            options.add_free_dimension_override_by_name(axis, size)
+        providers = _providers(onnxruntime, device, cuda_graph=device.type == "cuda")
+        self.session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+        _check_io(self.session, path, NEIGHBOR_TABLE.input_names)
+        self.device = device
+        self.inputs = StaticFeeds(feeds)
+        self.outputs = _empty_outputs(num_atoms, num_structures, device)
+        self.binding = self.session.io_binding()
+        _bind(self.binding, self.inputs.buffers, self.outputs, device)
+
+    def replay(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.inputs.load(feeds)
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # ORT runs on its own stream
+        self.session.run_with_iobinding(self.binding)
+        return self.outputs
+
+
+class OnnxRuntimeBucketBackend(PaddedTableBackend):
+    """A neighbor-table ``.onnx`` graph on shape buckets: one fixed-shape session per bucket,
+    with a CUDA graph per session on CUDA (see the module docstring)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, device: torch.device):
+        self._onnxruntime = _import_onnxruntime()
+        path = Path(path)
+        if not path.is_file():
+            raise CalculatorSetupError(f"ONNX model {path} does not exist")
+        self.metadata: ArtifactMetadata = read_metadata(path)
+        if self.metadata.input_layout != NEIGHBOR_TABLE.name:
+            raise CalculatorSetupError(
+                f"{path}: shape buckets need a '{NEIGHBOR_TABLE.name}' graph, this one takes "
+                f"'{self.metadata.input_layout}'; use OnnxRuntimeBackend"
+            )
+        super().__init__(torch.device(device), self.metadata.cutoff, self.metadata.species)
+        self.path = path
+        self._buckets: dict[tuple[int, int, int], _SessionBucket] = {}
+
+    def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        key = table_sizes(feeds)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _SessionBucket(self._onnxruntime, self.path, feeds, self.device)
+        return bucket.replay(feeds)
+
+
+def onnxruntime_backend(path: str | Path, device: torch.device) -> OnnxRuntimeBackend | OnnxRuntimeBucketBackend:
+    """The ONNX Runtime backend for ``path`` on ``device``: CUDA graphs per shape bucket on CUDA
+    for neighbor-table graphs, else one dynamic-shape session."""
+    if torch.device(device).type == "cuda" and Path(path).is_file():
+        if read_metadata(path).input_layout == NEIGHBOR_TABLE.name:
+            return OnnxRuntimeBucketBackend(path, device)
+    return OnnxRuntimeBackend(path, device)

@@ -27,7 +27,7 @@ from mlff_export.interface import INTERFACE_VERSION  # noqa: E402
 from mlff_export.neighbors import batch_inputs, compute_pairs  # noqa: E402
 from mlff_export.pair_layouts import NeighborTable  # noqa: E402
 from mlff_export.runtime import load_calculator  # noqa: E402
-from mlff_export.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
+from mlff_export.runtime.onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeBucketBackend  # noqa: E402
 from mlff_export.runtime.parity import compare_with_eager  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -295,6 +295,40 @@ def test_cuda_execution_provider_matches_eager(painn, painn_onnx, precision):
         pytest.skip("onnxruntime here has no CUDAExecutionProvider (install onnxruntime-gpu)")
     backend = OnnxRuntimeBackend(painn_onnx[precision], torch.device("cuda"))
     assert_parity(backend, painn, list(ZOO.values()), precision)
+
+
+def test_bucket_sessions_match_eager_and_are_reused(painn, painn_onnx):
+    """Fixed-shape sessions per bucket (what CUDA graphs need), run here on the CPU EP: padded
+    batches and single structures give eager's numbers; a second structure of the same bucket
+    reuses the session and its bound buffers without stale results."""
+    backend = OnnxRuntimeBucketBackend(painn_onnx["fp32"], CPU)
+    assert_parity(backend, painn, list(ZOO.values()), "fp32")
+    first, second = ZOO["benzene"], rattled(molecule("C6H6"), seed=9)
+    assert_parity(backend, painn, [first], "fp32")
+    sessions = len(backend._buckets)
+    assert_parity(backend, painn, [second], "fp32")
+    assert len(backend._buckets) == sessions, "same bucket, same session"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_graph_sessions_match_eager_across_replays(painn, painn_onnx, precision):
+    """load_calculator on CUDA picks the CUDA-graph bucket backend; replays with new geometry
+    (calculator path, inputs built on the GPU) track eager."""
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime here has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    calc = load_calculator(painn_onnx[precision], device="cuda")
+    assert isinstance(calc.backend, OnnxRuntimeBucketBackend)
+    eager = load_calculator(painn)
+    tolerance = 1e-4 if precision == "fp32" else 5e-2
+    atoms = ZOO["benzene"].copy()
+    for step in range(5):  # ORT runs twice uncaptured, then captures, then replays
+        atoms.positions[0, 0] += 0.01 * (-1) ** step
+        got, want = calc.predict([atoms])[0], eager.predict([atoms])[0]
+        atoms.calc = calc
+        np.testing.assert_allclose(atoms.get_forces(), want["forces"], atol=tolerance)
+        np.testing.assert_allclose(got["forces"], want["forces"], atol=tolerance)
+    assert_parity(calc.backend, painn, list(ZOO.values()), precision)
 
 
 def test_cli_exports_a_checkpoint_and_checks_parity(tmp_path, capsys):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the project, run on the lent H100 (see README.md beside this file).
 # Usage: bash bench/device/gpu_checks.sh STEP...
-#   steps: install tests ort-parity trt-rtx validate bench-quick bench-full bench-full-uncompiled bench-full-compiled
+#   steps: install tests ort-parity trt-rtx validate profile bench-quick bench-full bench-full-uncompiled bench-full-compiled
 # Results collect in /tmp/gpu-checks (kept while the machine stays warm); every call ends by packing
 # that folder into $OUT/gpu-checks.tar.gz (the device returns at most 8 files).
 # Commands run from /tmp: `python -m` in the checkout would import its unmapped mlff_export/.
@@ -27,6 +27,9 @@ for step in "$@"; do
     validate)
       (cd /tmp && $cli export --out /tmp/onnx) > "$out/validate.log" 2>&1 \
         && for p in fp32 fp16; do (cd /tmp && $cli validate /tmp/onnx/painn-hcno.$p.onnx --precision $p --device cuda --report "$out/validate-$p"); done >> "$out/validate.log" 2>&1 ;;
+    profile)  # where one benzene call goes, per GPU backend (bench/profile_call.py)
+      for b in cuda-graphs compile-reduce-overhead compile-max-autotune; do
+        (cd /tmp && python3 "$repo/bench/profile_call.py" --backend $b); done > "$out/profile.log" 2>&1 ;;
     bench-quick|bench-full)
       (cd /tmp && timeout 560 $cli bench --suite "${step#bench-}" --device cuda --out "$out/$step") > "$out/$step.log" 2>&1 ;;
     bench-full-uncompiled|bench-full-compiled)  # the full suite in two calls of < 10 min, eager in both

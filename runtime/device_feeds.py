@@ -1,0 +1,143 @@
+"""Padded neighbor-table feeds for one structure, built where the graph runs.
+
+The runtime's graphs take the padded neighbor table (``export.graph_layouts.NEIGHBOR_TABLE``,
+padded to a shape bucket: :mod:`mlff_export.runtime.shape_buckets`). Three ways to get there:
+
+* :func:`table_feeds`: from interface inputs (a pair list, e.g. a batch from the CPU neighbor
+  list). Small calls build the table on the CPU (a few small ops beat kernel launches) and copy
+  it over; from :data:`PAIRS_BUILT_ON_DEVICE` pairs on, or when the inputs already live on the
+  device, sorting and padding run on the device.
+* :class:`DeviceFeeds`, small molecules (non-periodic, at most :data:`DENSE_MAX_ATOMS` atoms):
+  every other atom of the padded bucket is a neighbor. No neighbor search at all: an interface
+  model's pair terms vanish beyond its cutoff (value and gradient, docs/interface.md), so pairs
+  beyond it add exact zeros. The index tensors depend only on the atom count and are built once;
+  a call moves the positions only (one pinned host-to-device copy).
+* :class:`DeviceFeeds`, everything else on a CUDA device: vesin-torch searches neighbors on the
+  GPU and the table is built there; positions are the only host data that moves.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from mlff_export.export.engine_profiles import profile_from_ranges
+from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
+from mlff_export.interface import AtomicInputs
+from mlff_export.runtime.shape_buckets import bucket_size, choose_bucket, pad_table_feeds, table_sizes
+
+PAIRS_BUILT_ON_DEVICE = 20_000  # from this many pairs on, build the neighbor table on the device
+DENSE_MAX_ATOMS = 64  # molecules up to this size take every atom as a neighbor (<= 4032 pair slots)
+
+# Buckets only bound the number of compiled or captured shapes: one wide profile. Its minimums
+# put every small molecule (<= 16 atoms, <= 16 neighbors) into one bucket.
+UNBOUNDED = profile_from_ranges("16:64:16777216", "16:32:65536", "2:2:1048576", name="joint-graph")
+
+
+def has_vesin_torch() -> bool:
+    """Whether vesin-torch (GPU neighbor lists) is installed."""
+    return importlib.util.find_spec("vesin_torch") is not None
+
+
+def table_feeds(inputs: AtomicInputs, device: torch.device, padding_species: int) -> dict[str, torch.Tensor]:
+    """Neighbor-table feeds of ``inputs`` padded to their bucket in :data:`UNBOUNDED`, on ``device``."""
+    on_device = inputs.positions.device == device or inputs.num_pairs >= PAIRS_BUILT_ON_DEVICE
+    where = device if on_device else torch.device("cpu")
+    feeds = NEIGHBOR_TABLE.feeds(inputs.to(where, torch.float32))
+    padded = pad_table_feeds(feeds, choose_bucket(*table_sizes(feeds), [UNBOUNDED]), padding_species)
+    return {name: tensor.to(device, non_blocking=True) for name, tensor in padded.items()}
+
+
+def dense_molecule_table(num_atoms: int, bucket_atoms: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every-atom neighbor table of a molecule of ``num_atoms`` padded to ``bucket_atoms`` rows.
+
+    Slot ``(i, k)`` holds atom ``j = (i + 1 + k) mod N`` (``K = N - 1``: every other row), whose
+    reverse slot is ``(j, N - 2 - k)``. Slots touching a padding atom are masked. Real atoms are
+    structure 0, padding atoms structure 1 (outputs dropped); both cells are zero.
+    """
+    if not 1 <= num_atoms <= bucket_atoms or bucket_atoms < 2:
+        raise ValueError(f"need 1 <= num_atoms <= bucket_atoms and bucket_atoms >= 2; got {num_atoms}, {bucket_atoms}")
+    width = bucket_atoms - 1
+    rows = torch.arange(bucket_atoms, device=device).unsqueeze(1)
+    columns = torch.arange(width, device=device).unsqueeze(0)
+    neighbor_index = (rows + 1 + columns) % bucket_atoms
+    real = torch.arange(bucket_atoms, device=device) < num_atoms
+    return {
+        "neighbor_index": neighbor_index,
+        "neighbor_shifts": torch.zeros((bucket_atoms, width, 3), device=device),
+        "neighbor_mask": (real.unsqueeze(1) & real[neighbor_index]).float(),
+        "reverse_index": neighbor_index * width + (width - 1 - columns),
+        "structure_index": (~real).long(),
+        "cell": torch.zeros((2, 3, 3), device=device),
+    }
+
+
+class DeviceFeeds:
+    """Padded neighbor-table feeds of one ASE structure, built on a CUDA ``device``.
+
+    ``__call__(atoms)`` returns the feeds (``NEIGHBOR_TABLE`` names), or ``None`` for a structure
+    this object cannot build (periodic or larger than :data:`DENSE_MAX_ATOMS` without
+    vesin-torch): the caller then uses the CPU neighbor list. Returned feeds stay valid until the
+    next call (positions go through one reused pinned buffer); cached tensors are never modified,
+    so a consumer may skip copying a tensor it has already seen.
+    """
+
+    def __init__(self, cutoff: float, padding_species: int, device: torch.device):
+        self.cutoff = float(cutoff)
+        self.padding_species = int(padding_species)
+        self.device = device
+        self._tables: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        self._species: dict[tuple[int, bytes], torch.Tensor] = {}
+        self._staging: dict[int, torch.Tensor] = {}
+        self._search = None
+        if has_vesin_torch():
+            from vesin_torch import NeighborList
+
+            self._search = NeighborList(cutoff=self.cutoff, full_list=True)
+
+    def __call__(self, atoms: Atoms) -> dict[str, torch.Tensor] | None:
+        if not atoms.pbc.any() and len(atoms) <= DENSE_MAX_ATOMS:
+            return self._dense(atoms)
+        if self._search is not None:
+            return self._searched(atoms)
+        return None
+
+    def _dense(self, atoms: Atoms) -> dict[str, torch.Tensor]:
+        num_atoms = len(atoms)
+        bucket_atoms = bucket_size(num_atoms, UNBOUNDED.atoms)
+        table = self._tables.get((num_atoms, bucket_atoms))
+        if table is None:
+            table = self._tables[num_atoms, bucket_atoms] = dense_molecule_table(num_atoms, bucket_atoms, self.device)
+        species_key = (bucket_atoms, atoms.numbers.tobytes())
+        species = self._species.get(species_key)
+        if species is None:
+            padded = np.full(bucket_atoms, self.padding_species, dtype=np.int64)
+            padded[:num_atoms] = atoms.numbers
+            species = self._species[species_key] = torch.from_numpy(padded).to(self.device)
+        staging = self._staging.get(bucket_atoms)
+        if staging is None:
+            pinned = self.device.type == "cuda"
+            staging = self._staging[bucket_atoms] = torch.zeros((bucket_atoms, 3), pin_memory=pinned)
+        staging.numpy()[:num_atoms] = atoms.positions
+        positions = staging.to(self.device, non_blocking=True) if self.device.type == "cuda" else staging.clone()
+        feeds = {"positions": positions, "species": species, **table}
+        return {name: feeds[name] for name in NEIGHBOR_TABLE.input_names}
+
+    def _searched(self, atoms: Atoms) -> dict[str, torch.Tensor]:
+        periodic = atoms.pbc.tolist()
+        cell = atoms.cell.array if any(periodic) else np.zeros((3, 3))
+        positions = torch.from_numpy(atoms.positions).to(self.device)
+        box = torch.from_numpy(np.ascontiguousarray(cell)).to(self.device)
+        pairs, shifts = self._search.compute(positions, box, torch.tensor(periodic, device=self.device), quantities="PS")
+        inputs = AtomicInputs(
+            positions=positions.float(),
+            species=torch.from_numpy(atoms.numbers.astype(np.int64)).to(self.device),
+            pair_index=pairs.T.long(),
+            pair_shifts=(shifts.to(box.dtype) @ box).float(),
+            structure_index=torch.zeros(len(atoms), dtype=torch.int64, device=self.device),
+            cell=box.float().unsqueeze(0),
+        )
+        return table_feeds(inputs, self.device, self.padding_species)

@@ -1,0 +1,61 @@
+"""Base of the backends whose graph takes a padded neighbor table (bucketed shapes).
+
+:class:`PaddedTableBackend` gives every such backend (the joint graph in PyTorch, ONNX Runtime
+with CUDA graphs) the same two entry points around one ``run(feeds)``:
+
+* ``evaluate(inputs)``: interface inputs (a pair list, any batch) -> table feeds -> outputs;
+* ``evaluate_atoms(atoms)``: one ASE structure -> feeds built on the CUDA device
+  (:class:`~mlff_export.runtime.device_feeds.DeviceFeeds`: no CPU neighbor search) -> outputs on
+  the host; ``None`` where the device cannot build them (the calculator then uses the CPU list).
+"""
+
+from __future__ import annotations
+
+import torch
+from ase import Atoms
+
+from mlff_export.interface import OUTPUT_NAMES, AtomicInputs
+from mlff_export.runtime.device_feeds import DeviceFeeds, table_feeds
+from mlff_export.runtime.shape_buckets import strip_padding
+
+
+class PaddedTableBackend:
+    """Runs a neighbor-table graph, float32, on feeds padded to shape buckets.
+
+    Subclasses implement :meth:`run`. Outputs: energy [B] eV, forces [N, 3] eV/Å, virial
+    [B, 3, 3] eV.
+    """
+
+    name = "padded-table"
+    dtype = torch.float32
+
+    def __init__(self, device: torch.device, cutoff: float, species: tuple[int, ...]):
+        self.device = device
+        self.cutoff = float(cutoff)
+        self.species = tuple(species)
+        self.device_feeds = DeviceFeeds(cutoff, self.species[0], device) if device.type == "cuda" else None
+
+    def prepare(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:
+        """Padded neighbor-table feeds of ``inputs`` on the device."""
+        return table_feeds(inputs, self.device, self.species[0])
+
+    def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The graph on prepared feeds; outputs include the padding and may be reused by the next run."""
+        raise NotImplementedError
+
+    def evaluate(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:
+        outputs = strip_padding(self.run(self.prepare(inputs)), inputs.num_atoms, inputs.num_structures)
+        # Graph replays reuse their output memory: copy before the next call overwrites it.
+        return {name: value.clone() for name, value in outputs.items()}
+
+    def evaluate_atoms(self, atoms: Atoms) -> dict[str, torch.Tensor] | None:
+        """Outputs of one structure as CPU tensors (energy [1], forces [N, 3], virial [1, 3, 3]),
+        its feeds built on the CUDA device; ``None`` where they cannot be built there."""
+        feeds = self.device_feeds(atoms) if self.device_feeds is not None else None
+        if feeds is None:
+            return None
+        outputs = strip_padding(self.run(feeds), len(atoms), 1)
+        # One device-to-host copy for all three outputs.
+        packed = torch.cat([outputs[name].reshape(-1) for name in OUTPUT_NAMES]).cpu()
+        energy, forces, virial = torch.split(packed, [1, 3 * len(atoms), 9])
+        return {"energy": energy, "forces": forces.reshape(-1, 3), "virial": virial.reshape(1, 3, 3)}

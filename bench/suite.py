@@ -197,7 +197,7 @@ def run_suite(
             if not suite.runs(case.backend, workload):
                 continue
             progress(f"{case.label}: {workload.name}")
-            yield _measure(case, workload, calc, reference_for(workload), device)
+            yield _measure(case, workload, calc, lambda: reference_for(workload), device)
         del calc
         gc.collect()
         # A fresh torch.compile state per case: after an out-of-memory inside one case, later
@@ -207,7 +207,11 @@ def run_suite(
             torch.cuda.empty_cache()
 
 
-def _measure(case: Case, workload: Workload, calc: MLFFCalculator, reference: list[dict] | None, device) -> dict:
+def _measure(
+    case: Case, workload: Workload, calc: MLFFCalculator, reference: Callable[[], list[dict] | None], device
+) -> dict:
+    """Time ``calc`` on ``workload``, then compare with the eager ``reference`` (computed after the
+    timing: an eager out-of-memory must not precede a compiled backend's first call)."""
     record = {
         "case": case.label,
         "backend": case.backend,
@@ -233,8 +237,9 @@ def _measure(case: Case, workload: Workload, calc: MLFFCalculator, reference: li
                 structures_per_s=structures_per_call / timing.median,
                 atom_steps_per_s=workload.num_atoms / timing.median,
             )
-        if reference is not None:
-            record.update(_parity(calc, reference, workload.structures))
+        expected = reference()
+        if expected is not None:
+            record.update(_parity(calc, expected, workload.structures))
         elif workload.kind != "loop":
             record["parity"] = "not measured: eager FP32 ran out of GPU memory on this workload"
     except torch.cuda.OutOfMemoryError as error:

@@ -58,16 +58,17 @@ class MLFFCalculator(Calculator):
         return [name for name, (old, new) in checks.items() if not np.array_equal(old, new)]
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
-        super().calculate(atoms, properties, system_changes)
-        atoms = self.atoms
+        atoms = self.atoms if atoms is None else atoms
         if "stress" in properties and not atoms.pbc.all():
             raise PropertyNotImplementedError(f"stress needs a 3-D periodic cell; this structure has pbc={atoms.pbc.tolist()}")
         check_structure(atoms, self.species)
-        # Backends that build their inputs on the GPU skip the CPU neighbor list (None: they cannot).
-        evaluate_atoms = getattr(self.backend, "evaluate_atoms", None)
-        outputs = evaluate_atoms(atoms) if evaluate_atoms is not None else None
-        if outputs is not None:
-            (self.results,) = _structure_results([atoms], outputs)
+        # Backends that build their inputs on the GPU skip the CPU neighbor list (None: they
+        # cannot); ASE's bookkeeping (a copy of the atoms) runs while the GPU works.
+        launch_atoms = getattr(self.backend, "launch_atoms", None)
+        finish = launch_atoms(atoms) if launch_atoms is not None else None
+        super().calculate(atoms, properties, system_changes)
+        if finish is not None:
+            (self.results,) = _structure_results([atoms], finish())
             return
         (self.results,) = self._evaluate([atoms], [self.neighbor_list.pairs(atoms)])
 
@@ -103,9 +104,15 @@ class MLFFCalculator(Calculator):
         return _structure_results(structures, outputs)
 
 
-def _structure_results(structures: list[Atoms], outputs: dict[str, torch.Tensor]) -> list[dict[str, float | np.ndarray]]:
+def _float64(value: torch.Tensor | np.ndarray) -> np.ndarray:
+    return value if isinstance(value, np.ndarray) else value.cpu().double().numpy()
+
+
+def _structure_results(
+    structures: list[Atoms], outputs: dict[str, torch.Tensor | np.ndarray]
+) -> list[dict[str, float | np.ndarray]]:
     """Backend outputs (energy [B], forces [N, 3], virial [B, 3, 3]) as ASE results per structure."""
-    energies, forces, virials = (outputs[name].cpu().double().numpy() for name in ("energy", "forces", "virial"))
+    energies, forces, virials = (_float64(outputs[name]) for name in ("energy", "forces", "virial"))
     atom_offsets = np.cumsum([0] + [len(atoms) for atoms in structures])
     results = []
     for index, atoms in enumerate(structures):

@@ -4,13 +4,17 @@
 with CUDA graphs) the same two entry points around one ``run(feeds)``:
 
 * ``evaluate(inputs)``: interface inputs (a pair list, any batch) -> table feeds -> outputs;
-* ``evaluate_atoms(atoms)``: one ASE structure -> feeds built on the CUDA device
-  (:class:`~mlff_export.runtime.device_feeds.DeviceFeeds`: no CPU neighbor search) -> outputs on
-  the host; ``None`` where the device cannot build them (the calculator then uses the CPU list).
+* ``launch_atoms(atoms)``: one ASE structure -> feeds built on the
+  CUDA device (:class:`~mlff_export.runtime.device_feeds.DeviceFeeds`: no CPU neighbor search)
+  -> outputs on the host; ``None`` where the device cannot build them (the calculator then uses
+  the CPU list).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 from ase import Atoms
 
@@ -34,6 +38,7 @@ class PaddedTableBackend:
         self.cutoff = float(cutoff)
         self.species = tuple(species)
         self.device_feeds = DeviceFeeds(cutoff, self.species[0], device) if device.type == "cuda" else None
+        self._host_outputs: dict[int, torch.Tensor] = {}  # pinned, by output size
 
     def prepare(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:
         """Padded neighbor-table feeds of ``inputs`` on the device."""
@@ -48,14 +53,31 @@ class PaddedTableBackend:
         # Graph replays reuse their output memory: copy before the next call overwrites it.
         return {name: value.clone() for name, value in outputs.items()}
 
-    def evaluate_atoms(self, atoms: Atoms) -> dict[str, torch.Tensor] | None:
-        """Outputs of one structure as CPU tensors (energy [1], forces [N, 3], virial [1, 3, 3]),
-        its feeds built on the CUDA device; ``None`` where they cannot be built there."""
+    def launch_atoms(self, atoms: Atoms) -> Callable[[], dict[str, np.ndarray]] | None:
+        """Start one structure on the GPU (feeds built on the device) and return ``finish``, which
+        waits and gives float64 arrays: energy [1] eV, forces [N, 3] eV/Å, virial [1, 3, 3] eV.
+        ``None`` where the feeds cannot be built on the device. The caller may do other CPU work
+        between the two; results stay valid until the next launch.
+        """
         feeds = self.device_feeds(atoms) if self.device_feeds is not None else None
         if feeds is None:
             return None
         outputs = strip_padding(self.run(feeds), len(atoms), 1)
-        # One device-to-host copy for all three outputs.
-        packed = torch.cat([outputs[name].reshape(-1) for name in OUTPUT_NAMES]).cpu()
-        energy, forces, virial = torch.split(packed, [1, 3 * len(atoms), 9])
-        return {"energy": energy, "forces": forces.reshape(-1, 3), "virial": virial.reshape(1, 3, 3)}
+        packed = torch.cat([outputs[name].reshape(-1) for name in OUTPUT_NAMES])
+        host = self._host_outputs.get(packed.numel())
+        if host is None:
+            host = self._host_outputs[packed.numel()] = torch.empty(packed.numel(), pin_memory=True)
+        host.copy_(packed, non_blocking=True)  # one device-to-host copy for all three outputs
+        done = torch.cuda.Event()
+        done.record()
+
+        def finish() -> dict[str, np.ndarray]:
+            done.synchronize()
+            values = host.numpy().astype(np.float64)
+            return {
+                "energy": values[:1],
+                "forces": values[1:-9].reshape(-1, 3),
+                "virial": values[-9:].reshape(1, 3, 3),
+            }
+
+        return finish

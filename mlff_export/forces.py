@@ -40,11 +40,18 @@ def energy_forces_virial_from_pairs(
     structure_index: torch.Tensor,
     num_structures: int,
     create_graph: bool = False,
+    atom_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Energy [B] (eV), forces [N, 3] (eV/Å) and virial [B, 3, 3] (eV) by the pair-vector route."""
+    """Energy [B] (eV), forces [N, 3] (eV/Å) and virial [B, 3, 3] (eV) by the pair-vector route.
+
+    ``atom_weights`` [N] (default 1): all three outputs are those of ``sum_i w_i E_i`` (domain
+    decomposition weights halo atoms 0, :mod:`mlff_export.runtime.domains`).
+    """
     vectors = pair_vectors(positions, layout).detach().requires_grad_(True)
     with torch.enable_grad():
         atom_energies = model.atomic_energies(vectors, species, layout)
+        if atom_weights is not None:
+            atom_energies = atom_energies * atom_weights
         (pair_gradients,) = torch.autograd.grad(atom_energies.sum(), vectors, create_graph=create_graph)
     energy = layout.sum_to_structures(atom_energies, structure_index, num_structures)
     forces = layout.sum_to_centers(pair_gradients) - layout.sum_to_neighbors(pair_gradients)

@@ -135,6 +135,11 @@ class PaiNN(nn.Module):
     def species(self) -> tuple[int, ...]:
         return self.config.species
 
+    @property
+    def receptive_hops(self) -> int:
+        """Pair hops an atom's energy depends on (one per interaction block)."""
+        return self.config.num_interactions
+
     def atomic_energies(self, pair_vectors: torch.Tensor, species: torch.Tensor, layout: PairList | NeighborTable):
         """Per-atom energies [N] in eV (dtype of ``pair_vectors``) from pair vectors [E, 3] in Å."""
         geometry_dtype = pair_vectors.dtype

@@ -1,0 +1,112 @@
+"""Memory-bounded evaluation of one large structure: spatial domains with a message-passing halo.
+
+A message-passing model with ``L`` interaction blocks gives atom ``i`` an energy that depends only on
+atoms at most ``L`` pair-hops away. So the energy of a *core* set of atoms is exact on the sub-graph
+of its ``L``-hop neighborhood (all pairs between those atoms, periodic shifts kept), and
+
+* total energy = sum over domains of their core energies,
+* forces and virial = sums over domains of the gradients of those core energies (linear in E),
+
+which :func:`evaluate_in_domains` computes domain by domain, never holding more than ``max_pairs``
+pairs' activations at once. Cores are equal-count slabs along the longest lattice vector; the halo
+comes from the pair graph itself, so periodic images and cells of any shape need no special case.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from mlff_export.interface import AtomicInputs
+
+
+@dataclass
+class Domain:
+    """One domain: its atoms (indices into the whole structure), its sub-structure inputs and which
+    of its atoms are core (1.0) or halo (0.0)."""
+
+    atom_ids: torch.Tensor
+    inputs: AtomicInputs
+    core_weights: torch.Tensor
+
+
+def _slab_order(inputs: AtomicInputs) -> torch.Tensor:
+    """Atoms sorted by their fractional coordinate along the longest lattice vector (by the
+    Cartesian axis of largest extent for a non-periodic structure)."""
+    cell = inputs.cell[0].double()
+    positions = inputs.positions.double()
+    lengths = cell.norm(dim=1)
+    if bool((lengths > 0).all()):
+        axis = int(lengths.argmax())
+        coordinate = torch.linalg.solve(cell.T, positions.T)[axis] % 1.0
+    else:
+        coordinate = positions[:, int((positions.max(0).values - positions.min(0).values).argmax())]
+    return torch.argsort(coordinate)
+
+
+def domains(inputs: AtomicInputs, hops: int, num_domains: int) -> Iterator[Domain]:
+    """Split one structure (``B = 1``) into ``num_domains`` slab cores, each with its ``hops``-hop halo."""
+    if inputs.num_structures != 1:
+        raise ValueError(f"domains split one structure; got {inputs.num_structures}")
+    centers, neighbors = inputs.pair_index
+    order = _slab_order(inputs)
+    for core_atoms in torch.tensor_split(order, num_domains):
+        core = torch.zeros(inputs.num_atoms, dtype=torch.bool, device=order.device)
+        core[core_atoms] = True
+        extended = core.clone()
+        for _ in range(hops):  # a full list: i is one hop from the set if some pair (i, j) has j in it
+            extended[centers[extended[neighbors]]] = True
+        kept_pairs = extended[centers] & extended[neighbors]
+        atom_ids = torch.nonzero(extended).squeeze(1)
+        new_index = torch.cumsum(extended, 0) - 1
+        yield Domain(
+            atom_ids=atom_ids,
+            inputs=AtomicInputs(
+                positions=inputs.positions[atom_ids],
+                species=inputs.species[atom_ids],
+                pair_index=new_index[inputs.pair_index[:, kept_pairs]],
+                pair_shifts=inputs.pair_shifts[kept_pairs],
+                structure_index=torch.zeros(atom_ids.numel(), dtype=torch.int64, device=order.device),
+                cell=inputs.cell,
+            ),
+            core_weights=core[atom_ids].to(inputs.positions.dtype),
+        )
+
+
+WeightedEvaluate = Callable[[AtomicInputs, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def evaluate_in_domains(
+    evaluate: WeightedEvaluate, inputs: AtomicInputs, hops: int, max_pairs: int
+) -> dict[str, torch.Tensor]:
+    """Energy [1], forces [N, 3], virial [1, 3, 3] of one structure, domain by domain.
+
+    ``evaluate(sub_inputs, core_weights)`` returns energy, forces and virial of the weighted
+    energy ``sum_i w_i E_i`` of a sub-structure. The number of domains starts at
+    ``ceil(E / max_pairs)`` and doubles until every domain (core + halo) has at most ``max_pairs``
+    pairs; a structure whose halo alone exceeds ``max_pairs`` raises ``ValueError``.
+    """
+    num_domains = max(1, math.ceil(inputs.num_pairs / max_pairs))
+    while True:
+        parts = list(domains(inputs, hops, num_domains))
+        largest = max(part.inputs.num_pairs for part in parts)
+        if largest <= max_pairs:
+            break
+        if num_domains >= inputs.num_atoms:
+            raise ValueError(
+                f"one atom's {hops}-hop neighborhood has {largest} pairs, more than max_pairs={max_pairs}: "
+                "raise max_pairs (more memory) or use a smaller cutoff"
+            )
+        num_domains = min(2 * num_domains, inputs.num_atoms)
+    energy = inputs.positions.new_zeros(1)
+    forces = torch.zeros_like(inputs.positions)
+    virial = inputs.positions.new_zeros((1, 3, 3))
+    for part in parts:
+        part_energy, part_forces, part_virial = evaluate(part.inputs, part.core_weights)
+        energy += part_energy.detach()
+        forces.index_add_(0, part.atom_ids, part_forces.detach())
+        virial += part_virial.detach()
+    return {"energy": energy, "forces": forces, "virial": virial}

@@ -109,17 +109,33 @@ PAIR_LIST = GraphLayout(
 LAYOUTS = {layout.name: layout for layout in (NEIGHBOR_TABLE, PAIR_LIST)}
 
 
-def graph_function(model: nn.Module, layout: GraphLayout) -> Callable[..., tuple[torch.Tensor, ...]]:
-    """The function to trace: graph inputs (``layout.input_names`` order) -> energy, forces, virial."""
+def graph_function(model: nn.Module, layout: GraphLayout, weighted: bool = False) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """The function to trace: graph inputs (``layout.input_names`` order) -> energy, forces, virial.
+
+    ``weighted`` (neighbor table only; runtime, never exported): one more input ``atom_weights``
+    [N], and the outputs are those of ``sum_i w_i E_i`` (domain evaluation of large structures).
+    """
     if layout.name == NEIGHBOR_TABLE.name:
+
+        def weighted_neighbor_table_graph(
+            positions, species, neighbor_index, neighbor_shifts, neighbor_mask, reverse_index, structure_index, cell,
+            atom_weights,
+        ):
+            table = NeighborTable(neighbor_index, neighbor_shifts, neighbor_mask, reverse_index)
+            return energy_forces_virial_from_pairs(
+                model, positions, species, table, structure_index, cell.shape[0], atom_weights=atom_weights
+            )
 
         def neighbor_table_graph(
             positions, species, neighbor_index, neighbor_shifts, neighbor_mask, reverse_index, structure_index, cell
         ):
-            table = NeighborTable(neighbor_index, neighbor_shifts, neighbor_mask, reverse_index)
-            return energy_forces_virial_from_pairs(model, positions, species, table, structure_index, cell.shape[0])
+            return weighted_neighbor_table_graph(
+                positions, species, neighbor_index, neighbor_shifts, neighbor_mask, reverse_index, structure_index, cell, None
+            )
 
-        return neighbor_table_graph
+        return weighted_neighbor_table_graph if weighted else neighbor_table_graph
+    if weighted:
+        raise ValueError(f"weighted graphs take the '{NEIGHBOR_TABLE.name}' layout, not '{layout.name}'")
 
     def pair_list_graph(positions, species, pair_index, pair_shifts, structure_index, cell):
         inputs = AtomicInputs(positions, species, pair_index, pair_shifts, structure_index, cell)

@@ -16,7 +16,7 @@ from mlff_export.export.joint_graph_ops import TRACE_DECOMPOSITIONS
 
 
 def trace_joint_graph(
-    model: nn.Module, layout: GraphLayout = NEIGHBOR_TABLE, device: torch.device | str = "cpu"
+    model: nn.Module, layout: GraphLayout = NEIGHBOR_TABLE, device: torch.device | str = "cpu", weighted: bool = False
 ) -> tuple[torch.fx.GraphModule, tuple[torch.Tensor, ...]]:
     """Trace ``model``'s energy/forces/virial function on ``layout`` with symbolic sizes.
 
@@ -26,10 +26,12 @@ def trace_joint_graph(
     """
     example = layout.feeds(example_inputs(tuple(model.species)).to(device))
     args = tuple(example.values())
+    if weighted:  # one more input: per-atom energy weights [N] (see graph_function)
+        args += (torch.ones_like(example["positions"][:, 0]),)
     # The weights are real tensors closed over by the function: allowing them (they become graph
     # constants, hence initializers) is what _allow_non_fake_inputs does.
     traced = make_fx(
-        graph_function(model, layout),
+        graph_function(model, layout, weighted),
         tracing_mode="symbolic",
         decomposition_table=TRACE_DECOMPOSITIONS,
         _allow_non_fake_inputs=True,

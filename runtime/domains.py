@@ -14,6 +14,7 @@ comes from the pair graph itself, so periodic images and cells of any shape need
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,10 @@ from dataclasses import dataclass
 import torch
 
 from mlff_export.interface import AtomicInputs
+
+logger = logging.getLogger("mlff_export")
+
+MIN_DOMAIN_PAIRS = 10_000  # below this, a GPU that still runs out of memory is not the structure's fault
 
 
 @dataclass
@@ -110,3 +115,39 @@ def evaluate_in_domains(
         forces.index_add_(0, part.atom_ids, part_forces.detach())
         virial += part_virial.detach()
     return {"energy": energy, "forces": forces, "virial": virial}
+
+
+class DomainSplitter:
+    """Decides when a backend evaluates one structure in domains: above ``max_pairs`` pairs.
+
+    ``max_pairs=None`` means whole structures until a GPU out-of-memory; each out-of-memory sets
+    ``max_pairs`` to a quarter of the failed size and retries, and the limit is kept for later calls.
+    """
+
+    def __init__(self, max_pairs: int | None = None):
+        self.max_pairs = max_pairs
+
+    def evaluate(
+        self,
+        inputs: AtomicInputs,
+        hops: int | None,
+        whole: Callable[[AtomicInputs], dict[str, torch.Tensor]],
+        weighted: WeightedEvaluate,
+    ) -> dict[str, torch.Tensor]:
+        """``whole(inputs)``, or :func:`evaluate_in_domains` with ``weighted`` for a single
+        structure above the limit; ``hops=None`` (a model without a declared reach) never splits."""
+        splittable = hops is not None and inputs.num_structures == 1
+        while True:
+            try:
+                if splittable and self.max_pairs is not None and inputs.num_pairs > self.max_pairs:
+                    return evaluate_in_domains(weighted, inputs, hops, self.max_pairs)
+                return whole(inputs)
+            except torch.cuda.OutOfMemoryError:
+                limit = min(self.max_pairs or inputs.num_pairs, inputs.num_pairs) // 4
+                if not splittable or limit < MIN_DOMAIN_PAIRS:
+                    raise
+                torch.cuda.empty_cache()
+                logger.warning(
+                    "mlff-export: out of GPU memory at %d pairs; evaluating in domains of <= %d pairs", inputs.num_pairs, limit
+                )
+                self.max_pairs = limit

@@ -15,7 +15,9 @@ a handful of shapes are ever compiled or captured.
 CUDA graphs are captured here, not by torch.compile's cudagraph trees: the bucket's input buffers
 are ours (:class:`~mlff_export.runtime.static_feeds.StaticFeeds`), so a small molecule's call
 copies only its positions. Buckets above :data:`CAPTURE_MAX_PAIR_SLOTS` run uncaptured: launch
-overhead is negligible there and a captured graph would keep its activations' memory.
+overhead is negligible there and a captured graph would keep its activations' memory. A single
+structure above :data:`DOMAIN_PAIRS` pairs runs in spatial domains (:mod:`~mlff_export.runtime.domains`)
+through a second trace of the graph with per-atom energy weights.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from torch import nn
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
 from mlff_export.export.joint_graph import trace_joint_graph
 from mlff_export.export.precision import model_for_precision
-from mlff_export.interface import OUTPUT_NAMES
+from mlff_export.interface import OUTPUT_NAMES, AtomicInputs
+from mlff_export.runtime.domains import DomainSplitter
 from mlff_export.runtime.padded_table import PaddedTableBackend
 from mlff_export.runtime.shape_buckets import table_sizes
 from mlff_export.runtime.static_feeds import StaticFeeds
@@ -41,6 +44,9 @@ COMPILE_MODES = {
 }
 MAX_COMPILED_BUCKETS = 64
 CAPTURE_MAX_PAIR_SLOTS = 1 << 18  # atoms x table width of the largest bucket captured as a CUDA graph
+# One structure above this many pairs runs in spatial domains: on the H100 the graph's activations
+# took 7.1 GB at 0.53 M pairs (10k water), and a whole 100k-atom box (5.3 M pairs) did not fit.
+DOMAIN_PAIRS = 2_000_000
 
 
 class _CapturedBucket:
@@ -75,10 +81,34 @@ class JointGraphBackend(PaddedTableBackend):
 
     def __init__(self, model: nn.Module, device: torch.device, capture: bool = False):
         super().__init__(device, model.cutoff, model.species)
-        self.graph, _ = trace_joint_graph(model_for_precision(model, "fp32").to(device), NEIGHBOR_TABLE, device)
+        self.model = model_for_precision(model, "fp32").to(device)
+        self.graph, _ = trace_joint_graph(self.model, NEIGHBOR_TABLE, device)
         self.call: Callable = self.graph
         self.capture = capture and device.type == "cuda"
         self._buckets: dict[tuple, _CapturedBucket] = {}
+        self.domains = DomainSplitter(DOMAIN_PAIRS)
+        self._weighted_call: Callable | None = None
+
+    def compiled(self, graph: torch.fx.GraphModule) -> Callable:
+        """How this backend runs a traced graph (as traced here; compiled in subclasses)."""
+        return graph
+
+    def evaluate(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:
+        """As :meth:`PaddedTableBackend.evaluate`; one structure above ``domains.max_pairs`` pairs
+        runs in spatial domains (uncaptured), with the graph traced once more with atom weights."""
+        hops = getattr(self.model, "receptive_hops", None)
+        return self.domains.evaluate(inputs, hops, super().evaluate, self.evaluate_weighted)
+
+    def evaluate_weighted(self, inputs: AtomicInputs, weights: torch.Tensor):
+        """Energy [1], forces [N, 3], virial [1, 3, 3] of ``sum_i w_i E_i`` for one structure."""
+        if self._weighted_call is None:
+            weighted_graph, _ = trace_joint_graph(self.model, NEIGHBOR_TABLE, self.device, weighted=True)
+            self._weighted_call = self.compiled(weighted_graph)
+        feeds = self.prepare(inputs)
+        padded_weights = feeds["positions"].new_zeros(feeds["positions"].shape[0])
+        padded_weights[: inputs.num_atoms] = weights.to(self.device, torch.float32)
+        energy, forces, virial = self._weighted_call(*feeds.values(), padded_weights)
+        return energy[:1], forces[: inputs.num_atoms], virial[:1]
 
     def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         num_atoms, width, _ = table_sizes(feeds)
@@ -106,8 +136,12 @@ class CompiledBackend(JointGraphBackend):
         super().__init__(model, device, capture=capture)
         self.name = "compile" if mode == "default" else f"compile-{mode}"
         self.mode = mode
+        self.inductor_mode = inductor_mode
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, MAX_COMPILED_BUCKETS)
-        self.call = torch.compile(self.graph, mode=inductor_mode, fullgraph=True, dynamic=False)
+        self.call = self.compiled(self.graph)
+
+    def compiled(self, graph: torch.fx.GraphModule) -> Callable:
+        return torch.compile(graph, mode=self.inductor_mode, fullgraph=True, dynamic=False)
 
 
 class CudaGraphBackend(JointGraphBackend):

@@ -80,7 +80,7 @@ class DeviceFeeds:
 
     ``__call__(atoms)`` returns the feeds (``NEIGHBOR_TABLE`` names), or ``None`` for a structure
     this object cannot build (periodic or larger than :data:`DENSE_MAX_ATOMS` without
-    vesin-torch): the caller then uses the CPU neighbor list. Returned feeds stay valid until the
+    vesin-torch, or more pairs than asked for): the caller then uses the CPU neighbor list. Returned feeds stay valid until the
     next call (positions go through one reused pinned buffer); cached tensors are never modified,
     so a consumer may skip copying a tensor it has already seen.
     """
@@ -98,11 +98,13 @@ class DeviceFeeds:
 
             self._search = NeighborList(cutoff=self.cutoff, full_list=True)
 
-    def __call__(self, atoms: Atoms) -> dict[str, torch.Tensor] | None:
+    def __call__(self, atoms: Atoms, max_pairs: int | None = None) -> dict[str, torch.Tensor] | None:
+        """``max_pairs``: return ``None`` for a searched structure with more pairs (the caller
+        evaluates it another way, e.g. in domains)."""
         if not atoms.pbc.any() and len(atoms) <= DENSE_MAX_ATOMS:
             return self._dense(atoms)
         if self._search is not None:
-            return self._searched(atoms)
+            return self._searched(atoms, max_pairs)
         return None
 
     def _dense(self, atoms: Atoms) -> dict[str, torch.Tensor]:
@@ -126,12 +128,14 @@ class DeviceFeeds:
         feeds = {"positions": positions, "species": species, **table}
         return {name: feeds[name] for name in NEIGHBOR_TABLE.input_names}
 
-    def _searched(self, atoms: Atoms) -> dict[str, torch.Tensor]:
+    def _searched(self, atoms: Atoms, max_pairs: int | None) -> dict[str, torch.Tensor] | None:
         periodic = atoms.pbc.tolist()
         cell = atoms.cell.array if any(periodic) else np.zeros((3, 3))
         positions = torch.from_numpy(atoms.positions).to(self.device)
         box = torch.from_numpy(np.ascontiguousarray(cell)).to(self.device)
         pairs, shifts = self._search.compute(positions, box, torch.tensor(periodic, device=self.device), quantities="PS")
+        if max_pairs is not None and pairs.shape[0] > max_pairs:
+            return None
         inputs = AtomicInputs(
             positions=positions.float(),
             species=torch.from_numpy(atoms.numbers.astype(np.int64)).to(self.device),

@@ -93,6 +93,9 @@ class JointGraphBackend(PaddedTableBackend):
         """How this backend runs a traced graph (as traced here; compiled in subclasses)."""
         return graph
 
+    def device_pair_limit(self) -> int | None:
+        return self.domains.max_pairs
+
     def evaluate(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:
         """As :meth:`PaddedTableBackend.evaluate`; one structure above ``domains.max_pairs`` pairs
         runs in spatial domains (uncaptured), with the graph traced once more with atom weights."""

@@ -44,6 +44,11 @@ class PaddedTableBackend:
         """Padded neighbor-table feeds of ``inputs`` on the device."""
         return table_feeds(inputs, self.device, self.species[0])
 
+    def device_pair_limit(self) -> int | None:
+        """Largest pair count :meth:`launch_atoms` takes (``None``: any); larger structures go
+        through :meth:`evaluate`."""
+        return None
+
     def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The graph on prepared feeds; outputs include the padding and may be reused by the next run."""
         raise NotImplementedError
@@ -59,7 +64,7 @@ class PaddedTableBackend:
         ``None`` where the feeds cannot be built on the device. The caller may do other CPU work
         between the two; results stay valid until the next launch.
         """
-        feeds = self.device_feeds(atoms) if self.device_feeds is not None else None
+        feeds = self.device_feeds(atoms, self.device_pair_limit()) if self.device_feeds is not None else None
         if feeds is None:
             return None
         outputs = strip_padding(self.run(feeds), len(atoms), 1)

@@ -92,6 +92,8 @@ def test_vesin_torch_tables_give_the_neighbor_list_numbers(reference_graph, name
     got, want = _run(backend, feeds, atoms), _expected(atoms)
     assert got["energy"][0] == pytest.approx(want["energy"], rel=1e-6, abs=2e-4)  # float32 totals
     np.testing.assert_allclose(got["forces"], want["forces"], atol=1e-4)
+    too_many = DeviceFeeds(model.cutoff, model.species[0], CPU)(atoms, max_pairs=expected_inputs.num_pairs - 1)
+    assert too_many is None, "a structure above the pair limit is left to the caller (domains)"
 
 
 def test_static_feeds_copy_new_tensors_and_skip_the_ones_already_loaded():

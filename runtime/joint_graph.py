@@ -31,6 +31,7 @@ from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
 from mlff_export.export.joint_graph import trace_joint_graph
 from mlff_export.export.precision import model_for_precision
 from mlff_export.interface import OUTPUT_NAMES, AtomicInputs
+from mlff_export.runtime.device_feeds import PAIRS_BUILT_ON_DEVICE
 from mlff_export.runtime.domains import DomainSplitter
 from mlff_export.runtime.padded_table import PaddedTableBackend
 from mlff_export.runtime.shape_buckets import table_sizes
@@ -100,6 +101,8 @@ class JointGraphBackend(PaddedTableBackend):
         """As :meth:`PaddedTableBackend.evaluate`; one structure above ``domains.max_pairs`` pairs
         runs in spatial domains (uncaptured), with the graph traced once more with atom weights."""
         hops = getattr(self.model, "receptive_hops", None)
+        if inputs.num_pairs >= PAIRS_BUILT_ON_DEVICE:  # large: split and build tables on the device
+            inputs = inputs.to(self.device)
         return self.domains.evaluate(inputs, hops, super().evaluate, self.evaluate_weighted)
 
     def evaluate_weighted(self, inputs: AtomicInputs, weights: torch.Tensor):

@@ -52,10 +52,8 @@ def _slab_order(inputs: AtomicInputs) -> torch.Tensor:
     return torch.argsort(coordinate)
 
 
-def domains(inputs: AtomicInputs, hops: int, num_domains: int) -> Iterator[Domain]:
-    """Split one structure (``B = 1``) into ``num_domains`` slab cores, each with its ``hops``-hop halo."""
-    if inputs.num_structures != 1:
-        raise ValueError(f"domains split one structure; got {inputs.num_structures}")
+def _domain_masks(inputs: AtomicInputs, hops: int, num_domains: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(core, core + halo) atom masks of each of ``num_domains`` slab domains."""
     centers, neighbors = inputs.pair_index
     order = _slab_order(inputs)
     for core_atoms in torch.tensor_split(order, num_domains):
@@ -64,6 +62,27 @@ def domains(inputs: AtomicInputs, hops: int, num_domains: int) -> Iterator[Domai
         extended = core.clone()
         for _ in range(hops):  # a full list: i is one hop from the set if some pair (i, j) has j in it
             extended[centers[extended[neighbors]]] = True
+        yield core, extended
+
+
+def _largest_domain(inputs: AtomicInputs, hops: int, num_domains: int, max_pairs: int) -> int:
+    """Pairs of the largest domain, stopping at the first above ``max_pairs``."""
+    centers, neighbors = inputs.pair_index
+    largest = 0
+    for _, extended in _domain_masks(inputs, hops, num_domains):
+        largest = max(largest, int((extended[centers] & extended[neighbors]).sum()))
+        if largest > max_pairs:
+            break
+    return largest
+
+
+def domains(inputs: AtomicInputs, hops: int, num_domains: int) -> Iterator[Domain]:
+    """Split one structure (``B = 1``) into ``num_domains`` slab cores, each with its ``hops``-hop
+    halo; domains are built one at a time."""
+    if inputs.num_structures != 1:
+        raise ValueError(f"domains split one structure; got {inputs.num_structures}")
+    centers, neighbors = inputs.pair_index
+    for core, extended in _domain_masks(inputs, hops, num_domains):
         kept_pairs = extended[centers] & extended[neighbors]
         atom_ids = torch.nonzero(extended).squeeze(1)
         new_index = torch.cumsum(extended, 0) - 1
@@ -74,7 +93,7 @@ def domains(inputs: AtomicInputs, hops: int, num_domains: int) -> Iterator[Domai
                 species=inputs.species[atom_ids],
                 pair_index=new_index[inputs.pair_index[:, kept_pairs]],
                 pair_shifts=inputs.pair_shifts[kept_pairs],
-                structure_index=torch.zeros(atom_ids.numel(), dtype=torch.int64, device=order.device),
+                structure_index=torch.zeros(atom_ids.numel(), dtype=torch.int64, device=atom_ids.device),
                 cell=inputs.cell,
             ),
             core_weights=core[atom_ids].to(inputs.positions.dtype),
@@ -92,24 +111,21 @@ def evaluate_in_domains(
     ``evaluate(sub_inputs, core_weights)`` returns energy, forces and virial of the weighted
     energy ``sum_i w_i E_i`` of a sub-structure. The number of domains starts at
     ``ceil(E / max_pairs)`` and doubles until every domain (core + halo) has at most ``max_pairs``
-    pairs; a structure whose halo alone exceeds ``max_pairs`` raises ``ValueError``.
+    pairs. Raises ``ValueError`` when thinner slabs stop helping (the halo alone is too large).
     """
     num_domains = max(1, math.ceil(inputs.num_pairs / max_pairs))
-    while True:
-        parts = list(domains(inputs, hops, num_domains))
-        largest = max(part.inputs.num_pairs for part in parts)
-        if largest <= max_pairs:
-            break
-        if num_domains >= inputs.num_atoms:
+    previous = None
+    while (largest := _largest_domain(inputs, hops, num_domains, max_pairs)) > max_pairs:
+        if num_domains >= inputs.num_atoms or (previous is not None and largest > 0.99 * previous):
             raise ValueError(
-                f"one atom's {hops}-hop neighborhood has {largest} pairs, more than max_pairs={max_pairs}: "
-                "raise max_pairs (more memory) or use a smaller cutoff"
+                f"a domain's {hops}-hop halo alone holds about {largest} pairs, more than max_pairs={max_pairs}: "
+                "give the evaluation more memory (a larger max_pairs) or use a smaller cutoff"
             )
-        num_domains = min(2 * num_domains, inputs.num_atoms)
+        previous, num_domains = largest, min(2 * num_domains, inputs.num_atoms)
     energy = inputs.positions.new_zeros(1)
     forces = torch.zeros_like(inputs.positions)
     virial = inputs.positions.new_zeros((1, 3, 3))
-    for part in parts:
+    for part in domains(inputs, hops, num_domains):
         part_energy, part_forces, part_virial = evaluate(part.inputs, part.core_weights)
         energy += part_energy.detach()
         forces.index_add_(0, part.atom_ids, part_forces.detach())

@@ -52,10 +52,11 @@ def _slab_order(inputs: AtomicInputs) -> torch.Tensor:
     return torch.argsort(coordinate)
 
 
-def _domain_masks(inputs: AtomicInputs, hops: int, num_domains: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(core, core + halo) atom masks of each of ``num_domains`` slab domains."""
+def _domain_masks(
+    inputs: AtomicInputs, order: torch.Tensor, hops: int, num_domains: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(core, core + halo) atom masks of each of ``num_domains`` slabs of the atoms in ``order``."""
     centers, neighbors = inputs.pair_index
-    order = _slab_order(inputs)
     for core_atoms in torch.tensor_split(order, num_domains):
         core = torch.zeros(inputs.num_atoms, dtype=torch.bool, device=order.device)
         core[core_atoms] = True
@@ -65,24 +66,22 @@ def _domain_masks(inputs: AtomicInputs, hops: int, num_domains: int) -> Iterator
         yield core, extended
 
 
-def _largest_domain(inputs: AtomicInputs, hops: int, num_domains: int, max_pairs: int) -> int:
+def _largest_domain(inputs: AtomicInputs, order: torch.Tensor, hops: int, num_domains: int, max_pairs: int) -> int:
     """Pairs of the largest domain, stopping at the first above ``max_pairs``."""
     centers, neighbors = inputs.pair_index
     largest = 0
-    for _, extended in _domain_masks(inputs, hops, num_domains):
+    for _, extended in _domain_masks(inputs, order, hops, num_domains):
         largest = max(largest, int((extended[centers] & extended[neighbors]).sum()))
         if largest > max_pairs:
             break
     return largest
 
 
-def domains(inputs: AtomicInputs, hops: int, num_domains: int) -> Iterator[Domain]:
-    """Split one structure (``B = 1``) into ``num_domains`` slab cores, each with its ``hops``-hop
-    halo; domains are built one at a time."""
-    if inputs.num_structures != 1:
-        raise ValueError(f"domains split one structure; got {inputs.num_structures}")
+def _domains(inputs: AtomicInputs, order: torch.Tensor, hops: int, num_domains: int) -> Iterator[Domain]:
+    """``num_domains`` slab cores of the atoms in ``order``, each with its ``hops``-hop halo,
+    built one at a time."""
     centers, neighbors = inputs.pair_index
-    for core, extended in _domain_masks(inputs, hops, num_domains):
+    for core, extended in _domain_masks(inputs, order, hops, num_domains):
         kept_pairs = extended[centers] & extended[neighbors]
         atom_ids = torch.nonzero(extended).squeeze(1)
         new_index = torch.cumsum(extended, 0) - 1
@@ -113,9 +112,12 @@ def evaluate_in_domains(
     ``ceil(E / max_pairs)`` and doubles until every domain (core + halo) has at most ``max_pairs``
     pairs. Raises ``ValueError`` when thinner slabs stop helping (the halo alone is too large).
     """
+    if inputs.num_structures != 1:
+        raise ValueError(f"domains split one structure; got {inputs.num_structures}")
+    order = _slab_order(inputs)
     num_domains = max(1, math.ceil(inputs.num_pairs / max_pairs))
     previous = None
-    while (largest := _largest_domain(inputs, hops, num_domains, max_pairs)) > max_pairs:
+    while (largest := _largest_domain(inputs, order, hops, num_domains, max_pairs)) > max_pairs:
         if num_domains >= inputs.num_atoms or (previous is not None and largest > 0.99 * previous):
             raise ValueError(
                 f"a domain's {hops}-hop halo alone holds about {largest} pairs, more than max_pairs={max_pairs}: "
@@ -125,7 +127,7 @@ def evaluate_in_domains(
     energy = inputs.positions.new_zeros(1)
     forces = torch.zeros_like(inputs.positions)
     virial = inputs.positions.new_zeros((1, 3, 3))
-    for part in domains(inputs, hops, num_domains):
+    for part in _domains(inputs, order, hops, num_domains):
         part_energy, part_forces, part_virial = evaluate(part.inputs, part.core_weights)
         energy += part_energy.detach()
         forces.index_add_(0, part.atom_ids, part_forces.detach())

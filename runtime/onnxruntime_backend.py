@@ -181,12 +181,13 @@ class OnnxRuntimeBucketBackend(PaddedTableBackend):
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, device: torch.device):
+    def __init__(self, path: str | Path, device: torch.device, metadata: ArtifactMetadata | None = None):
+        """``metadata``: the artifact's, where the caller has read it already (read here otherwise)."""
         self._onnxruntime = _import_onnxruntime()
         path = Path(path)
         if not path.is_file():
             raise CalculatorSetupError(f"ONNX model {path} does not exist")
-        self.metadata: ArtifactMetadata = read_metadata(path)
+        self.metadata = metadata if metadata is not None else read_metadata(path)
         if self.metadata.input_layout != NEIGHBOR_TABLE.name:
             raise CalculatorSetupError(
                 f"{path}: shape buckets need a '{NEIGHBOR_TABLE.name}' graph, this one takes "
@@ -208,6 +209,7 @@ def onnxruntime_backend(path: str | Path, device: torch.device) -> OnnxRuntimeBa
     """The ONNX Runtime backend for ``path`` on ``device``: CUDA graphs per shape bucket on CUDA
     for neighbor-table graphs, else one dynamic-shape session."""
     if torch.device(device).type == "cuda" and Path(path).is_file():
-        if read_metadata(path).input_layout == NEIGHBOR_TABLE.name:
-            return OnnxRuntimeBucketBackend(path, device)
+        metadata = read_metadata(path)
+        if metadata.input_layout == NEIGHBOR_TABLE.name:
+            return OnnxRuntimeBucketBackend(path, device, metadata)
     return OnnxRuntimeBackend(path, device)

@@ -1,7 +1,10 @@
 """Shape buckets of the TensorRT backend: bucket choice, limits, and padding that changes nothing.
 
 Padding is checked with real numbers: padded neighbor-table inputs through the eager model give
-the unpadded energy, forces and virial bit for bit (float64 and float32, CPU).
+the unpadded energy, forces and virial (float64 and float32, CPU). The padding slots themselves
+are exact (padding atoms get exactly zero force, the padding structure exactly zero virial);
+results computed at a different shape agree to rounding only, since BLAS promises no bitwise
+equality across shapes (it differed by 2.8e-17 eV/Å on an AMD EPYC).
 """
 
 from __future__ import annotations
@@ -98,8 +101,13 @@ def test_padding_keeps_real_rows_and_renumbers_reverse_slots():
     assert padded["cell"][b:].abs().sum() == 0
 
 
+# Rounding allowed between a padded and an unpadded call: summation order and BLAS blocking change
+# with the shape. Far below any physical effect, far above rounding of the values compared.
+SHAPE_CHANGE_TOLERANCE = {torch.float64: {"atol": 1e-12, "rtol": 1e-12}, torch.float32: {"atol": 2e-5, "rtol": 1e-5}}
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_padded_inputs_give_exactly_the_unpadded_eager_results(dtype):
+def test_padded_inputs_give_the_unpadded_eager_results(dtype):
     model = make_small_painn().to(dtype)
     zoo = structure_zoo()
     structures = [zoo["benzene"], zoo["diamond-primitive"], zoo["triclinic"]]
@@ -108,9 +116,14 @@ def test_padded_inputs_give_exactly_the_unpadded_eager_results(dtype):
     bucket = choose_bucket(n, k, b, [SMALL])
     assert bucket.shape != (n, k, b)  # every size grows
     reference = eager_outputs(model, feeds)
-    padded = strip_padding(eager_outputs(model, pad_table_feeds(feeds, bucket, padding_species=model.species[0])), n, b)
-    for name in ("energy", "forces", "virial"):  # bitwise: padding adds exact zeros only
-        torch.testing.assert_close(padded[name], reference[name], atol=0, rtol=0, msg=lambda m: f"{name}: {m}")
+    padded_outputs = eager_outputs(model, pad_table_feeds(feeds, bucket, padding_species=model.species[0]))
+    # The padding itself is exact: padding atoms have no pairs, so no force and no virial.
+    assert torch.count_nonzero(padded_outputs["forces"][n:]) == 0
+    assert torch.count_nonzero(padded_outputs["virial"][b:]) == 0
+    padded = strip_padding(padded_outputs, n, b)
+    for name in ("energy", "forces", "virial"):
+        torch.testing.assert_close(padded[name], reference[name], **SHAPE_CHANGE_TOLERANCE[dtype], msg=lambda m: f"{name}: {m}")
+    assert (reference["forces"].abs().max() > 1e-3) and (reference["virial"].abs().max() > 1e-3)  # not vacuous
 
 
 def test_padding_refuses_a_bucket_without_a_spare_structure():

@@ -215,12 +215,6 @@ def scratch_memory_size(engine: Any) -> int:
     return int(engine.device_memory_size if size is None else size)
 
 
-def profile_scratch_size(engine: Any, profile_index: int) -> int:
-    """Bytes of scratch memory a context needs for one profile (``get_device_memory_size_for_profile[_v2]``)."""
-    query = getattr(engine, "get_device_memory_size_for_profile_v2", None) or engine.get_device_memory_size_for_profile
-    return int(query(profile_index))
-
-
 def create_user_memory_context(library: TensorRTLibrary, engine: Any, runtime_cache: Any = None) -> tuple[Any, Any]:
     """(execution context that allocates no scratch memory itself, its runtime config or None).
 

@@ -280,6 +280,7 @@ class TensorRTBackend:
                 f"{torch.cuda.get_device_name(device)} has {major}.{minor}: install full TensorRT "
                 f'(pip install "mlff-export[trt]") and build the engine with it (mlff-export build-engine)'
             )
+        self.metadata = self.sidecar  # the engine's metadata: precision, cutoff, species, provenance (validate reads it)
         self.cutoff = float(self.sidecar.cutoff)
         self.species = tuple(self.sidecar.species)
         self.profiles = self.sidecar.shape_profiles()

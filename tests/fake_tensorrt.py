@@ -210,8 +210,13 @@ class FakeEngine:
         self.num_optimization_profiles = len(fake.scratch_bytes)
         if fake.v2_memory_api:
             self.device_memory_size_v2 = max(fake.scratch_bytes)
-        else:
-            self.device_memory_size = max(fake.scratch_bytes)
+
+    @property
+    def device_memory_size(self):
+        """10.0's size; deprecated from 10.1 (it leaves out weight-streaming scratch), gone in 11.x and RTX."""
+        if self.fake.v2_memory_api:
+            raise AssertionError("device_memory_size is deprecated since TensorRT 10.1: use device_memory_size_v2")
+        return max(self.fake.scratch_bytes)
 
     def get_tensor_dtype(self, name):
         return self.fake.int64 if name in INDEX_INPUTS else self.fake.float32

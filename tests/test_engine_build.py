@@ -196,12 +196,18 @@ def test_tensorrt_engine_matches_eager_across_buckets(tmp_path):
     engine = TensorRTBackend(tmp_path / "painn.plan", device)
     eager = EagerBackend(model, device, torch.float32)
     zoo = structure_zoo()
-    for names in (["H2"], ["benzene"], ["benzene", "diamond-primitive", "triclinic"], ["benzene"]):
+    calls = []
+    for names in (["H2"], ["benzene"], ["benzene", "diamond-primitive", "triclinic"], ["benzene"], ["H2"]):
         structures = [zoo[name] for name in names]
         inputs = batch_inputs(structures, [compute_pairs(a, model.cutoff) for a in structures], device=device)
-        expected, got = eager.evaluate(inputs), engine.evaluate(inputs)
+        calls.append((names, eager.evaluate(inputs), engine.evaluate(inputs)))
+    # Compared after all calls: a result must stay what it was when later calls reuse the bucket's buffers.
+    for names, expected, got in calls:
         for name in ("energy", "forces", "virial"):
             torch.testing.assert_close(got[name], expected[name], atol=2e-4, rtol=1e-5, msg=lambda m: f"{names} {name}: {m}")
+    report = engine.memory_report()
+    assert report["scratch_buffers"] == 1 and len(report["buckets"]) >= 3, report
+    print(report)  # pytest -s shows it: the engine's shared scratch and each bucket's buffers, bytes
 
 
 def test_load_calculator_sends_plan_files_to_the_tensorrt_backend(tmp_path):

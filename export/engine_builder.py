@@ -184,6 +184,8 @@ def build_engine(
         raise EngineBuildError("no shape profile given: name one (--profile) or give --atoms/--pairs/--structures")
     library = library or import_tensorrt()
     gpu_name, compute_capability = current_gpu()
+    # TensorRT-RTX times no tactics at build time (it compiles kernels at run time; its runtime cache is the
+    # equivalent): its timing cache stayed empty (0 KiB) in bench/results/2026-11-24-h100/trt-rtx.log.
     timing_cache_path = None if library.is_rtx else (
         settings.timing_cache or default_timing_cache(plan_path, library, compute_capability))
     plan_path.parent.mkdir(parents=True, exist_ok=True)

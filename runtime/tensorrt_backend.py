@@ -130,6 +130,17 @@ class BucketRunner:
         return sum(t.numel() * t.element_size() for t in (*self.inputs.values(), *self.outputs.values()))
 
 
+def fill_as_padding(inputs: dict[str, torch.Tensor], padding_species: int) -> None:
+    """Static inputs as a call made of padding only (shape_buckets' padding: own atom as neighbor, own
+    slot as reverse, mask 0, a species the model knows), so the warm-up and the capture read valid
+    indices: zeros would send species 0 through the species lookup, an out-of-range gather."""
+    atoms, width = inputs["neighbor_index"].shape
+    slots = torch.arange(atoms * width, device=inputs["reverse_index"].device).reshape(atoms, width)
+    inputs["species"].fill_(padding_species)
+    inputs["neighbor_index"].copy_(slots // width)
+    inputs["reverse_index"].copy_(slots)
+
+
 def _torch_dtypes(library: TensorRTLibrary) -> dict[Any, torch.dtype]:
     trt = library.module
     return {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32, trt.int64: torch.int64}
@@ -139,7 +150,8 @@ class BucketContexts:
     """The execution contexts of one engine, one per shape bucket, all sharing one scratch buffer.
 
     Knows TensorRT, not CUDA streams: work goes to ``stream_handle`` (a ``cudaStream_t`` as int),
-    buffers are torch tensors on ``device``, and ``capture`` (None: no graphs) makes the graphs.
+    buffers are torch tensors on ``device``, and ``capture`` (None: no graphs) makes the graphs;
+    ``padding_species`` (a species the model knows) fills the inputs of the warm-up run.
     All contexts must run on that one stream, one after another: that is what makes sharing the
     scratch buffer safe.
     """
@@ -151,12 +163,13 @@ class BucketContexts:
         device: torch.device,
         stream_handle: int,
         *,
+        padding_species: int,
         capture: Capture | None,
         runtime_cache: RuntimeCacheFile | None = None,
         name: str = "engine",
     ):
         self.library, self.engine, self.device, self.stream_handle = library, engine, device, stream_handle
-        self.capture, self.runtime_cache, self.name = capture, runtime_cache, name
+        self.padding_species, self.capture, self.runtime_cache, self.name = padding_species, capture, runtime_cache, name
         dtypes = _torch_dtypes(library)
         self.dtypes = {tensor: dtypes[engine.get_tensor_dtype(tensor)] for tensor in NEIGHBOR_TABLE.input_names + OUTPUT_NAMES}
         self.scratch_bytes = scratch_memory_size(engine)
@@ -228,6 +241,7 @@ class BucketContexts:
         for name, tensor in {**inputs, **outputs}.items():
             if not context.set_tensor_address(name, tensor.data_ptr()):
                 raise RuntimeError(f"TensorRT refused the address of tensor {name} of {self.name}")
+        fill_as_padding(inputs, self.padding_species)
         runner = BucketRunner(context, runtime_config, inputs, outputs)
         self._enqueue(runner)  # warm-up: lazy initialisation must not happen inside the capture; a failure here is an error
         if self.capture is not None:
@@ -301,7 +315,7 @@ class TensorRTBackend:
             self.stream = torch.cuda.Stream(device)
             with torch.cuda.stream(self.stream):
                 self.buckets = BucketContexts(
-                    self.library, self.engine, device, self.stream.cuda_stream,
+                    self.library, self.engine, device, self.stream.cuda_stream, padding_species=self.species[0],
                     capture=cuda_graph_capture(self.stream) if use_cuda_graphs else None,
                     runtime_cache=RuntimeCacheFile.open(self.library, self.engine, runtime_cache_path(self.plan_path)),
                     name=str(self.plan_path),

@@ -30,7 +30,7 @@ VERSIONS = [("10.0.1", False), ("10.16.0", False), ("11.1.0", False), ("1.7.1", 
 def contexts(library, *, graphs: bool = True, runtime_cache=None) -> BucketContexts:
     engine = library.module.engine()
     capture = fake_cuda_graph_capture(library.module) if graphs else None
-    return BucketContexts(library, engine, torch.device("cpu"), stream_handle=7, capture=capture,
+    return BucketContexts(library, engine, torch.device("cpu"), stream_handle=7, padding_species=6, capture=capture,
                           runtime_cache=runtime_cache, name="e.plan")
 
 
@@ -66,6 +66,16 @@ def test_each_bucket_is_set_up_once_and_its_graph_replayed():
     assert context.shapes["neighbor_shifts"] == (8, 8, 3) and context.shapes["cell"] == (2, 3, 3)
     assert context.addresses["forces"] == runner.outputs["forces"].data_ptr()
     assert runner.outputs["virial"].shape == (2, 3, 3) and runner.fallback_reason is None
+
+
+def test_the_warm_up_runs_on_a_valid_all_padding_call():
+    """Zeros would be species 0 (not a model species: an out-of-range gather in the species lookup)."""
+    inputs = contexts(fake_library()).runner(ShapeBucket(0, 16, 8, 2)).inputs
+    assert inputs["species"].eq(6).all() and inputs["neighbor_mask"].eq(0).all()
+    reverse = inputs["reverse_index"].reshape(-1)
+    assert torch.equal(reverse, torch.arange(16 * 8))  # every slot its own reverse
+    assert torch.equal(inputs["neighbor_index"], torch.arange(16).unsqueeze(1).expand(16, 8))  # own atom
+    assert inputs["structure_index"].eq(0).all()
 
 
 def test_a_failed_capture_falls_back_to_plain_enqueue_with_the_reason_logged(caplog):
@@ -109,7 +119,7 @@ def test_tensorrt_rtx_contexts_compile_eagerly_and_share_the_runtime_cache(tmp_p
     engine = library.module.engine()
     cache_file = tmp_path / "e.plan.runtime-cache"
     cache = RuntimeCacheFile.open(library, engine, cache_file)
-    buckets = BucketContexts(library, engine, torch.device("cpu"), 7, capture=None, runtime_cache=cache)
+    buckets = BucketContexts(library, engine, torch.device("cpu"), 7, padding_species=6, capture=None, runtime_cache=cache)
     for bucket in BUCKETS[:3]:
         buckets.runner(bucket)
     configs = [context.runtime_config for context in library.module.calls.contexts]

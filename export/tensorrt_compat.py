@@ -185,7 +185,7 @@ def require_user_allocation(library: TensorRTLibrary, config: Any) -> bool:
 
     The engine then uses memory the application provides wherever it can, which CUDA stream capture
     requires (TensorRT-RTX 1.2 release notes, "kREQUIRE_USER_ALLOCATION ... required when using CUDA
-    stream capture"). Full TensorRT has no such flag: it never allocates during ``enqueue``.
+    stream capture"). Full TensorRT has no such flag.
     """
     flag = getattr(library.module.BuilderFlag, "REQUIRE_USER_ALLOCATION", None)
     if flag is None:
@@ -233,8 +233,10 @@ def create_user_memory_context(library: TensorRTLibrary, engine: Any, runtime_ca
     config.set_execution_context_allocation_strategy(user_managed)
     # EAGER: the warm-up run compiles the bucket's shape-specialized kernels (blocking) before the capture.
     # The default LAZY compiles them in the background and swaps them in later, behind a captured graph
-    # (NvInferRuntime.h of TensorRT-RTX, DynamicShapesKernelSpecializationStrategy).
-    config.dynamic_shapes_kernel_specialization_strategy = trt.DynamicShapesKernelSpecializationStrategy.EAGER
+    # (NvInferRuntime.h of TensorRT-RTX, DynamicShapesKernelSpecializationStrategy; absent before RTX 1.1).
+    strategies = getattr(trt, "DynamicShapesKernelSpecializationStrategy", None)
+    if strategies is not None:
+        config.dynamic_shapes_kernel_specialization_strategy = strategies.EAGER
     if runtime_cache is not None and not config.set_runtime_cache(runtime_cache):
         raise RuntimeError("TensorRT-RTX refused the runtime cache for a new execution context")
     return engine.create_execution_context(config), config

@@ -33,6 +33,9 @@ REQUIRED_KEYS = (
 )
 
 
+OPTIONAL_KEYS = ("model_source",)
+
+
 class ArtifactMetadataError(ValueError):
     """An ONNX file without our metadata, or with metadata this version cannot use."""
 
@@ -51,6 +54,8 @@ class ArtifactMetadata:
         model_sha256: sha256 of the serialized ONNX graph (metadata excluded).
         weights_sha256: sha256 of the source model's float32 state dict (same for fp32 and fp16).
         exporter, torch_version, onnx_version, opset: provenance.
+        model_source: where the model came from (checkpoint card, factory and its arguments,
+            weights file or ``.pt2`` program with their sha256); optional, "" when not given.
     """
 
     interface_version: str
@@ -65,10 +70,11 @@ class ArtifactMetadata:
     torch_version: str
     onnx_version: str
     opset: int
+    model_source: str = ""
 
     def to_props(self) -> dict[str, str]:
         """String key/values for ``ModelProto.metadata_props``."""
-        values = {name: getattr(self, name) for name in REQUIRED_KEYS}
+        values = {name: getattr(self, name) for name in (*REQUIRED_KEYS, *OPTIONAL_KEYS)}
         values["species"] = json.dumps(list(self.species))
         return {name: str(value) for name, value in values.items()}
 
@@ -99,6 +105,7 @@ def parse_metadata(props: dict[str, str], source: str | Path = "ONNX model") -> 
             torch_version=props["torch_version"],
             onnx_version=props["onnx_version"],
             opset=int(props["opset"]),
+            model_source=props.get("model_source", ""),
         )
     except (TypeError, ValueError) as error:
         raise ArtifactMetadataError(f"{source}: unreadable metadata ({error}): {REEXPORT_HINT}") from None

@@ -14,7 +14,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from torch import nn
 
 from mlff_export import REFERENCE_CHECKPOINT
-from mlff_export.checkpoint import load_checkpoint
+from mlff_export.model_intake import load_model
 from mlff_export.neighbors import Pairs, StructureError, VerletNeighborList, batch_inputs, check_structure, compute_pairs
 from mlff_export.runtime.backend import Backend
 from mlff_export.runtime.eager import EagerBackend
@@ -147,7 +147,7 @@ def _resolve_model(model: str | Path | nn.Module) -> nn.Module:
     if isinstance(model, nn.Module):
         module = model
     else:
-        module = load_checkpoint(model)
+        module = load_model(model).module
     missing = [name for name in ("cutoff", "species") if not hasattr(module, name)]
     if missing:
         raise CalculatorSetupError(
@@ -200,8 +200,10 @@ def load_calculator(
 
     Args:
         model: checkpoint ``.json`` (default: the bundled reference model), an interface
-            ``nn.Module``, an exported ``.onnx`` file (ONNX Runtime) or a ``.plan`` engine
-            (TensorRT); artifacts carry cutoff and species in their metadata.
+            ``nn.Module``, a model specification ``"package.module:factory"`` /
+            ``"file.py:factory"`` / ``"model.pt2"`` (:func:`mlff_export.model_intake.load_model`),
+            an exported ``.onnx`` file (ONNX Runtime) or a ``.plan`` engine (TensorRT);
+            artifacts carry cutoff and species in their metadata.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         backend: one of :data:`BACKENDS`; default: from the artifact (``.onnx`` -> onnxruntime,
             ``.plan`` -> tensorrt), else ``"eager"``. ``"compile"``, ``"compile-reduce-overhead"``

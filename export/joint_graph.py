@@ -21,6 +21,7 @@ from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE, PAIR_LIST, GraphLayout, example_inputs, graph_function
+from mlff_export.export.interface_check import check_interface_outputs
 from mlff_export.export.joint_graph_ops import TRACE_DECOMPOSITIONS
 from mlff_export.export.ordinary_code import check_sizes_stayed_symbolic, explain_trace_failure, tracing_ordinary_code
 from mlff_export.export.precision import frozen
@@ -53,7 +54,10 @@ def _trace(model: nn.Module, layout: GraphLayout, args: tuple, weighted: bool) -
 
 def trace_pair_list_graph(model: nn.Module, device: torch.device | str = "cpu") -> tuple[torch.fx.GraphModule, tuple]:
     """The joint graph of any interface module on the pair-list inputs (strain route), as the
-    model is written, and the example inputs it was traced with."""
+    model is written, and the example inputs it was traced with. The module is checked against
+    the interface first (:func:`~.interface_check.check_interface_outputs`)."""
+    with frozen(model):
+        check_interface_outputs(model)
     args = tuple(PAIR_LIST.feeds(example_inputs(tuple(model.species)).to(device)).values())
     return _trace(model, PAIR_LIST, args, weighted=False), args
 

@@ -27,6 +27,7 @@ import mlff_export
 from mlff_export.export.errors import ExportError
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE, OUTPUT_AXES, PAIR_LIST, GraphLayout
 from mlff_export.export.interface_check import check_declares_interface, check_interface_outputs
+from mlff_export.export.functional import functionalized
 from mlff_export.export.half_gemms import half_precision_products
 from mlff_export.export.joint_graph import RewriteRefused, rewritten_to_neighbor_table, trace_joint_graph, trace_pair_list_graph
 from mlff_export.export.joint_graph_ops import ONNX_TRANSLATIONS
@@ -80,7 +81,8 @@ def to_onnx(
         raise ExportError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     check_declares_interface(model)
     export = export_graph(model, precision)
-    model_proto = _to_model_proto(export.graph, export.example_args, export.layout, opset)
+    graph = functionalized(export.graph, export.example_args)  # the ONNX exporter takes no in-place ops
+    model_proto = _to_model_proto(graph, export.example_args, export.layout, opset)
     _check_axes(model_proto, export.layout)
     if export.layout.has_scatter:
         _warn_about_scatters(model_proto, type(model).__name__, export.refusal)
@@ -139,7 +141,6 @@ def export_graph(model: nn.Module, precision: str) -> ExportGraph:
         return ExportGraph(graph, args, NEIGHBOR_TABLE)
     user_model = model_for_precision(model, "fp32")
     with frozen(user_model):
-        check_interface_outputs(user_model)
         pair_graph, pair_args = trace_pair_list_graph(user_model)
         try:
             export = ExportGraph(*rewritten_to_neighbor_table(user_model, pair_graph, pair_args), NEIGHBOR_TABLE)

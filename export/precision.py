@@ -67,9 +67,13 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def weights_sha256(model: nn.Module) -> str:
-    """sha256 over the float32 state dict (names, shapes and bytes, sorted by name)."""
+    """sha256 over the float32 state dict (names, shapes and bytes, sorted by name); entries that
+    are not tensors (a module's ``extra_state``) by their ``repr``."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
+        if not isinstance(tensor, torch.Tensor):
+            digest.update(f"{name}:{tensor!r};".encode())
+            continue
         tensor = tensor.detach().cpu()
         if tensor.is_floating_point():
             tensor = tensor.float()

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import fx
-from torch.fx.experimental.proxy_tensor import make_fx
 
+from mlff_export.export.functional import functionalized
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
 from mlff_export.interface import INPUT_NAMES
-from mlff_export.pair_layouts import NeighborTable
+from mlff_export.pair_layouts import NeighborTable, sum_through_reverse
 
 aten = torch.ops.aten
 
@@ -87,8 +87,8 @@ def sum_onto(
     moved = source.movedim(dim, 0)
     if kind in ("centers", "pair_structures"):
         moved = table.sum_to_centers(table.mask_pairs(moved))
-    elif kind == "neighbors":
-        moved = table.sum_to_neighbors(moved)
+    elif kind == "neighbors":  # the function itself: the rewritten graph is differentiated already
+        moved = sum_through_reverse(moved, neighbor_index.shape[0], reverse_index.reshape(-1), neighbor_mask.reshape(-1))
     if kind in ("rows", "pair_structures"):
         moved = NeighborTable.sum_to_structures(moved, index, size)
     return moved.movedim(0, dim)
@@ -417,8 +417,7 @@ def _without_unsafe_mutations(pair_graph: fx.GraphModule, example_args: tuple) -
     in_place = [node for node in pair_graph.graph.nodes if is_scatter_with_reduction(node) and node.target is not _FUNCTIONAL_SCATTER[node.target]]
     if all(_in_place_is_safe(node, order) for node in in_place):
         return pair_graph
-    functional = torch.func.functionalize(pair_graph, remove="mutations")
-    return make_fx(functional, tracing_mode="symbolic", _allow_non_fake_inputs=True, record_stack_traces=True)(*example_args)
+    return functionalized(pair_graph, example_args)
 
 
 def rewrite_to_neighbor_table(pair_graph: fx.GraphModule, example_args: tuple, cutoff: float) -> fx.GraphModule:

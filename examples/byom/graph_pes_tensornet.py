@@ -26,7 +26,7 @@ class TensorNetAdapter(nn.Module):
             Z=species, R=positions, cell=unit_cells, neighbour_list=pair_index, neighbour_cell_offsets=pair_shifts,
             properties={}, cutoff=self.cutoff, other={}, batch=structure_index, ptr=None, pbc=None,
         )
-        atom_energies = self.model(graph)["local_energies"]
+        atom_energies = self.model(graph)["local_energies"].reshape(-1)  # a lone atom comes back as a scalar
         return torch.zeros(cell.shape[0], dtype=positions.dtype, device=positions.device).index_add(0, structure_index, atom_energies)
 
 

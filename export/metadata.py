@@ -1,14 +1,25 @@
-"""The capabilities and provenance stored in an exported graph's ``metadata_props``, and the reader.
+"""The capabilities and provenance stored in an exported graph's ``metadata_props``, its integrity
+record, and the one reader that checks both.
 
 Every artifact records what a runtime needs to use it (interface version, cutoff, species, input
 layout, precision) and where it came from (hashes, versions). :func:`parse_metadata` refuses an
 artifact whose metadata is missing or written for another interface version, with the fix.
+
+**Integrity.** The exporter writes ``sealed_model_bytes(model_proto)``: the serialized model (graph,
+opsets, every metadata key, whatever keys later versions add) followed by one last metadata
+entry, ``artifact_sha256``, the sha256 of every byte before it. Protobuf readers (ONNX Runtime,
+TensorRT's parser, ``onnx.load``) accept an entry at the end like any other. Checking it is one
+sha256 over the file's bytes (no re-serialization), so every loader does it:
+:func:`read_verified_artifact` is the only way the runtime opens an ``.onnx`` file, and it hands
+on the checked bytes, not the path, so a file replaced after the check is never run. The hash
+catches damaged and edited files, not a forger who recomputes it (that would take a signature).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +27,7 @@ from mlff_export.interface import INTERFACE_VERSION
 
 FORCE_METHOD = "conservative: -dE/dr via autograd, traced"
 REEXPORT_HINT = "re-export it with `mlff-export export` (or mlff_export.export.to_onnx)"
+INTEGRITY_KEY = "artifact_sha256"
 
 REQUIRED_KEYS = (
     "interface_version",
@@ -34,7 +46,9 @@ REQUIRED_KEYS = (
 
 
 class ArtifactMetadataError(ValueError):
-    """An ONNX file without our metadata, or with metadata this version cannot use."""
+    """An ONNX artifact that must not be used: missing, unreadable (empty, truncated, not ONNX),
+    without our metadata or written for another interface version, modified since export, with
+    external data, or with non-finite weights. The message names the file and the fix."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +62,7 @@ class ArtifactMetadata:
         precision: ``"fp32"`` or ``"fp16"`` (network body; inputs and outputs are float32).
         input_layout: ``"neighbor_table"`` or ``"pair_list"`` (see :mod:`.graph_layouts`).
         force_method: how forces are produced.
-        model_sha256: sha256 of the serialized ONNX graph (metadata excluded).
+        model_sha256: sha256 of the serialized ONNX graph (metadata excluded): the graph's identity.
         weights_sha256: sha256 of the source model's float32 state dict (same for fp32 and fp16).
         exporter, torch_version, onnx_version, opset: provenance.
     """
@@ -73,12 +87,28 @@ class ArtifactMetadata:
         return {name: str(value) for name, value in values.items()}
 
 
+@dataclass(frozen=True)
+class VerifiedArtifact:
+    """An exported ``.onnx`` file after every load-time check.
+
+    Attributes:
+        path: where it was read from (for messages).
+        metadata: its checked, typed metadata.
+        model_bytes: the exact bytes that were checked: give these to a runtime, not the path.
+    """
+
+    path: Path
+    metadata: ArtifactMetadata
+    model_bytes: bytes
+
+
 def parse_metadata(props: dict[str, str], source: str | Path = "ONNX model") -> ArtifactMetadata:
     """Check ``metadata_props`` (as a dict) and return them typed; raise with the fix otherwise."""
     missing = [key for key in REQUIRED_KEYS if key not in props]
     if missing:
         raise ArtifactMetadataError(
-            f"{source}: metadata lacks {missing}; it was not written by mlff-export or is too old: {REEXPORT_HINT}"
+            f"{source}: metadata lacks {missing}; it was not written by mlff-export, is too old or is "
+            f"truncated: {REEXPORT_HINT}"
         )
     if props["interface_version"] != INTERFACE_VERSION:
         raise ArtifactMetadataError(
@@ -86,7 +116,7 @@ def parse_metadata(props: dict[str, str], source: str | Path = "ONNX model") -> 
             f"uses version {INTERFACE_VERSION!r}: {REEXPORT_HINT}"
         )
     try:
-        return ArtifactMetadata(
+        metadata = ArtifactMetadata(
             interface_version=props["interface_version"],
             cutoff=float(props["cutoff"]),
             species=tuple(int(z) for z in json.loads(props["species"])),
@@ -102,6 +132,12 @@ def parse_metadata(props: dict[str, str], source: str | Path = "ONNX model") -> 
         )
     except (TypeError, ValueError) as error:
         raise ArtifactMetadataError(f"{source}: unreadable metadata ({error}): {REEXPORT_HINT}") from None
+    if not (math.isfinite(metadata.cutoff) and metadata.cutoff > 0) or not metadata.species:
+        raise ArtifactMetadataError(
+            f"{source}: metadata declares cutoff {metadata.cutoff} Å and species {list(metadata.species)}; "
+            f"expected a finite cutoff > 0 and at least one element: {REEXPORT_HINT}"
+        )
+    return metadata
 
 
 def graph_sha256(model_proto) -> str:
@@ -109,22 +145,102 @@ def graph_sha256(model_proto) -> str:
     return hashlib.sha256(model_proto.graph.SerializeToString(deterministic=True)).hexdigest()
 
 
-def read_metadata(path: str | Path) -> ArtifactMetadata:
-    """Load an exported ``.onnx`` file's metadata, check it, and check the graph's hash."""
+def _integrity_record(digest: str) -> bytes:
+    """The serialized ``metadata_props`` entry ``artifact_sha256 = digest`` that ends a sealed file."""
+    import onnx
+
+    entry = onnx.StringStringEntryProto(key=INTEGRITY_KEY, value=digest)
+    return onnx.ModelProto(metadata_props=[entry]).SerializeToString()
+
+
+def sealed_model_bytes(model_proto) -> bytes:
+    """``model_proto`` serialized and sealed: followed by ``artifact_sha256``, the sha256 of every
+    byte before it (graph, opsets and all metadata keys present now). Seal last, after every key
+    is set, and write the bytes as they are (``onnx.save`` would move the record)."""
+    if any(prop.key == INTEGRITY_KEY for prop in model_proto.metadata_props):
+        raise ValueError(f"the model already holds an {INTEGRITY_KEY} entry; seal a model once")
+    body = model_proto.SerializeToString()
+    return body + _integrity_record(hashlib.sha256(body).hexdigest())
+
+
+def _check_no_external_data(model_proto, source: Path) -> None:
+    """mlff-export artifacts hold their weights inside the file; refuse references to other files
+    (naming one that would escape the artifact's folder) before anything could open them."""
+    import onnx
+
+    folder = source.parent.resolve()
+    for tensor in model_proto.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        escapes = not (folder / location).resolve().is_relative_to(folder)
+        where = "outside the artifact's folder" if escapes else "in another file"
+        raise ArtifactMetadataError(
+            f"{source}: initializer {tensor.name} keeps its data {where} ({location!r}); mlff-export "
+            f"artifacts hold every weight inside the .onnx file: {REEXPORT_HINT}"
+        )
+
+
+def _check_finite_weights(model_proto, source: Path) -> None:
+    import numpy as np
+    from onnx import numpy_helper
+
+    for tensor in model_proto.graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise ArtifactMetadataError(
+                f"{source}: weight {tensor.name} holds NaN or inf; the model it was exported from is broken: "
+                "fix its weights and re-export"
+            )
+
+
+def verify_model_bytes(data: bytes, source: str | Path = "ONNX model") -> VerifiedArtifact:
+    """Check the bytes of an exported ``.onnx`` file: readable ONNX, our metadata for this interface
+    version, no external data, the integrity record matching every byte before it, finite weights.
+
+    Raises :class:`ArtifactMetadataError` (one line, with the fix) at the first problem.
+    """
     import onnx
     from google.protobuf.message import DecodeError
 
+    source = Path(source)
+    if not data:
+        raise ArtifactMetadataError(f"{source} is empty (0 bytes): {REEXPORT_HINT}")
+    try:
+        model_proto = onnx.load_model_from_string(data)
+    except DecodeError as error:
+        raise ArtifactMetadataError(f"{source} is not a readable ONNX file (truncated, or another format: {error}): {REEXPORT_HINT}") from None
+    keys = [prop.key for prop in model_proto.metadata_props]
+    duplicated = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicated:
+        raise ArtifactMetadataError(f"{source}: metadata keys {duplicated} appear more than once (edited after export): {REEXPORT_HINT}")
+    props = {prop.key: prop.value for prop in model_proto.metadata_props}
+    metadata = parse_metadata(props, source)
+    _check_no_external_data(model_proto, source)
+    if INTEGRITY_KEY not in props:
+        raise ArtifactMetadataError(
+            f"{source}: metadata lacks ['{INTEGRITY_KEY}'] (exported before artifacts were sealed): {REEXPORT_HINT}"
+        )
+    record = _integrity_record(props[INTEGRITY_KEY])
+    if not data.endswith(record) or hashlib.sha256(data[: -len(record)]).hexdigest() != props[INTEGRITY_KEY]:
+        raise ArtifactMetadataError(
+            f"{source}: its bytes differ from those sealed at export ({INTEGRITY_KEY}): the graph or its "
+            f"metadata was modified after export: {REEXPORT_HINT}"
+        )
+    _check_finite_weights(model_proto, source)
+    return VerifiedArtifact(path=source, metadata=metadata, model_bytes=data)
+
+
+def read_verified_artifact(path: str | Path) -> VerifiedArtifact:
+    """Read an exported ``.onnx`` file once and check it (:func:`verify_model_bytes`)."""
     path = Path(path)
+    if path.is_dir():
+        raise ArtifactMetadataError(f"{path} is a folder; expected an exported .onnx file")
     if not path.is_file():
         raise ArtifactMetadataError(f"{path} does not exist")
-    try:
-        model_proto = onnx.load(str(path))
-    except DecodeError as error:
-        raise ArtifactMetadataError(f"{path} is not a readable ONNX file ({error})") from None
-    metadata = parse_metadata({prop.key: prop.value for prop in model_proto.metadata_props}, path)
-    if graph_sha256(model_proto) != metadata.model_sha256:
-        raise ArtifactMetadataError(
-            f"{path}: graph sha256 differs from the recorded model_sha256 (the graph was modified "
-            f"after export): {REEXPORT_HINT}"
-        )
-    return metadata
+    return verify_model_bytes(path.read_bytes(), path)
+
+
+def read_metadata(path: str | Path) -> ArtifactMetadata:
+    """The checked metadata of an exported ``.onnx`` file (every check of :func:`verify_model_bytes`)."""
+    return read_verified_artifact(path).metadata

@@ -7,13 +7,17 @@ and dynamic atoms, neighbors/pairs and structures. Models with ``atomic_energies
 the scatter-free neighbor table; other interface modules on the pair list (with a warning).
 
 Nothing is written until the graph has passed every check (interface, opset, symbolic axes,
-``onnx.checker`` full check); the file then appears at once (temporary file + rename).
+``onnx.checker`` full check, and the caller's ``check`` of the written bytes, e.g. parity with
+eager PyTorch: :class:`mlff_export.runtime.parity.OnnxParityCheck`); the file then appears at once
+(temporary file + rename), sealed with its integrity record (:mod:`.metadata`).
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,7 +29,7 @@ from mlff_export.export.graph_layouts import NEIGHBOR_TABLE, OUTPUT_AXES, PAIR_L
 from mlff_export.export.interface_check import check_declares_interface, check_interface_outputs
 from mlff_export.export.joint_graph import trace_joint_graph
 from mlff_export.export.joint_graph_ops import ONNX_TRANSLATIONS
-from mlff_export.export.metadata import FORCE_METHOD, ArtifactMetadata, graph_sha256
+from mlff_export.export.metadata import FORCE_METHOD, ArtifactMetadata, graph_sha256, sealed_model_bytes
 from mlff_export.export.precision import PRECISIONS, model_for_precision, weights_sha256
 from mlff_export.forces import has_pair_energy
 from mlff_export.interface import INTERFACE_VERSION, OUTPUT_NAMES
@@ -40,7 +44,14 @@ class ScatterGraphWarning(UserWarning):
     """The exported graph contains scatters with a reduction (a model written with ``index_add``)."""
 
 
-def to_onnx(model: nn.Module, path: str | Path, *, precision: str = "fp32", opset: int = DEFAULT_OPSET) -> Path:
+def to_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    precision: str = "fp32",
+    opset: int = DEFAULT_OPSET,
+    check: Callable[[Path], None] | None = None,
+) -> Path:
     """Export ``model`` to ``path``: inputs float32/int64, outputs energy [B] (eV), forces [N, 3]
     (eV/Å), virial [B, 3, 3] (eV), all float32, with atoms, neighbors/pairs and structures dynamic.
 
@@ -52,6 +63,8 @@ def to_onnx(model: nn.Module, path: str | Path, *, precision: str = "fp32", opse
         precision: ``"fp32"``, or ``"fp16"`` (network body in float16, geometry and sums in
             float32; needs ``atomic_energies``).
         opset: ONNX opset, from :data:`MIN_OPSET` to what the installed onnx supports.
+        check: called with the path of the complete, sealed file before it is renamed to ``path``
+            (e.g. ``OnnxParityCheck``); whatever it raises propagates and nothing is left behind.
 
     Returns:
         ``path``. Raises :class:`ExportError` (nothing written) for a module that breaks the
@@ -60,6 +73,8 @@ def to_onnx(model: nn.Module, path: str | Path, *, precision: str = "fp32", opse
     import onnx
 
     path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"{path} is a folder; give the path of the .onnx file to write")
     max_opset = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset:
         raise ExportError(
@@ -101,7 +116,7 @@ def to_onnx(model: nn.Module, path: str | Path, *, precision: str = "fp32", opse
         onnx.checker.check_model(model_proto, full_check=True)
     except onnx.checker.ValidationError as error:
         raise ExportError(f"the exported graph fails onnx.checker (full): {error}") from None
-    _write_atomically(model_proto, path)
+    _write_atomically(sealed_model_bytes(model_proto), path, check)
     return path
 
 
@@ -168,14 +183,23 @@ def _warn_about_scatters(model_proto, model_name: str) -> None:
         )
 
 
-def _write_atomically(model_proto, path: Path) -> None:
-    """Save to a temporary file beside ``path`` and rename it: readers never see half a file."""
-    import onnx
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+def _write_atomically(data: bytes, path: Path, check: Callable[[Path], None] | None) -> None:
+    """Write ``data`` to a temporary file beside ``path``, run ``check`` on it, then rename: readers
+    never see half a file, and a failed check leaves nothing (folders created here included)."""
+    created = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")  # unique: concurrent exports
     try:
-        onnx.save(model_proto, str(temporary))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "xb") as handle:
+            handle.write(data)
+        if check is not None:
+            check(temporary)
         os.replace(temporary, path)
-    finally:
+    except BaseException:
         temporary.unlink(missing_ok=True)
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise

@@ -49,6 +49,7 @@ from mlff_export.runtime import load_calculator  # noqa: E402
 from mlff_export.runtime.calculator import ConcurrentUseError, NonFiniteResultError  # noqa: E402
 from mlff_export.runtime import domains  # noqa: E402
 from mlff_export.runtime.domains import DomainSplitter  # noqa: E402
+from mlff_export.runtime.device_feeds import DeviceFeeds, closest_distance, has_vesin_torch  # noqa: E402
 from mlff_export.runtime.eager import EagerBackend  # noqa: E402
 from mlff_export.runtime.onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeBucketBackend  # noqa: E402
 from mlff_export.runtime.parity import OnnxParityCheck  # noqa: E402
@@ -832,6 +833,28 @@ def _(exported, model, tmp_path):
         validate_artifact(exported, reference=model, structures=structures, nve_steps=0, compare_runtimes=False)
 
 
+@case("device-check-measures-the-closest-pair")
+def _(model):
+    """The GPU input path's check (torch ops on the padded table, here on the CPU): every-atom
+    table of a molecule, with and without an overlap, gives the host's closest distance."""
+    atoms = benzene()
+    feeds = DeviceFeeds(model.cutoff, model.species[0], torch.device("cpu"))
+    host = min(np.linalg.norm(atoms.positions[i] - atoms.positions[j]) for i in range(12) for j in range(i))
+    assert closest_distance(feeds(atoms)).item() == pytest.approx(host, abs=1e-5)
+    atoms.positions[7] = atoms.positions[2] + [1e-6, 0, 0]
+    assert closest_distance(feeds(atoms)).item() < 1e-5
+
+
+@case("device-check-sees-an-atoms-own-image")
+def _(model):
+    """The same check on a searched table (vesin-torch, periodic): an atom's own image counts."""
+    if not has_vesin_torch():
+        pytest.skip("vesin-torch is not installed (pip install vesin-torch)")
+    atoms = Atoms("CO", positions=[[0, 0, 0], [0.2, 1.4, 2.5]], cell=[0.3, 5, 5], pbc=True)
+    feeds = DeviceFeeds(model.cutoff, model.species[0], torch.device("cpu"))(atoms)
+    assert closest_distance(feeds).item() == pytest.approx(0.3, abs=1e-6)
+
+
 @case("stress-without-a-cell")
 def _(calc):
     atoms = benzene()
@@ -872,13 +895,19 @@ def _(exported, tmp_path):
 
 
 @case("batch-that-does-not-fit-is-halved")
-def _(model):
-    structures = [benzene(), molecule("H2O"), molecule("CH4"), molecule("C2H6")]
+def _(model, monkeypatch):
+    structures = [benzene() for _ in range(4)]
+    for seed, atoms in enumerate(structures):
+        atoms.rattle(0.02, seed=seed)
     single_pairs = max(compute_pairs(atoms, model.cutoff).pair_index.shape[1] for atoms in structures)
-    limit = 2 * single_pairs * model.bytes_per_pair(torch.float32) / 1e9  # two at a time fit, not four
+    limit = 2.5 * single_pairs * model.bytes_per_pair(torch.float32) / 1e9  # two at a time fit, not four
     calc = load_calculator(model, memory_limit_gb=limit)
+    evaluated = []
+    whole = calc.backend._whole
+    monkeypatch.setattr(calc.backend, "_whole", lambda inputs: evaluated.append(inputs.num_structures) or whole(inputs))
     for atoms, result in zip(structures, calc.predict(structures)):
         assert result["energy"] == pytest.approx(energy(load_calculator(model), atoms), abs=1e-4)
+    assert max(evaluated) <= 2, f"calls of {evaluated} structures: the batch was not split"
 
 
 @case("structure-that-does-not-fit-runs-in-domains")
@@ -1135,6 +1164,24 @@ def _(exported, tmp_path):
         thread.join()
     assert target.read_bytes() in versions and read_verified_artifact(target).metadata.cutoff == 4.0
     assert [p.name for p in target.parent.iterdir()] == ["model.onnx"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the GPU input path (device checks read back with the outputs); skipped without CUDA
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda-graphs", "onnxruntime"])
+def test_gpu_input_path_refuses_overlapping_atoms(backend, model, exported):
+    calc = load_calculator(exported if backend == "onnxruntime" else model, "cuda", backend=None if backend == "onnxruntime" else backend)
+    good = benzene()
+    assert energy(calc, good) == pytest.approx(energy(load_calculator(model), good), abs=1e-3)
+    for _ in range(3):  # captured graphs: the check must see new positions on every replay
+        overlapping = benzene()
+        overlapping.positions[5] = overlapping.positions[1]
+        with refused(StructureError, "atom 1 (C)", "atom 5 (C)", "0 Å apart"):
+            energy(calc, overlapping)
+        assert math.isfinite(energy(calc, good))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """What the load-time integrity checks and the per-call sanity checks cost, and a long NVE run
 that must never trip them.
 
-    python bench/sanity_cost.py OUT [--device cuda] [--onnx FILE] [--nve-steps 10000]
+    python bench/sanity_cost.py OUT [--device cuda] [--onnx FILE] [--backends none] [--nve-steps 10000]
 
 Writes ``OUT/sanity_cost.json`` and ``OUT/sanity_cost.md`` (and ``OUT/nve_benzene.json`` when
 ``--nve-steps`` > 0), all with the reference model and benzene:
@@ -44,7 +44,7 @@ from mlff_export.checkpoint import card_sha256, load_checkpoint, read_card
 from mlff_export.export.metadata import read_verified_artifact
 from mlff_export.neighbors import check_structure
 from mlff_export.runtime import calculator as calculator_module
-from mlff_export.runtime import device_feeds, joint_graph, padded_table
+from mlff_export.runtime import device_feeds, joint_graph
 from mlff_export.runtime.calculator import MLFFCalculator, _structure_results, load_calculator
 from mlff_export.structure_sanity import check_closest_pair, check_density
 from mlff_export.validation.physics import compare_nve
@@ -181,10 +181,9 @@ def device_check_us(calc: MLFFCalculator, atoms: Atoms, repeats: int) -> dict:
         return {}
     device = backend.device
     if isinstance(backend, joint_graph.JointGraphBackend) and backend.capture:
-        with_check = joint_graph._CapturedBucket(backend.call, feeds)
+        with_check = joint_graph._CapturedBucket(backend.call, feeds, backend.closest_call)
         infinity = torch.full((1,), math.inf, device=device)
-        with mock.patch.object(joint_graph, "closest_distance", lambda _feeds: infinity):
-            without_check = joint_graph._CapturedBucket(backend.call, feeds)
+        without_check = joint_graph._CapturedBucket(backend.call, feeds, lambda _buffers: infinity)
         with_us = replay_us(with_check.graph.replay, device, repeats)
         without_us = replay_us(without_check.graph.replay, device, repeats)
         return {"how": "inside the bucket's CUDA graph", "graph_replay_with_us": with_us, "graph_replay_without_us": without_us,
@@ -309,7 +308,7 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="folder for sanity_cost.json, sanity_cost.md, nve_benzene.json")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--onnx", type=Path, help="the reference model's fp32 export (default: exported into OUT)")
-    parser.add_argument("--backends", help=f"comma-separated (default: {','.join(CPU_BACKENDS)} on CPU, {','.join(GPU_BACKENDS)} on CUDA)")
+    parser.add_argument("--backends", help=f"comma-separated, or 'none' (default: {','.join(CPU_BACKENDS)} on CPU, {','.join(GPU_BACKENDS)} on CUDA)")
     parser.add_argument("--repeats", type=int, default=500, help="timed calls per measurement (default 500)")
     parser.add_argument("--nve-steps", type=int, default=None, help="NVE steps (default: 10000 on CUDA, 0 on CPU)")
     parser.add_argument("--nve-backend", default="compile-max-autotune", help="backend of the NVE run (default: the fastest, compile-max-autotune)")
@@ -326,7 +325,9 @@ def main() -> None:
 
         onnx_path = to_onnx(load_checkpoint(REFERENCE_CHECKPOINT), args.out / "painn-hcno.fp32.onnx",
                             check=OnnxParityCheck(load_checkpoint(REFERENCE_CHECKPOINT), [benzene()], "fp32"))
-    backends = args.backends.split(",") if args.backends else list(GPU_BACKENDS if device.type == "cuda" else CPU_BACKENDS)
+    backends = list(GPU_BACKENDS if device.type == "cuda" else CPU_BACKENDS) if args.backends is None else [
+        name for name in args.backends.split(",") if name and name != "none"
+    ]
     results = {"environment": describe_environment(device), "note": args.note, "molecule": "C6H6", "repeats": args.repeats}
     print(f"load costs ({device}) ...", flush=True)
     results["load"] = load_costs(onnx_path, device, max(20, args.repeats // 10))

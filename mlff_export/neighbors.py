@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import vesin
 from ase import Atoms
+from ase.cell import Cell
 from ase.data import chemical_symbols
 from ase.geometry.minkowski_reduction import minkowski_reduce
 
@@ -90,7 +91,10 @@ def _face_normals(cell: np.ndarray) -> np.ndarray:
 def _image_count(cell: np.ndarray, periodic: tuple[bool, ...], cutoff: float) -> float:
     """Periodic images a search of ``cell`` visits: ``prod_k (2 ceil(cutoff / h_k) + 1)`` over
     periodic directions, ``h_k`` the cell's height perpendicular to face ``k``."""
-    heights = np.abs(np.einsum("ij,ij->i", cell, _face_normals(cell)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        heights = np.abs(np.einsum("ij,ij->i", cell, _face_normals(cell)))
+    if not all(heights[k] > 0 for k in range(3) if periodic[k]):
+        return math.inf  # a flat cell: no search can finish
     return math.prod(2 * math.ceil(cutoff / heights[k]) + 1 for k in range(3) if periodic[k])
 
 
@@ -102,6 +106,8 @@ def _search_lattice(cell_bytes: bytes, periodic: tuple[bool, ...], cutoff: float
     complete = _completed(cell, periodic)
     if _image_count(complete, periodic, cutoff) <= REDUCE_ABOVE_IMAGES:
         return cell, None
+    if abs(np.linalg.det(complete)) < 1e-8:
+        raise StructureError(f"cell is singular (volume 0) with pbc={list(periodic)}: give three independent lattice vectors")
     reduced, change = minkowski_reduce(complete, pbc=periodic)
     reduced = np.where(np.array(periodic)[:, None], np.asarray(reduced), cell)
     if _image_count(_completed(reduced, periodic), periodic, cutoff) > MAX_SEARCH_IMAGES:
@@ -116,8 +122,6 @@ def _search_lattice(cell_bytes: bytes, periodic: tuple[bool, ...], cutoff: float
 
 def _completed(cell: np.ndarray, periodic: tuple[bool, ...]) -> np.ndarray:
     """``cell`` with zero rows along non-periodic directions replaced as ASE does (unit normals)."""
-    from ase.cell import Cell
-
     return Cell(cell).complete().array if not all(periodic) else cell
 
 

@@ -53,20 +53,22 @@ DOMAIN_PAIRS = 2_000_000
 
 class _CapturedBucket:
     """One bucket's CUDA graph with its static input and output buffers. The graph also measures
-    the structure's closest pair (``"closest_distance"``: the GPU path's sanity check, no extra launch)."""
+    the structure's closest pair with ``closest_call`` (``"closest_distance"``: the GPU path's
+    sanity check, no extra launch)."""
 
-    def __init__(self, graph_call: Callable, feeds: dict[str, torch.Tensor]):
+    def __init__(self, graph_call: Callable, feeds: dict[str, torch.Tensor], closest_call: Callable = closest_distance):
         self.inputs = StaticFeeds(feeds)
         arguments = tuple(self.inputs.buffers.values())
         stream = torch.cuda.Stream(feeds["positions"].device)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             graph_call(*arguments)  # warm-up outside the capture (compilation, allocator, lazy init)
+            closest_call(self.inputs.buffers)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.outputs = dict(zip(OUTPUT_NAMES, graph_call(*arguments)))
-            self.outputs["closest_distance"] = closest_distance(self.inputs.buffers)
+            self.outputs["closest_distance"] = closest_call(self.inputs.buffers)
 
     def replay(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.inputs.load(feeds)
@@ -90,6 +92,7 @@ class JointGraphBackend(PaddedTableBackend):
         self.call: Callable = self.graph
         self.capture = capture and device.type == "cuda"
         self._buckets: dict[tuple, _CapturedBucket] = {}
+        self.closest_call: Callable = closest_distance  # the device sanity check captured with each bucket
         self.bytes_per_pair = model_bytes_per_pair(model, torch.float32)
         self.domains = DomainSplitter(DOMAIN_PAIRS, memory or MemoryBudget(device), self.bytes_per_pair)
         self._weighted_call: Callable | None = None
@@ -127,7 +130,7 @@ class JointGraphBackend(PaddedTableBackend):
         key = tuple(tuple(tensor.shape) for tensor in feeds.values())
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = _CapturedBucket(self.call, feeds)
+            bucket = self._buckets[key] = _CapturedBucket(self.call, feeds, self.closest_call)
         return bucket.replay(feeds)
 
 
@@ -149,6 +152,8 @@ class CompiledBackend(JointGraphBackend):
         self.inductor_mode = inductor_mode
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, MAX_COMPILED_BUCKETS)
         self.call = self.compiled(self.graph)
+        # Fused into one or two kernels (seven tiny ones uncompiled) inside each bucket's CUDA graph.
+        self.closest_call = torch.compile(closest_distance, fullgraph=True, dynamic=False)
 
     def compiled(self, graph: torch.fx.GraphModule) -> Callable:
         return torch.compile(graph, mode=self.inductor_mode, fullgraph=True, dynamic=False)

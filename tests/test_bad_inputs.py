@@ -1171,7 +1171,7 @@ def _(exported, tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["cuda-graphs", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["cuda-graphs", "compile-reduce-overhead", "onnxruntime"])
 def test_gpu_input_path_refuses_overlapping_atoms(backend, model, exported):
     calc = load_calculator(exported if backend == "onnxruntime" else model, "cuda", backend=None if backend == "onnxruntime" else backend)
     good = benzene()

@@ -29,7 +29,7 @@ from mlff_export.export.graph_layouts import NEIGHBOR_TABLE, OUTPUT_AXES, PAIR_L
 from mlff_export.export.interface_check import check_declares_interface, check_interface_outputs
 from mlff_export.export.joint_graph import trace_joint_graph
 from mlff_export.export.joint_graph_ops import ONNX_TRANSLATIONS
-from mlff_export.export.metadata import FORCE_METHOD, ArtifactMetadata, graph_sha256, sealed_model_bytes
+from mlff_export.export.metadata import FORCE_METHOD, ArtifactMetadata, graph_sha256, non_finite_initializers, sealed_model_bytes
 from mlff_export.export.precision import PRECISIONS, model_for_precision, weights_sha256
 from mlff_export.forces import has_pair_energy
 from mlff_export.interface import INTERFACE_VERSION, OUTPUT_NAMES
@@ -111,6 +111,9 @@ def to_onnx(
         onnx_version=onnx.__version__,
         opset=opset,
     )
+    broken = non_finite_initializers(model_proto)
+    if broken:
+        raise ExportError(f"weights {broken[:5]} hold NaN or inf: fix the model's weights (a sealed artifact has finite weights)")
     onnx.helper.set_model_props(model_proto, metadata.to_props())
     try:
         onnx.checker.check_model(model_proto, full_check=True)

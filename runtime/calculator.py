@@ -16,8 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ from torch import nn
 
 from mlff_export import REFERENCE_CHECKPOINT
 from mlff_export.checkpoint import load_checkpoint
+from mlff_export.interface import OUTPUT_NAMES
 from mlff_export.memory import InsufficientMemoryError, MemoryBudget, is_out_of_memory
 from mlff_export.neighbors import Pairs, StructureError, VerletNeighborList, batch_inputs, check_structure, compute_pairs
 from mlff_export.runtime.backend import Backend
@@ -53,6 +53,24 @@ class NonFiniteResultError(CalculationFailed):
 
 class ConcurrentUseError(RuntimeError):
     """One calculator called from two threads at once (its per-call state would mix)."""
+
+
+class _OneCallerAtATime:
+    """``with guard:`` around a call; a second thread entering while a call runs gets
+    :class:`ConcurrentUseError` instead of waiting (a shared calculator is a bug to report)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            raise ConcurrentUseError(
+                "this calculator is already computing in another thread; use one calculator per thread "
+                "(load_calculator once per thread)"
+            )
+
+    def __exit__(self, *exception) -> None:
+        self._lock.release()
 
 
 class MLFFCalculator(Calculator):
@@ -86,19 +104,7 @@ class MLFFCalculator(Calculator):
         self.search_memory = search_memory or MemoryBudget()
         self.neighbor_list = VerletNeighborList(cutoff, skin, self.search_memory)
         self.min_distance = checked_min_distance(min_distance)
-        self._in_call = threading.Lock()
-
-    @contextmanager
-    def _one_caller(self) -> Iterator[None]:
-        if not self._in_call.acquire(blocking=False):
-            raise ConcurrentUseError(
-                "this calculator is already computing in another thread; use one calculator per thread "
-                "(load_calculator once per thread)"
-            )
-        try:
-            yield
-        finally:
-            self._in_call.release()
+        self._one_caller = _OneCallerAtATime()
 
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
         """What changed since the last calculation: positions, numbers, cell or pbc (what the
@@ -119,7 +125,7 @@ class MLFFCalculator(Calculator):
         atoms = self.atoms if atoms is None else atoms
         if "stress" in properties and not atoms.pbc.all():
             raise PropertyNotImplementedError(f"stress needs a 3-D periodic cell; this structure has pbc={atoms.pbc.tolist()}")
-        with self._one_caller():
+        with self._one_caller:
             check_structure(atoms, self.species)
             check_density(atoms)
             # Backends that build their inputs on the GPU skip the CPU neighbor list (None: they
@@ -150,7 +156,7 @@ class MLFFCalculator(Calculator):
         structures = list(structures)
         if not structures:
             return []
-        with self._one_caller():
+        with self._one_caller:
             pairs = []
             for index, atoms in enumerate(structures):
                 try:
@@ -183,7 +189,10 @@ class MLFFCalculator(Calculator):
         self, structures: list[Atoms], outputs: dict[str, torch.Tensor | np.ndarray], indices: list[int | None]
     ) -> list[dict[str, float | np.ndarray]]:
         """ASE results per structure; :class:`NonFiniteResultError` for any NaN or inf among them."""
-        results = _structure_results(structures, outputs)
+        arrays = {name: _float64(outputs[name]) for name in OUTPUT_NAMES}
+        results = _structure_results(structures, arrays)
+        if all(np.isfinite(array).all() for array in arrays.values()):  # stress = -virial / volume
+            return results
         for atoms, index, result in zip(structures, indices, results):
             bad = [name for name in ("energy", "forces", "stress") if name in result and not np.isfinite(result[name]).all()]
             if bad:

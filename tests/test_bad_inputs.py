@@ -41,7 +41,13 @@ from mlff_export.export import ArtifactMetadataError, ExportError, read_metadata
 from mlff_export.export.engine_builder import BuilderSettings, build_engine  # noqa: E402
 from mlff_export.export.engine_profiles import select_profiles  # noqa: E402
 from mlff_export.export.engine_sidecar import EngineMismatchError, check_engine, sidecar_path  # noqa: E402
-from mlff_export.export.metadata import INTEGRITY_KEY, graph_sha256, read_verified_artifact, sealed_model_bytes  # noqa: E402
+from mlff_export.export.metadata import (  # noqa: E402
+    INTEGRITY_KEY,
+    graph_sha256,
+    non_finite_initializers,
+    read_verified_artifact,
+    sealed_model_bytes,
+)
 from mlff_export.export.onnx_export import _write_atomically  # noqa: E402
 from mlff_export.memory import InsufficientMemoryError, MemoryBudget  # noqa: E402
 from mlff_export.neighbors import StructureError, batch_inputs, compute_pairs  # noqa: E402
@@ -543,10 +549,11 @@ def _(exported, tmp_path):
 
 @case("onnx-nan-weight-sealed")
 def _(exported, tmp_path):
-    """An exporter bug: NaN in a weight, sealed; refused at load, not at the first call."""
+    """NaN in a weight of a sealed file (only an exporter bug could write one: to_onnx refuses
+    non-finite weights, see export-nan-weights): the first call refuses the NaN energies."""
     path = edited_onnx(exported, tmp_path / "nan.onnx", lambda proto: scale_largest_weight(proto, math.nan), reseal=True)
-    with refused(ArtifactMetadataError, "NaN or inf"):
-        load_calculator(path)
+    with refused(NonFiniteResultError, "backend 'onnxruntime'", "non-finite energy"):
+        energy(load_calculator(path), benzene())
 
 
 @case("onnx-foreign-model")
@@ -630,6 +637,15 @@ def _(tmp_path):
     with refused(ExportError, "not finite"):
         to_onnx(broken, tmp_path / "model.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+@case("export-refuses-non-finite-initializers")
+def _(exported):
+    """What to_onnx checks before sealing (a NaN that the example inputs would not reveal)."""
+    model_proto = onnx.load(str(exported))
+    assert non_finite_initializers(model_proto) == []
+    scale_largest_weight(model_proto, math.inf)
+    assert non_finite_initializers(model_proto) == [largest_initializer(model_proto).name]
 
 
 @case("export-to-a-folder")

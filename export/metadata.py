@@ -97,11 +97,14 @@ class VerifiedArtifact:
         path: where it was read from (for messages).
         metadata: its checked, typed metadata.
         model_bytes: the exact bytes that were checked: give these to a runtime, not the path.
+        artifact_sha256: the seal (sha256 of the file up to its integrity record): the identity of
+            graph and metadata together, e.g. for a record of what an engine was built from.
     """
 
     path: Path
     metadata: ArtifactMetadata
     model_bytes: bytes
+    artifact_sha256: str
 
 
 def parse_metadata(props: dict[str, str], source: str | Path = "ONNX model") -> ArtifactMetadata:
@@ -288,7 +291,8 @@ def verify_model_bytes(data: bytes, source: str | Path = "ONNX model") -> Verifi
         raise ArtifactMetadataError(f"{source} is empty (0 bytes): {REEXPORT_HINT}")
     if not _is_sealed(data):
         raise _unsealed_error(data, source)
-    return VerifiedArtifact(path=source, metadata=_check_entries(_metadata_entries(data), source), model_bytes=data)
+    metadata = _check_entries(_metadata_entries(data), source)
+    return VerifiedArtifact(path=source, metadata=metadata, model_bytes=data, artifact_sha256=data[-64:].decode("ascii"))
 
 
 def read_verified_artifact(path: str | Path) -> VerifiedArtifact:

@@ -8,6 +8,7 @@ the correct number; none may return a wrong number or hang. Cases are registered
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
@@ -63,6 +64,7 @@ from mlff_export.validation.tolerances import default_tolerances  # noqa: E402
 from mlff_export.validation.validate import validate_artifact  # noqa: E402
 
 CASES: dict[str, Callable] = {}
+INTEGRITY_RECORD_BYTES = 2 + 2 + len("artifact_sha256") + 2 + 64  # field 14 entry: tags, lengths, key, hex digest
 
 
 def case(case_id: str):
@@ -583,6 +585,7 @@ def _(exported, tmp_path, model):
     gives the model's numbers."""
     path = edited_onnx(exported, tmp_path / "resaved.onnx", lambda proto: None)
     assert path.read_bytes() == exported.read_bytes()
+    assert read_verified_artifact(path).artifact_sha256 == hashlib.sha256(path.read_bytes()[:-INTEGRITY_RECORD_BYTES]).hexdigest()
     assert energy(load_calculator(path), benzene()) == pytest.approx(energy(load_calculator(model), benzene()), abs=1e-4)
 
 

@@ -50,7 +50,7 @@ from mlff_export.export.metadata import (  # noqa: E402
     sealed_model_bytes,
 )
 from mlff_export.export.onnx_export import _write_atomically  # noqa: E402
-from mlff_export.memory import InsufficientMemoryError, MemoryBudget  # noqa: E402
+from mlff_export.memory import InsufficientMemoryError  # noqa: E402
 from mlff_export.neighbors import StructureError, batch_inputs, compute_pairs  # noqa: E402
 from mlff_export.runtime import load_calculator  # noqa: E402
 from mlff_export.runtime.calculator import ConcurrentUseError, NonFiniteResultError  # noqa: E402

@@ -10,13 +10,17 @@ rewritten to it (:mod:`~.table_rewrite`); where the rewrite is refused the pair-
 exported with a warning that says why.
 
 Nothing is written until the graph has passed every check (interface, opset, symbolic axes,
-``onnx.checker`` full check); the file then appears at once (temporary file + rename).
+``onnx.checker`` full check, and the caller's ``check`` of the written bytes, e.g. parity with
+eager PyTorch: :class:`mlff_export.runtime.parity.OnnxParityCheck`); the file then appears at once
+(temporary file + rename), sealed with its integrity record (:mod:`.metadata`).
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +35,7 @@ from mlff_export.export.functional import functionalized
 from mlff_export.export.half_gemms import half_precision_products
 from mlff_export.export.joint_graph import RewriteRefused, rewritten_to_neighbor_table, trace_joint_graph, trace_pair_list_graph
 from mlff_export.export.joint_graph_ops import ONNX_TRANSLATIONS
-from mlff_export.export.metadata import FORCE_METHOD, ArtifactMetadata, graph_sha256
+from mlff_export.export.metadata import FORCE_METHOD, ArtifactMetadata, graph_sha256, non_finite_initializers, sealed_model_bytes
 from mlff_export.export.precision import PRECISIONS, frozen, model_for_precision, weights_sha256
 from mlff_export.forces import has_pair_energy
 from mlff_export.interface import INTERFACE_VERSION, OUTPUT_NAMES
@@ -47,7 +51,13 @@ class ScatterGraphWarning(UserWarning):
 
 
 def to_onnx(
-    model: nn.Module, path: str | Path, *, precision: str = "fp32", opset: int = DEFAULT_OPSET, model_source: str | None = None
+    model: nn.Module,
+    path: str | Path,
+    *,
+    precision: str = "fp32",
+    opset: int = DEFAULT_OPSET,
+    check: Callable[[Path], None] | None = None,
+    model_source: str | None = None,
 ) -> Path:
     """Export ``model`` to ``path``: inputs float32/int64, outputs energy [B] (eV), forces [N, 3]
     (eV/Å), virial [B, 3, 3] (eV), all float32, with atoms, neighbors/pairs and structures dynamic.
@@ -61,6 +71,8 @@ def to_onnx(
         precision: ``"fp32"``, or ``"fp16"`` (weights' matrix products in float16; geometry,
             sums, forces and virial in float32).
         opset: ONNX opset, from :data:`MIN_OPSET` to what the installed onnx supports.
+        check: called with the path of the complete, sealed file before it is renamed to ``path``
+            (e.g. ``OnnxParityCheck``); whatever it raises propagates and nothing is left behind.
         model_source: where the model came from, stored in the metadata
             (:func:`mlff_export.model_intake.load_model` gives it); default: the module's class.
 
@@ -71,6 +83,8 @@ def to_onnx(
     import onnx
 
     path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"{path} is a folder; give the path of the .onnx file to write")
     max_opset = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset:
         raise ExportError(
@@ -102,12 +116,15 @@ def to_onnx(
         opset=opset,
         model_source=model_source or f"module {type(model).__module__}.{type(model).__qualname__}",
     )
+    broken = non_finite_initializers(model_proto)
+    if broken:
+        raise ExportError(f"weights {broken[:5]} hold NaN or inf: fix the model's weights (a sealed artifact has finite weights)")
     onnx.helper.set_model_props(model_proto, metadata.to_props())
     try:
         onnx.checker.check_model(model_proto, full_check=True)
     except onnx.checker.ValidationError as error:
         raise ExportError(f"the exported graph fails onnx.checker (full): {error}") from None
-    _write_atomically(model_proto, path)
+    _write_atomically(sealed_model_bytes(model_proto), path, check)
     return path
 
 
@@ -257,14 +274,23 @@ def _warn_about_scatters(model_proto, model_name: str, refusal: str | None) -> N
         )
 
 
-def _write_atomically(model_proto, path: Path) -> None:
-    """Save to a temporary file beside ``path`` and rename it: readers never see half a file."""
-    import onnx
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+def _write_atomically(data: bytes, path: Path, check: Callable[[Path], None] | None) -> None:
+    """Write ``data`` to a temporary file beside ``path``, run ``check`` on it, then rename: readers
+    never see half a file, and a failed check leaves nothing (folders created here included)."""
+    created = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")  # unique: concurrent exports
     try:
-        onnx.save(model_proto, str(temporary))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "xb") as handle:
+            handle.write(data)
+        if check is not None:
+            check(temporary)
         os.replace(temporary, path)
-    finally:
+    except BaseException:
         temporary.unlink(missing_ok=True)
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise

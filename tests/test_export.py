@@ -296,9 +296,12 @@ def test_cli_refuses_a_checkpoint_whose_config_and_weights_disagree(tmp_path, ca
     from mlff_export.checkpoint import save_checkpoint
     from mlff_export.cli import main
 
+    from mlff_export.checkpoint import card_sha256
+
     card = save_checkpoint(make_small_painn(), tmp_path / "small.json")
     values = json.loads(card.read_text())
     values["config"]["num_features"] = 16
+    values["card_sha256"] = card_sha256(values)  # a writer's bug: sealed, yet config and weights disagree
     card.write_text(json.dumps(values))
     assert main(["export", "--checkpoint", str(card), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err

@@ -1,0 +1,90 @@
+"""Evaluate a shard's structures with one calculator, loaded once: checks, batches, refusals.
+
+Each structure is checked before it joins a batch (what the calculator refuses: no atoms,
+non-finite positions, elements the model does not know, a singular cell; and, here, atoms closer
+than ``min_distance``: the calculator would return numbers for coincident atoms, which no one
+should defend). A batch the model still refuses (a :class:`ValueError` from the calculator: a
+structure outside every engine profile, say) is split in halves until the refused structure is
+alone; it fails with the reason and the others go on. Results that are not finite fail too.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import vesin
+from ase import Atoms
+
+from mlff_export.neighbors import StructureError, check_structure
+from mlff_export.runtime import load_calculator
+from mlff_export.screening.batching import batches, largest_fitting_atoms
+from mlff_export.screening.inputs import StructureRecord
+from mlff_export.screening.settings import ModelSettings
+
+def overlap_problem(atoms: Atoms, min_distance: float) -> str | None:
+    """Why ``atoms`` has overlapping atoms (closer than ``min_distance`` Å, periodic images
+    included), or None."""
+    if min_distance <= 0:
+        return None
+    periodic = atoms.pbc.tolist()
+    box = atoms.cell.array if any(periodic) else np.zeros((3, 3))
+    search = vesin.NeighborList(cutoff=float(min_distance), full_list=False)
+    first, second, distances = search.compute(atoms.positions, box, periodic, quantities="ijd")
+    if len(distances) == 0:
+        return None
+    closest = int(np.argmin(distances))
+    i, j = int(first[closest]), int(second[closest])
+    what = f"atom {i} and its periodic image" if i == j else f"atoms {i} and {j}"
+    return f"overlapping atoms: {what} are {distances[closest]:.3f} Å apart (closer than {min_distance} Å)"
+
+
+class ShardEvaluator:
+    """One calculator for many shards: the model is loaded once, in ``__init__``."""
+
+    def __init__(self, settings: ModelSettings):
+        self.settings = settings
+        self.calc = load_calculator(settings.model, settings.device, backend=settings.backend)
+        self.max_atoms: int | None = None  # automatic: found on the first valid structures
+        self.worker = f"{socket.gethostname()} pid {os.getpid()} {self.calc.backend.name} on {self.calc.backend.device}"
+
+    def evaluate(self, records: Sequence[StructureRecord]) -> None:
+        """Fill ``results`` (or ``error``) of every record that has atoms and no error yet."""
+        valid = [record for record in records if record.error is None and self._accepts(record)]
+        if not valid:
+            return
+        structures = [record.atoms for record in valid]
+        if self.settings.batch_size is None and self.max_atoms is None:
+            self.max_atoms = largest_fitting_atoms(self.calc, structures)
+        counts = [len(atoms) for atoms in structures]
+        for batch in batches(counts, self.max_atoms, self.settings.batch_size):
+            self._predict_isolating([valid[position] for position in batch])
+
+    def _accepts(self, record: StructureRecord) -> bool:
+        try:
+            check_structure(record.atoms, self.calc.species)
+        except StructureError as error:
+            record.error = str(error)
+            return False
+        record.error = overlap_problem(record.atoms, self.settings.min_distance)
+        return record.error is None
+
+    def _predict_isolating(self, records: list[StructureRecord]) -> None:
+        try:
+            results = self.calc.predict([record.atoms for record in records])
+        except (ValueError, torch.cuda.OutOfMemoryError) as error:
+            if len(records) == 1:
+                records[0].error = f"refused by the model: {error}"
+                return
+            half = len(records) // 2
+            self._predict_isolating(records[:half])
+            self._predict_isolating(records[half:])
+            return
+        for record, result in zip(records, results):
+            if all(np.isfinite(value).all() for value in result.values()):
+                record.results = result
+            else:
+                record.error = "the model returned non-finite energy, forces or stress"

@@ -22,5 +22,5 @@ def run_embedded(out: Path, shards: Sequence[Shard], settings: ModelSettings, pr
     progress.start()
     for shard in shards:
         records = read_shard(shard)
-        evaluator.evaluate(records)
-        progress.shard_done(write_shard(out, shard, records, evaluator.worker))
+        evaluation = evaluator.evaluate(records)
+        progress.shard_done(write_shard(out, shard, records, evaluation))

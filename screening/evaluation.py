@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,11 +52,18 @@ class ShardEvaluator:
         self.max_atoms: int | None = None  # automatic: found on the first valid structures
         self.worker = f"{socket.gethostname()} pid {os.getpid()} {self.calc.backend.name} on {self.calc.backend.device}"
 
-    def evaluate(self, records: Sequence[StructureRecord]) -> None:
-        """Fill ``results`` (or ``error``) of every record that has atoms and no error yet."""
+    def evaluate(self, records: Sequence[StructureRecord]) -> dict:
+        """Fill ``results`` (or ``error``) of every record that has atoms and no error yet.
+
+        Returns where and when it ran: ``worker``, ``seconds`` spent, ``finished_at`` (Unix time).
+        """
+        start = time.perf_counter()
         valid = [record for record in records if record.error is None and self._accepts(record)]
-        if not valid:
-            return
+        if valid:
+            self._evaluate_valid(valid)
+        return {"worker": self.worker, "seconds": round(time.perf_counter() - start, 4), "finished_at": time.time()}
+
+    def _evaluate_valid(self, valid: list[StructureRecord]) -> None:
         structures = [record.atoms for record in valid]
         if self.settings.batch_size is None and self.max_atoms is None:
             self.max_atoms = largest_fitting_atoms(self.calc, structures)

@@ -10,7 +10,7 @@
     The shard's rows of the summary.
 ``OUT/shards/NNNNN.json``
     The shard's record, written last: it marks the shard done (counts, size and sha256 of its two
-    files, the worker that evaluated it).
+    files, the worker that evaluated it, when and for how long).
 ``OUT/summary.csv``
     Every structure of the run in input order: :data:`SUMMARY_COLUMNS`, written at the end.
 """
@@ -65,8 +65,9 @@ def shard_file(out: Path, shard_id: str, suffix: str) -> Path:
     return out / "shards" / f"{shard_id}{suffix}"
 
 
-def write_shard(out: Path, shard: Shard, records: Sequence[StructureRecord], worker: str) -> dict:
-    """Write the shard's structures and summary rows, then its record (returned)."""
+def write_shard(out: Path, shard: Shard, records: Sequence[StructureRecord], evaluation: dict) -> dict:
+    """Write the shard's structures and summary rows, then its record (returned), which keeps
+    ``evaluation`` (where and when the shard was evaluated)."""
     frames = [_evaluated_atoms(shard, record) for record in records if record.results is not None]
     text = io.StringIO()
     if frames:
@@ -80,7 +81,7 @@ def write_shard(out: Path, shard: Shard, records: Sequence[StructureRecord], wor
         files[suffix] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     failed = sum(record.error is not None for record in records)
     record = {"shard_id": shard.shard_id, "structures": len(records), "ok": len(records) - failed,
-              "failed": failed, "files": files, "worker": worker}
+              "failed": failed, "files": files, "evaluation": evaluation}
     atomic_write(shard_file(out, shard.shard_id, ".json"), json.dumps(record, indent=1).encode())
     return record
 

@@ -152,18 +152,19 @@ class _EvaluateShards:
         from mlff_export.screening.evaluation import ShardEvaluator  # torch: in the actors alone
 
         self.evaluator = ShardEvaluator(settings)
-        gpu_ids = ray.get_gpu_ids()
-        self.worker = f"{self.evaluator.worker} (Ray GPU {','.join(map(str, gpu_ids))})" if gpu_ids else self.evaluator.worker
+        if ray.get_gpu_ids():
+            self.evaluator.worker += f" (Ray GPU {','.join(map(str, ray.get_gpu_ids()))})"
 
     def __call__(self, batch: dict) -> dict:
-        evaluated = []
+        evaluated, evaluations = [], []
         for payload in batch["records"]:
             records = pickle.loads(payload)
-            self.evaluator.evaluate(records)
+            evaluations.append(json.dumps(self.evaluator.evaluate(records)))
             evaluated.append(pickle.dumps(records))
-        return {"shard": batch["shard"], "records": evaluated, "worker": [self.worker] * len(evaluated)}
+        return {"shard": batch["shard"], "records": evaluated, "evaluation": evaluations}
 
 
 def _write_shard(row: dict, out: str) -> dict:
     shard = Shard(**json.loads(row["shard"]))
-    return {"record": json.dumps(write_shard(Path(out), shard, pickle.loads(row["records"]), row["worker"]))}
+    evaluation = json.loads(row["evaluation"])
+    return {"record": json.dumps(write_shard(Path(out), shard, pickle.loads(row["records"]), evaluation))}

@@ -290,5 +290,5 @@ def test_ray_restarts_a_killed_worker_and_retries_its_shard(on_ray):
     out, report, records, killed, actors_before_kill = on_ray
     assert killed, "no worker was seen evaluating a shard"
     assert sorted(record["shard_id"] for record in records) == [f"{i:05d}" for i in range(report.shards)]
-    pids = {int(re.search(r"pid (\d+)", record["worker"]).group(1)) for record in records}
+    pids = {int(re.search(r"pid (\d+)", record["evaluation"]["worker"]).group(1)) for record in records}
     assert pids - actors_before_kill, "a restarted worker (a new process) evaluated the killed worker's shard"

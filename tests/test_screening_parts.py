@@ -183,7 +183,7 @@ def test_outputs_keep_the_inputs_reference_results(tmp_path, checkpoint):
     atoms.calc = SinglePointCalculator(atoms, energy=-123.4, forces=np.ones((5, 3)))
     results = load_calculator(checkpoint).predict([atoms])[0]
     shard = Shard("00000", "in.xyz", "extxyz", 0, 1)
-    write_shard(tmp_path, shard, [StructureRecord(0, atoms, results=results)], worker="test")
+    write_shard(tmp_path, shard, [StructureRecord(0, atoms, results=results)], {"worker": "test"})
     (written,) = ase.io.read(tmp_path / "shards" / "00000.extxyz", index=":")
     assert written.info["name"] == "methane" and written.info["mlff_structure_id"] == "in.xyz:0"
     assert written.info["input_energy"] == -123.4

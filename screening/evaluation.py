@@ -1,9 +1,8 @@
 """Evaluate a shard's structures with one calculator, loaded once: checks, batches, refusals.
 
-Each structure is checked before it joins a batch (what the calculator refuses: no atoms,
-non-finite positions, elements the model does not know, a singular cell; and, here, atoms closer
-than ``min_distance``: the calculator would return numbers for coincident atoms, which no one
-should defend). A batch the model still refuses (a :class:`ValueError` from the calculator: a
+Each structure is checked before it joins a batch: what the calculator refuses (no atoms,
+non-finite positions, elements the model does not know, a singular cell) and overlapping atoms
+(:mod:`~mlff_export.screening.overlaps`). A batch the model still refuses (a :class:`ValueError` from the calculator: a
 structure outside every engine profile, say) is split in halves until the refused structure is
 alone; it fails with the reason and the others go on. Results that are not finite fail too.
 """
@@ -17,30 +16,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import vesin
-from ase import Atoms
 
 from mlff_export.neighbors import StructureError, check_structure
 from mlff_export.runtime import load_calculator
 from mlff_export.screening.batching import batches, largest_fitting_atoms
 from mlff_export.screening.inputs import StructureRecord
+from mlff_export.screening.overlaps import overlap_problems
 from mlff_export.screening.settings import ModelSettings
-
-def overlap_problem(atoms: Atoms, min_distance: float) -> str | None:
-    """Why ``atoms`` has overlapping atoms (closer than ``min_distance`` Å, periodic images
-    included), or None."""
-    if min_distance <= 0:
-        return None
-    periodic = atoms.pbc.tolist()
-    box = atoms.cell.array if any(periodic) else np.zeros((3, 3))
-    search = vesin.NeighborList(cutoff=float(min_distance), full_list=False)
-    first, second, distances = search.compute(atoms.positions, box, periodic, quantities="ijd")
-    if len(distances) == 0:
-        return None
-    closest = int(np.argmin(distances))
-    i, j = int(first[closest]), int(second[closest])
-    what = f"atom {i} and its periodic image" if i == j else f"atoms {i} and {j}"
-    return f"overlapping atoms: {what} are {distances[closest]:.3f} Å apart (closer than {min_distance} Å)"
 
 
 class ShardEvaluator:
@@ -58,7 +40,7 @@ class ShardEvaluator:
         Returns where and when it ran: ``worker``, ``seconds`` spent, ``finished_at`` (Unix time).
         """
         start = time.perf_counter()
-        valid = [record for record in records if record.error is None and self._accepts(record)]
+        valid = self._accepted([record for record in records if record.error is None])
         if valid:
             self._evaluate_valid(valid)
         return {"worker": self.worker, "seconds": round(time.perf_counter() - start, 4), "finished_at": time.time()}
@@ -71,14 +53,19 @@ class ShardEvaluator:
         for batch in batches(counts, self.max_atoms, self.settings.batch_size):
             self._predict_isolating([valid[position] for position in batch])
 
-    def _accepts(self, record: StructureRecord) -> bool:
-        try:
-            check_structure(record.atoms, self.calc.species)
-        except StructureError as error:
-            record.error = str(error)
-            return False
-        record.error = overlap_problem(record.atoms, self.settings.min_distance)
-        return record.error is None
+    def _accepted(self, records: list[StructureRecord]) -> list[StructureRecord]:
+        """The records the model can take; the others get their ``error``."""
+        checked = []
+        for record in records:
+            try:
+                check_structure(record.atoms, self.calc.species)
+                checked.append(record)
+            except StructureError as error:
+                record.error = str(error)
+        problems = overlap_problems([record.atoms for record in checked], self.settings.min_distance)
+        for record, problem in zip(checked, problems):
+            record.error = problem
+        return [record for record in checked if record.error is None]
 
     def _predict_isolating(self, records: list[StructureRecord]) -> None:
         try:

@@ -67,7 +67,8 @@ def shard_file(out: Path, shard_id: str, suffix: str) -> Path:
 
 def write_shard(out: Path, shard: Shard, records: Sequence[StructureRecord], evaluation: dict) -> dict:
     """Write the shard's structures and summary rows, then its record (returned), which keeps
-    ``evaluation`` (where and when the shard was evaluated)."""
+    ``evaluation`` (where and when the shard was evaluated). The records' atoms are given the
+    results as their calculator (no copies: writing is the costly part of a run)."""
     frames = [_evaluated_atoms(shard, record) for record in records if record.results is not None]
     text = io.StringIO()
     if frames:
@@ -116,8 +117,8 @@ def _structure_id(shard: Shard, record: StructureRecord) -> str:
 
 
 def _evaluated_atoms(shard: Shard, record: StructureRecord):
-    atoms = record.atoms.copy()  # without the input's calculator: its results are kept as input_*
-    for name, value in getattr(record.atoms.calc, "results", {}).items():
+    atoms = record.atoms
+    for name, value in getattr(atoms.calc, "results", {}).items():  # the input's own results, kept as input_*
         (atoms.arrays if name in per_atom_properties else atoms.info)[f"input_{name}"] = value
     atoms.info["mlff_structure_id"] = _structure_id(shard, record)
     atoms.calc = SinglePointCalculator(atoms, **record.results)

@@ -23,9 +23,10 @@ from mlff_export.runtime.calculator import MLFFCalculator
 from mlff_export.runtime.eager import EagerBackend
 from mlff_export.screening import ModelSettings, screen
 from mlff_export.screening.batching import CPU_MAX_ATOMS, GPU_MAX_ATOMS, batches, largest_fitting_atoms
-from mlff_export.screening.evaluation import ShardEvaluator, overlap_problem
+from mlff_export.screening.evaluation import ShardEvaluator
 from mlff_export.screening.inputs import InputError, StructureRecord, find_sources, plan_shards, read_shard
 from mlff_export.screening.outputs import atomic_write, write_shard
+from mlff_export.screening.overlaps import overlap_problems
 from mlff_export.screening.ray_runner import RayRunError, _worker_layout, import_ray
 from mlff_export.checkpoint import save_checkpoint
 
@@ -166,13 +167,21 @@ def test_a_refused_structure_fails_alone_and_the_batch_goes_on(checkpoint):
         assert record.results["energy"] == pytest.approx(want["energy"], abs=5e-4)
 
 
-def test_overlapping_atoms_and_periodic_images_are_found():
-    assert overlap_problem(molecule("H2O"), 0.5) is None
-    close = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.3]])
-    assert overlap_problem(close, 0.5) == "overlapping atoms: atoms 0 and 1 are 0.300 Å apart (closer than 0.5 Å)"
-    assert overlap_problem(close, 0.0) is None
+def test_overlapping_atoms_are_found_in_molecules_large_structures_and_periodic_images():
+    close = Atoms("H3", positions=[[0, 0, 0], [2, 0, 0], [0, 0, 0.3]])
+    large = molecule("C60") + Atoms("H10", positions=[[0, 0, 20 + 2 * k] for k in range(10)])  # 70 atoms: a neighbor list
+    large.positions[65] = large.positions[5] + [0.2, 0, 0]
     thin = Atoms("C", positions=[[0, 0, 0]], cell=[0.4, 5, 5], pbc=True)
-    assert "atom 0 and its periodic image are 0.400 Å apart" in overlap_problem(thin, 0.5)
+    problems = overlap_problems([molecule("H2O"), close, large, thin, molecule("CH4"), Atoms("H")], 0.5)
+    assert problems == [
+        None,
+        "overlapping atoms: atoms 0 and 2 are 0.300 Å apart (closer than 0.5 Å)",
+        "overlapping atoms: atoms 5 and 65 are 0.200 Å apart (closer than 0.5 Å)",
+        "overlapping atoms: atom 0 and its periodic image are 0.400 Å apart (closer than 0.5 Å)",
+        None,
+        None,
+    ]
+    assert overlap_problems([close, thin], 0.0) == [None, None]
 
 
 def test_outputs_keep_the_inputs_reference_results(tmp_path, checkpoint):

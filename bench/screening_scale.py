@@ -108,13 +108,11 @@ def main() -> None:
             if not ray.is_initialized():
                 ray.init(address="local", include_dashboard=False, logging_level="WARNING")
         shutil.rmtree(work / name, ignore_errors=True)  # a fresh run, never a resumed one
-        events = []
+        records = []
         begin, begin_unix = time.perf_counter(), time.time()
         report = screen([dataset], work / name, settings, shard_size=args.shard_size, ray=address, workers=workers,
-                        show_progress=False,
-                        on_shard_done=lambda r: events.append((r["evaluation"]["finished_at"] - begin_unix, r["evaluation"]["worker"],
-                                                               r["structures"])))
-        events.sort()
+                        show_progress=False, on_shard_done=records.append)
+        events = sorted((r["evaluation"]["finished_at"] - begin_unix, r["evaluation"]["worker"], r["structures"]) for r in records)
         run = {"run": name, **rates(events, time.perf_counter() - begin), "ok": report.ok, "failed": report.failed,
                "worker_names": sorted({worker for _, worker, _ in events})}
         run_energies = energies(work / name)

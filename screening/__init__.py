@@ -7,7 +7,7 @@ are written atomically (:mod:`.outputs`) and the folder's manifest lets the same
 needs the ``[ray]`` extra); :func:`screen` (:mod:`.run`) is the entry point.
 """
 
-from mlff_export.screening.settings import ModelSettings
 from mlff_export.screening.run import ScreeningReport, screen
+from mlff_export.screening.settings import ModelSettings
 
 __all__ = ["ModelSettings", "ScreeningReport", "screen"]

@@ -2,9 +2,10 @@
 
 Each structure is checked before it joins a batch: what the calculator refuses (no atoms,
 non-finite positions, elements the model does not know, a singular cell) and overlapping atoms
-(:mod:`~mlff_export.screening.overlaps`). A batch the model still refuses (a :class:`ValueError` from the calculator: a
-structure outside every engine profile, say) is split in halves until the refused structure is
-alone; it fails with the reason and the others go on. Results that are not finite fail too.
+(:mod:`~mlff_export.screening.overlaps`). A batch the model still refuses (a :class:`ValueError`
+from the calculator: a structure outside every engine profile, say; or a single structure out of
+GPU memory) is split in halves until the refused structure is alone; it fails with the reason and
+the others go on. Results that are not finite fail too.
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from mlff_export.screening.settings import ModelSettings
 from mlff_export.screening.inputs import Shard, find_sources, plan_shards
 from mlff_export.screening.outputs import atomic_write
+from mlff_export.screening.settings import ModelSettings
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "mlff-export-screening/1"

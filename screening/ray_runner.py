@@ -32,14 +32,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from mlff_export.screening.settings import ModelSettings
 from mlff_export.screening.inputs import Shard, read_shard
 from mlff_export.screening.outputs import write_shard
 from mlff_export.screening.progress import ShardProgress
+from mlff_export.screening.settings import ModelSettings
 
 
 class RayRunError(RuntimeError):
-    """The cluster cannot run the pipeline as asked, or a shard failed past its retries."""
+    """The cluster cannot run the pipeline as asked, or the pipeline failed (a worker could not
+    load the model, a write failed); the message ends with the cause."""
 
 
 def import_ray():
@@ -67,8 +68,7 @@ def run_on_ray(
     already initialised in this process is used as it is. ``workers`` defaults to one per GPU
     (``gpus_per_worker`` 1 where the cluster has GPUs), or to all CPUs but one on a CPU cluster.
     """
-    if settings.device not in (None, "cpu", "cuda"):
-        raise RayRunError(f"with --ray, each worker uses the GPUs Ray gives it: give --device cuda or cpu, not {settings.device!r}")
+    check_settings(settings)
     ray = import_ray()
     started_here = not ray.is_initialized()
     if started_here:
@@ -110,6 +110,15 @@ def run_on_ray(
             ray.shutdown()
 
 
+def check_settings(settings: ModelSettings) -> None:
+    """Refuse settings no Ray worker could run, before any cluster starts or any file is written."""
+    if settings.device not in (None, "cpu", "cuda"):
+        raise RayRunError(f"with --ray, each worker uses the GPUs Ray gives it: give --device cuda or cpu, not {settings.device!r}")
+    model = Path(settings.model)
+    if model.suffix and not model.is_file():  # found here, not by each worker once the cluster started
+        raise RayRunError(f"model file {model} does not exist")
+
+
 def _worker_layout(resources: dict, workers: int | None, gpus_per_worker: float | None, device: str | None):
     """(workers, GPUs per worker, device) for the cluster's ``resources``, or a clear refusal."""
     gpus, cpus = resources.get("GPU", 0), int(resources.get("CPU", 0))
@@ -149,7 +158,7 @@ class _EvaluateShards:
     def __init__(self, settings: ModelSettings):
         import ray
 
-        from mlff_export.screening.evaluation import ShardEvaluator  # torch: in the actors alone
+        from mlff_export.screening.evaluation import ShardEvaluator  # imports torch: in the actors alone
 
         self.evaluator = ShardEvaluator(settings)
         if ray.get_gpu_ids():

@@ -8,10 +8,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mlff_export.screening.settings import ModelSettings
 from mlff_export.screening.manifest import open_run
-from mlff_export.screening.outputs import remove_partial_files, shard_is_done, write_summary
+from mlff_export.screening.outputs import (
+    remove_partial_files,
+    shard_is_done,
+    write_summary,
+)
 from mlff_export.screening.progress import ShardProgress
+from mlff_export.screening.settings import ModelSettings
 
 DEFAULT_SHARD_SIZE = 1000
 
@@ -58,6 +62,10 @@ def screen(
     out = Path(out)
     if ray is None and (workers is not None or gpus_per_worker is not None):
         raise ValueError("--workers and --gpus-per-worker need --ray (local, auto or an address)")
+    if ray is not None:
+        from mlff_export.screening.ray_runner import check_settings
+
+        check_settings(settings)
     shards = open_run(out, inputs, settings, shard_size or DEFAULT_SHARD_SIZE)
     remove_partial_files(out)  # no worker runs yet: anything written aside is an interrupted write
     pending = [shard for shard in shards if not shard_is_done(out, shard)]

@@ -15,8 +15,8 @@ import numpy as np
 from ase import Atoms
 from ase.build import bulk, molecule
 from ase.db import connect
-
 from conftest import rattled, triclinic_cell
+
 from mlff_export.bench.workloads import small_molecule_batch, water_box
 
 UNREADABLE_FRAME = "2\nProperties=species:S:1:pos:R:3\nH 0.0 0.0 abc\nH 0.0 0.0 0.7\n"

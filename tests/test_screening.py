@@ -7,7 +7,6 @@ test; the Ray cluster starts once, for the tests at the end of the module.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -22,18 +21,23 @@ import numpy as np
 import pytest
 import ray
 import torch
-
 from conftest import make_small_painn
+from screening_data import (
+    ENERGY_TOLERANCE,
+    FORCE_TOLERANCE,
+    STRESS_TOLERANCE,
+    read_results,
+    read_summary,
+    write_dataset,
+)
+
 from mlff_export.checkpoint import save_checkpoint
 from mlff_export.cli import main
 from mlff_export.runtime import load_calculator
 from mlff_export.screening import ModelSettings, screen
+from mlff_export.screening.inputs import Shard
 from mlff_export.screening.manifest import RunMismatchError
 from mlff_export.screening.outputs import shard_file, shard_is_done
-from mlff_export.screening.inputs import Shard
-from screening_data import (
-    ENERGY_TOLERANCE, FORCE_TOLERANCE, STRESS_TOLERANCE, read_results, read_summary, write_dataset,
-)
 
 SHARD_SIZE = 40  # 15 shards: enough to stop half-way and to keep two Ray workers busy
 
@@ -209,14 +213,18 @@ def test_a_killed_run_resumes_to_the_same_outputs(folder, dataset, checkpoint, u
         (["{data}", "--batch-size", "0"], "--batch-size must be a positive integer"),
         (["{data}", "--workers", "2"], "need --ray"),
         (["{data}", "--ray", "local", "--device", "cuda:1"], "give --device cuda or cpu"),  # before Ray starts
+        (["{data}", "--ray", "local", "--model", "missing.onnx"], "model file missing.onnx does not exist"),
     ],
 )
-def test_user_mistakes_are_one_line(arguments, message, folder, dataset, checkpoint, capsys, monkeypatch):
+def test_user_mistakes_are_one_line(arguments, message, folder, dataset, checkpoint, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(folder)
     arguments = [a.format(checkpoint=checkpoint, data=dataset[0][0]) for a in arguments]
-    assert main(["predict", *arguments, "--out", str(folder / "mistakes"), "--checkpoint", str(checkpoint)]) == 1
+    if "--model" not in arguments:
+        arguments += ["--checkpoint", str(checkpoint)]
+    assert main(["predict", *arguments, "--out", str(tmp_path / "out")]) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith("error:") and message in error and "\n" not in error, error
+    assert not (tmp_path / "out").exists(), "a mistake is found before anything is written"
 
 
 @pytest.fixture(scope="module")

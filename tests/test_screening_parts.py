@@ -15,20 +15,31 @@ import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.singlepoint import SinglePointCalculator
-
 from conftest import make_small_painn
+
 from mlff_export.bench.workloads import small_molecule_batch
+from mlff_export.checkpoint import save_checkpoint
 from mlff_export.runtime import load_calculator
 from mlff_export.runtime.calculator import MLFFCalculator
 from mlff_export.runtime.eager import EagerBackend
 from mlff_export.screening import ModelSettings, screen
-from mlff_export.screening.batching import CPU_MAX_ATOMS, GPU_MAX_ATOMS, batches, largest_fitting_atoms
+from mlff_export.screening.batching import (
+    CPU_MAX_ATOMS,
+    GPU_MAX_ATOMS,
+    batches,
+    largest_fitting_atoms,
+)
 from mlff_export.screening.evaluation import ShardEvaluator
-from mlff_export.screening.inputs import InputError, StructureRecord, find_sources, plan_shards, read_shard
+from mlff_export.screening.inputs import (
+    InputError,
+    StructureRecord,
+    find_sources,
+    plan_shards,
+    read_shard,
+)
 from mlff_export.screening.outputs import atomic_write, write_shard
 from mlff_export.screening.overlaps import overlap_problems
 from mlff_export.screening.ray_runner import RayRunError, _worker_layout, import_ray
-from mlff_export.checkpoint import save_checkpoint
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 import torch
 from conftest import make_small_painn
 from screening_data import (
@@ -229,8 +228,10 @@ def test_user_mistakes_are_one_line(arguments, message, folder, dataset, checkpo
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A local Ray cluster for this module: 3 logical CPUs (two workers, one for reading and writing)."""
-    ray.init(num_cpus=3, include_dashboard=False, logging_level="WARNING")
+    """A local Ray cluster for this module: 3 logical CPUs (two workers, one for reading and
+    writing) and a small object store (the machine is shared)."""
+    ray = pytest.importorskip("ray", reason='Ray is the optional extra [ray] (the test extra brings it)')
+    ray.init(num_cpus=3, object_store_memory=300 * 2**20, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
 

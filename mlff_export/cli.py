@@ -308,11 +308,52 @@ def _run_pipeline(args) -> int:
     return 0 if passed else 1
 
 
+def _add_predict(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="energy, forces, stress of many structures (extxyz, ASE db, folders): in this process or on Ray",
+        description="Writes OUT/shards/*.extxyz (results in ASE's conventions), OUT/summary.csv and OUT/manifest.json; "
+        "re-running the same command resumes. Ray: docs/scale-out.md.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="extxyz files (.xyz, .extxyz), ASE databases (.db), folders of them")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (on Ray: a path every node can write)")
+    parser.add_argument("--model", "--checkpoint", dest="model", default=str(REFERENCE_CHECKPOINT),
+                        help="checkpoint card (.json), exported .onnx or .plan engine (default: the bundled reference model)")
+    parser.add_argument("--backend", default=None, help="runtime backend (default: from the model file; eager for checkpoints)")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available; on Ray: cpu or cuda)")
+    parser.add_argument("--batch-size", default="auto", metavar="N|auto",
+                        help="structures per model call (default auto: the largest atom count that fits, per worker)")
+    parser.add_argument("--shard-size", type=int, help="structures per shard: unit of work, retry and resume (default 1000)")
+    parser.add_argument("--min-distance", type=float, metavar="Å",
+                        help="atoms closer than this fail as overlapping (default 0.5; 0: no check)")
+    parser.add_argument("--ray", metavar="auto|ADDRESS|local", help="run on Ray: local (start one here), auto (this machine's cluster) or HOST:PORT")
+    parser.add_argument("--workers", type=int, help="Ray actors (default: one per GPU; on a CPU cluster all CPUs but one)")
+    parser.add_argument("--gpus-per-worker", type=float, help="GPUs per Ray actor (default: 1 where the cluster has GPUs)")
+    parser.set_defaults(run=_run_predict)
+
+
+def _run_predict(args) -> int:
+    from mlff_export.screening import ModelSettings, screen
+
+    if args.batch_size != "auto" and not (args.batch_size.isdigit() and int(args.batch_size) > 0):
+        raise ValueError(f"--batch-size must be a positive integer or auto; got {args.batch_size!r}")
+    overlap = {} if args.min_distance is None else {"min_distance": args.min_distance}  # None: the library's default
+    batch_size = None if args.batch_size == "auto" else int(args.batch_size)
+    settings = ModelSettings(args.model, args.backend, args.device, batch_size, **overlap)
+    report = screen(args.inputs, args.out, settings, shard_size=args.shard_size, ray=args.ray,
+                    workers=args.workers, gpus_per_worker=args.gpus_per_worker)
+    print(f"{report.ok + report.failed} structures in {report.shards} shards ({report.shards_resumed} already done): "
+          f"{report.ok} ok, {report.failed} failed; {report.evaluated} evaluated now in {report.seconds:.1f} s "
+          f"({report.structures_per_second:.1f} structures/s)")
+    print(f"results in {args.out}/shards/*.extxyz, table {args.out}/summary.csv")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlff-export", description=mlff_export.__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mlff-export {mlff_export.__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_info, _add_demo, _add_export, _add_build_engine, _add_validate, _add_bench, _add_pipeline):
+    for add in (_add_info, _add_demo, _add_export, _add_build_engine, _add_validate, _add_bench, _add_pipeline, _add_predict):
         add(subparsers)
     return parser
 

@@ -49,7 +49,18 @@ def _trace(model: nn.Module, layout: GraphLayout, args: tuple, weighted: bool) -
         except Exception as error:  # the user's code failed under the tracer: say where
             raise explain_trace_failure(error, model) from error
     check_sizes_stayed_symbolic(traced, layout.input_axes, model)
+    _detach_weights(traced)
     return traced.eval()
+
+
+def _detach_weights(graph: torch.fx.GraphModule) -> None:
+    """Give ``graph`` its own frozen handles on the model's weights (same storage): the model's
+    ``requires_grad`` flags, restored after tracing, must not make the graph's outputs carry an
+    autograd history (nor make ``torch.compile`` build a backward of the backward)."""
+    for name, parameter in list(graph.named_parameters()):
+        module_name, _, attribute = name.rpartition(".")
+        owner = graph.get_submodule(module_name) if module_name else graph
+        setattr(owner, attribute, nn.Parameter(parameter.detach(), requires_grad=False))
 
 
 def trace_pair_list_graph(model: nn.Module, device: torch.device | str = "cpu") -> tuple[torch.fx.GraphModule, tuple]:

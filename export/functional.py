@@ -22,4 +22,4 @@ def functionalized(graph_module: fx.GraphModule, example_args: tuple) -> fx.Grap
     if not mutating_nodes(graph_module):
         return graph_module
     functional = torch.func.functionalize(graph_module, remove="mutations")
-    return make_fx(functional, tracing_mode="symbolic", _allow_non_fake_inputs=True, record_stack_traces=True)(*example_args)
+    return make_fx(functional, tracing_mode="symbolic", _allow_non_fake_inputs=True, record_stack_traces=True)(*example_args).eval()

@@ -29,7 +29,9 @@ from ase import Atoms, units
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
 
-from mlff_export.bench.cases import ALL_BACKENDS, Case
+from mlff_export.bench.availability import ALL_BACKENDS
+from mlff_export.bench.cases import Case
+from mlff_export.bench.machine_load import LoadMeter, MachineLoad
 from mlff_export.bench.timing import time_calls
 from mlff_export.bench.workloads import LARGER_MOLECULE, SEED_MOLECULES, seed_molecule, small_molecule_batch, water_box
 from mlff_export.neighbors import batch_inputs, compute_pairs
@@ -135,8 +137,9 @@ def _timed_task(workload: Workload, calc: MLFFCalculator) -> tuple[Callable[[int
     raise ValueError(f"unknown workload kind {workload.kind!r}")
 
 
-def _md_steps_per_second(workload: Workload, calc: MLFFCalculator, device: torch.device) -> tuple[float, float]:
-    """(steps per second, total-energy drift in eV) of a VelocityVerlet run at 0.5 fs."""
+def _md_steps_per_second(workload: Workload, calc: MLFFCalculator, device: torch.device) -> tuple[float, float, MachineLoad]:
+    """(steps per second, total-energy drift in eV, the machine's load meanwhile) of a
+    VelocityVerlet run at 0.5 fs."""
     atoms = workload.structures[0].copy()
     skin, calc.neighbor_list.skin = calc.neighbor_list.skin, 0.5
     atoms.calc = calc
@@ -144,13 +147,15 @@ def _md_steps_per_second(workload: Workload, calc: MLFFCalculator, device: torch
     dynamics = VelocityVerlet(atoms, timestep=0.5 * units.fs)
     dynamics.run(5)  # warm-up: compile or capture outside the clock
     start_energy = atoms.get_total_energy()
+    meter = LoadMeter()
     start = time.perf_counter()
     dynamics.run(workload.md_steps)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
+    load = meter.stop()
     calc.neighbor_list.skin = skin
-    return workload.md_steps / seconds, float(atoms.get_total_energy() - start_energy)
+    return workload.md_steps / seconds, float(atoms.get_total_energy() - start_energy), load
 
 
 def _parity(calc: MLFFCalculator, reference: list[dict], structures: list[Atoms]) -> dict[str, float]:
@@ -225,16 +230,16 @@ def _measure(
         torch.cuda.reset_peak_memory_stats(device)
     try:
         if workload.kind == "md":
-            steps_per_second, drift = _md_steps_per_second(workload, calc, device)
+            steps_per_second, drift, load = _md_steps_per_second(workload, calc, device)
             record.update(steps_per_s=steps_per_second, atom_steps_per_s=steps_per_second * workload.num_atoms,
-                          md_energy_drift_ev=drift, median_s=1 / steps_per_second)
+                          md_energy_drift_ev=drift, median_s=1 / steps_per_second, load=load.to_dict())
         else:
             call, structures_per_call = _timed_task(workload, calc)
             timing = time_calls(call, device, repeats=workload.repeats, warmup=2 if workload.kind == "loop" else 3)
             q1, q3 = timing.interquartile
             record.update(
-                median_s=timing.median, q1_s=q1, q3_s=q3, samples_s=timing.samples,
-                structures_per_s=structures_per_call / timing.median,
+                median_s=timing.median, q1_s=q1, q3_s=q3, samples_s=timing.samples, noisy=timing.noisy,
+                load=timing.load.to_dict(), structures_per_s=structures_per_call / timing.median,
                 atom_steps_per_s=workload.num_atoms / timing.median,
             )
         expected = reference()

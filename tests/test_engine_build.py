@@ -1,5 +1,6 @@
-"""Building engines: the CLI without TensorRT, our builder logic around TensorRT, and (where
-TensorRT and a GPU exist) the real engine against the eager model.
+"""Building engines: our builder logic around TensorRT, and (where TensorRT and a GPU exist) the
+real engine against the eager model. The CLI's argument checks and its advice without TensorRT are
+in tests/test_cli.py.
 
 :class:`FakeTensorRTForTests` stands in for the missing TensorRT library ONLY to test our code
 around it (flags, profiles, timing cache, files written); it builds nothing.
@@ -7,8 +8,6 @@ around it (flags, profiles, timing cache, files written); it builds nothing.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -132,15 +131,6 @@ def without_gpu_or_graph(monkeypatch):
     """The builder's two contacts with the machine and the ONNX file, replaced by fixed answers."""
     monkeypatch.setattr(engine_builder, "current_gpu", lambda: ("NVIDIA GeForce RTX 3080 Ti", "8.6"))
     monkeypatch.setattr(engine_builder, "read_metadata", lambda path: graph_metadata())
-
-
-@pytest.mark.skipif(tensorrt_here() is not None, reason="TensorRT is installed here")
-def test_build_engine_without_tensorrt_is_one_line_naming_the_install():
-    command = [sys.executable, "-m", "mlff_export.cli", "build-engine", "--onnx", "x.onnx", "--precision", "fp32"]
-    result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and 'pip install "mlff-export[trt]"' in lines[0] and "Traceback" not in result.stderr
 
 
 def test_builder_sets_strong_typing_profiles_workspace_and_clears_tf32(tmp_path, without_gpu_or_graph):

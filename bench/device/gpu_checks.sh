@@ -33,7 +33,8 @@ for step in "$@"; do
     bench-quick|bench-full)
       (cd /tmp && timeout 560 $cli bench --suite "${step#bench-}" --device cuda --out "$out/$step") > "$out/$step.log" 2>&1 ;;
     bench-full-uncompiled|bench-full-compiled)  # the full suite in two calls of < 10 min, eager in both
-      backends=eager,eager-fp16-autocast,torchscript,cuda-graphs,onnxruntime,tensorrt
+      backends=eager,eager-fp16-autocast,torchscript,cuda-graphs,onnxruntime
+      python3 -c "import tensorrt" 2>/dev/null && backends=$backends,tensorrt  # bench refuses a backend it cannot run
       [ "$step" = bench-full-compiled ] && backends=eager,compile,compile-reduce-overhead,compile-max-autotune
       (cd /tmp && TORCH_LOGS=perf_hints timeout 560 $cli bench --suite full --backends $backends --device cuda --out "$out/$step") > "$out/$step.log" 2>&1 ;;
     *) echo "unknown step $step"; status=2; continue ;;

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from conftest import make_small_painn
 
 from mlff_export.bench import timing
 from mlff_export.bench.machine_load import LoadMeter, MachineLoad
@@ -18,11 +17,13 @@ from mlff_export.model import PaiNN, PaiNNConfig
 
 
 @pytest.fixture(scope="module")
-def quick_results(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bench")
-    checkpoint = save_checkpoint(make_small_painn(), folder / "small.json")
-    out = folder / "results"
-    assert main(["bench", "--checkpoint", str(checkpoint), "--suite", "quick", "--device", "cpu", "--out", str(out)]) == 0
+def quick_results(tmp_path_factory, small_painn_export):
+    """The quick suite on the small PaiNN and its exported graphs (as the pipeline runs it)."""
+    out = tmp_path_factory.mktemp("bench") / "results"
+    onnx = small_painn_export["onnx"]
+    argv = ["bench", "--checkpoint", str(small_painn_export["checkpoint"]), "--suite", "quick", "--device", "cpu",
+            "--out", str(out), "--onnx", str(onnx["fp32"]), "--onnx", str(onnx["fp16"])]
+    assert main(argv) == 0
     return out, json.loads((out / "results.json").read_text())
 
 

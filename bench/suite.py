@@ -10,8 +10,9 @@ Workload kinds:
 * ``loop``: the same 1024 molecules one call at a time (the baseline batching must beat);
 * ``md``: ASE VelocityVerlet steps per second through the calculator (Verlet skin 0.5 Å).
 
-Each (case, workload) also records peak GPU memory (torch allocations) and the largest energy and
-force differences from eager FP32 on the same structures.
+Each (case, workload) also records peak GPU memory (torch allocations), the largest energy and
+force differences from eager FP32 on the same structures, whether its timing stayed noisy
+(:mod:`.timing`) and how busy the machine was meanwhile (:mod:`.machine_load`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class Workload:
     structures: list[Atoms]
     repeats: int = 20
     md_steps: int = 0
+    max_seconds: float = 10.0
+    """Time budget of the timed calls (the noise guard's extra samples stop there)."""
 
     @property
     def num_atoms(self) -> int:
@@ -69,9 +72,13 @@ class Suite:
         return workload.name in self.only_on.get(backend, (workload.name,))
 
 
+QUICK_ROW_SECONDS = 3.0
+"""The quick suite's time budget per row: a busy CPU gets noisy rows, not a run of many minutes."""
+
+
 def build_suite(name: str, only: str | None = None) -> Suite:
-    """``quick`` (CPU, under a minute) or ``full`` (the H100 run); ``only`` keeps the workloads
-    whose name contains it."""
+    """``quick`` (CPU-sized) or ``full`` (the GPU run); ``only`` keeps the workloads whose name
+    contains it."""
     suite = _named_suite(name)
     if only:
         suite.workloads = [w for w in suite.workloads if only in w.name]
@@ -84,10 +91,10 @@ def _named_suite(name: str) -> Suite:
     if name == "quick":
         return Suite(
             "quick",
-            [Workload(f"latency {m}", "latency", [seed_molecule(m)], repeats=10) for m in SEED_MOLECULES]
-            + [Workload("model C6H6", "model", [seed_molecule("C6H6")], repeats=10)]
-            + [Workload(f"batch {b}", "batch", small_molecule_batch(b), repeats=5) for b in (1, 4, 16)]
-            + [Workload("latency water-81", "latency", [water_box(81)], repeats=5)]
+            [Workload(f"latency {m}", "latency", [seed_molecule(m)], repeats=10, max_seconds=QUICK_ROW_SECONDS) for m in SEED_MOLECULES]
+            + [Workload("model C6H6", "model", [seed_molecule("C6H6")], repeats=10, max_seconds=QUICK_ROW_SECONDS)]
+            + [Workload(f"batch {b}", "batch", small_molecule_batch(b), repeats=5, max_seconds=QUICK_ROW_SECONDS) for b in (1, 4, 16)]
+            + [Workload("latency water-81", "latency", [water_box(81)], repeats=5, max_seconds=QUICK_ROW_SECONDS)]
             + [Workload("md C6H6", "md", [seed_molecule("C6H6")], repeats=1, md_steps=20)],
             default_backends=("eager", "onnxruntime"),  # compiling on a CPU alone takes minutes
         )
@@ -235,7 +242,8 @@ def _measure(
                           md_energy_drift_ev=drift, median_s=1 / steps_per_second, load=load.to_dict())
         else:
             call, structures_per_call = _timed_task(workload, calc)
-            timing = time_calls(call, device, repeats=workload.repeats, warmup=2 if workload.kind == "loop" else 3)
+            timing = time_calls(call, device, repeats=workload.repeats, warmup=2 if workload.kind == "loop" else 3,
+                                max_seconds=workload.max_seconds)
             q1, q3 = timing.interquartile
             record.update(
                 median_s=timing.median, q1_s=q1, q3_s=q3, samples_s=timing.samples, noisy=timing.noisy,

@@ -187,3 +187,17 @@ def test_build_engine_without_tensorrt_gives_install_advice_that_works(tmp_path)
 def test_bad_checkpoint_is_one_line(tmp_path, capsys):
     assert main(["info", "--checkpoint", str(tmp_path / "missing.json")]) == 1
     assert "does not exist" in one_error_line(capsys)
+
+
+def test_pipeline_validates_the_onnx_graphs_and_benchmarks_them_without_exporting_again(tmp_path):
+    from mlff_export.cli import pipeline
+
+    args = build_parser().parse_args(["pipeline", "--out", str(tmp_path / "results"), "--device", "cpu"])
+    planned = dict(pipeline.steps(args, "cpu", tensorrt_here=False))
+    assert list(planned) == ["export", "validate fp32", "validate fp16", "bench"]
+    onnx = tmp_path / "results" / "onnx"
+    assert planned["validate fp16"][1] == str(onnx / "painn-hcno.fp16.onnx")
+    bench = planned["bench"]
+    assert [bench[i + 1] for i, arg in enumerate(bench) if arg == "--onnx"] == [str(onnx / "painn-hcno.fp32.onnx"), str(onnx / "painn-hcno.fp16.onnx")]
+    with_engines = dict(pipeline.steps(args, "cuda", tensorrt_here=True))
+    assert "build-engine fp16" in with_engines and with_engines["validate fp16"][1].endswith("painn-hcno.fp16.plan")

@@ -5,7 +5,7 @@
   validate      each engine, else each ONNX graph          -> OUT/validate-fp32/, OUT/validate-fp16/
   bench         the exported graphs beside eager           -> OUT/bench/
 
-Ends with a summary (each step, ok or FAILED, seconds) and PASSED or FAILED."""
+Ends with a summary (each step, ok or FAILED, seconds; also OUT/summary.txt) and PASSED or FAILED."""
 
 from __future__ import annotations
 
@@ -62,10 +62,13 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         code = main(argv)
         outcomes.append((name, code, time.perf_counter() - start))
-    print("\n=== pipeline summary")
-    for name, code, seconds in outcomes:
-        print(f"{name:<22} {'ok' if code == 0 else 'FAILED'}  {seconds:6.1f} s")
     passed = all(code == 0 for _, code, _ in outcomes)
+    lines = [f"{name:<22} {'ok' if code == 0 else 'FAILED'}  {seconds:6.1f} s" for name, code, seconds in outcomes]
+    lines += [f"{'total':<22}     {sum(seconds for _, _, seconds in outcomes):6.1f} s", "PASSED" if passed else "FAILED"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+    print("\n=== pipeline summary (also in summary.txt)")
+    print("\n".join(lines[:-1]))
     print(f"results in {out}/")
-    print("PASSED" if passed else "FAILED")
+    print(lines[-1])
     return 0 if passed else 1

@@ -24,7 +24,11 @@ GPU_ONLY = frozenset({"eager-fp16-autocast", "compile-reduce-overhead", "compile
 ARTIFACT_BACKENDS = frozenset({"onnxruntime", "tensorrt"})
 """Backends that run exported graphs, at every precision; the others run the PyTorch model in fp32."""
 
-TENSORRT_ADVICE = 'from a checkout: pip install -e ".[trt]"; from a wheel: pip install tensorrt-cu12 or tensorrt-cu13'
+TENSORRT_ADVICE = (
+    'from a checkout: pip install -e ".[trt]"; from a wheel: pip install tensorrt-cu12 (CUDA 12) or tensorrt-cu13 '
+    "(CUDA 13); TensorRT also needs a CUDA GPU"
+)
+"""How to install TensorRT, in pip syntax (the CLI's build-engine and bench give it)."""
 
 
 def reason_unavailable(backend: str, device_type: str, precisions: list[str]) -> str | None:

@@ -10,15 +10,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mlff_export.bench.availability import TENSORRT_ADVICE
 from mlff_export.cli.options import CHECKPOINT_KINDS, UsageError, input_file, positive_int
 
 NAME = "build-engine"
 HELP = "build a TensorRT engine (NAME.plan + NAME.plan.json) from an exported ONNX graph or a checkpoint"
 DEFAULT_PROFILE = "small-molecules"
-INSTALL_ADVICE = (
-    'from a checkout: pip install -e ".[trt]"; from a wheel: pip install tensorrt-cu12 (CUDA 12) or '
-    "tensorrt-cu13 (CUDA 13), plus a CUDA GPU to build on"
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         library = import_tensorrt()
     except TensorRTUnavailableError:
-        raise UsageError(f"build-engine needs TensorRT, which is not installed here; {INSTALL_ADVICE}") from None
+        raise UsageError(f"build-engine needs TensorRT, which is not installed here; {TENSORRT_ADVICE}") from None
     import torch
 
     if not torch.cuda.is_available():

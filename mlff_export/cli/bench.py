@@ -63,36 +63,56 @@ def onnx_files_by_precision(paths: list[str], precisions: list[str]) -> dict[str
     return files
 
 
+def _listed(reasons: dict[str, str]) -> str:
+    return "; ".join(f"{backend} {reason}" for backend, reason in reasons.items())
+
+
+def refuse_impossible_backends(requested: list[str], device_type: str, precisions: list[str]) -> None:
+    """One line naming each backend of ``--backends`` that cannot run here, and why."""
+    impossible = unavailable_backends(requested, device_type, precisions)
+    if impossible:
+        raise UsageError(f"bench cannot run what --backends asks for here: {_listed(impossible)}")
+
+
+def backends_to_run(requested: list[str] | None, suite, device_type: str, precisions: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(backends that run, backend -> why not for the suite's defaults that cannot). Refuses a
+    selection with nothing to measure, before any work."""
+    not_run = unavailable_backends(requested or suite.default_backends, device_type, precisions)
+    backends = [backend for backend in requested or suite.default_backends if backend not in not_run]
+    if not backends:
+        raise UsageError(f"no backend of the {suite.name} suite can run here: {_listed(not_run)}")
+    if not any(suite.runs(backend, workload) for backend in backends for workload in suite.workloads):
+        names = ", ".join(workload.name for workload in suite.workloads)
+        raise UsageError(f"nothing to measure: none of {', '.join(backends)} runs the selected workloads ({names})")
+    return backends, not_run
+
+
+def plan_line(suite, backends: list[str], precisions: list[str], device_name: str, exporting: bool) -> str:
+    """What the run will do, printed before it starts."""
+    rows = sum(suite.runs(backend, workload) * (len(precisions) if backend in ARTIFACT_BACKENDS else 1)
+               for backend in backends for workload in suite.workloads)
+    line = f"bench {suite.name} on {device_name}: {rows} rows ({', '.join(backends)} x {len(suite.workloads)} workloads)"
+    if exporting:
+        line += (f"; exports {len(precisions)} ONNX graph(s) first (about a minute each on a 2-core CPU; --onnx reuses "
+                 "the files of `mlff-export export`)")
+    return line
+
+
 def run(args: argparse.Namespace) -> int:
     requested = comma_list(args.backends, ALL_BACKENDS, "--backends") if args.backends else None
     precisions = comma_list(args.precision, PRECISIONS, "--precision")
     checkpoint, out = checkpoint_path(args), output_folder(args.out)
     onnx_files = onnx_files_by_precision(args.onnx, precisions)
     device_name = resolve_device(args.device)
-    device_type = device_name.partition(":")[0]
-    if requested and unavailable_backends(requested, device_type, precisions):
-        reasons = "; ".join(f"{b} {reason}" for b, reason in unavailable_backends(requested, device_type, precisions).items())
-        raise UsageError(f"bench cannot run what --backends asks for here: {reasons}")
+    if requested:
+        refuse_impossible_backends(requested, device_name.partition(":")[0], precisions)  # before torch is imported
 
     from mlff_export.bench.suite import build_suite
 
     suite = build_suite(args.suite, args.only)
-    not_run = unavailable_backends(requested or suite.default_backends, device_type, precisions)
-    backends = [backend for backend in requested or suite.default_backends if backend not in not_run]
-    if not backends:
-        raise UsageError(f"no backend of the {suite.name} suite can run here: "
-                         + "; ".join(f"{backend} {reason}" for backend, reason in not_run.items()))
-    if not any(suite.runs(backend, workload) for backend in backends for workload in suite.workloads):
-        names = ", ".join(workload.name for workload in suite.workloads)
-        raise UsageError(f"nothing to measure: none of {', '.join(backends)} runs the selected workloads ({names})")
-
-    rows = sum(suite.runs(backend, workload) * (len(precisions) if backend in ARTIFACT_BACKENDS else 1)
-               for backend in backends for workload in suite.workloads)
-    exports = "" if onnx_files or not ARTIFACT_BACKENDS & set(backends) else (
-        f"; exports {len(precisions)} ONNX graph(s) first (about a minute each on a 2-core CPU; --onnx reuses "
-        "the files of `mlff-export export`)")
-    print(f"bench {suite.name} on {device_name}: {rows} rows ({', '.join(backends)} x {len(suite.workloads)} workloads){exports}",
-          flush=True)
+    backends, not_run = backends_to_run(requested, suite, device_name.partition(":")[0], precisions)
+    exporting = onnx_files is None and bool(ARTIFACT_BACKENDS & set(backends))
+    print(plan_line(suite, backends, precisions, device_name, exporting), flush=True)
 
     import torch
 

@@ -201,3 +201,16 @@ def test_pipeline_validates_the_onnx_graphs_and_benchmarks_them_without_exportin
     assert [bench[i + 1] for i, arg in enumerate(bench) if arg == "--onnx"] == [str(onnx / "painn-hcno.fp32.onnx"), str(onnx / "painn-hcno.fp16.onnx")]
     with_engines = dict(pipeline.steps(args, "cuda", tensorrt_here=True))
     assert "build-engine fp16" in with_engines and with_engines["validate fp16"][1].endswith("painn-hcno.fp16.plan")
+    threaded = dict(pipeline.steps(build_parser().parse_args(["pipeline", "--threads", "1"]), "cpu", tensorrt_here=False))
+    assert all(argv[-2:] == ["--threads", "1"] for name, argv in threaded.items() if name != "export")
+
+
+def test_threads_option_sets_torch_threads():
+    from mlff_export.cli.options import apply_threads
+
+    before = torch.get_num_threads()
+    try:
+        apply_threads(build_parser().parse_args(["demo", "--threads", "3"]))
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -18,6 +18,8 @@ from mlff_export.cli.options import (
     UsageError,
     add_device_option,
     add_model_options,
+    add_threads_option,
+    apply_threads,
     checkpoint_path,
     comma_list,
     input_file,
@@ -44,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onnx", action="append", default=[], metavar="FILE",
                         help="use this exported graph (NAME.fp32.onnx / NAME.fp16.onnx from `mlff-export export`) "
                         "instead of exporting the checkpoint again; repeatable, one per precision")
+    add_threads_option(parser)
 
 
 def onnx_files_by_precision(paths: list[str], precisions: list[str]) -> dict[str, Path] | None:
@@ -114,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     exporting = onnx_files is None and bool(ARTIFACT_BACKENDS & set(backends))
     print(plan_line(suite, backends, precisions, device_name, exporting), flush=True)
 
+    apply_threads(args)
     import torch
 
     from mlff_export.bench.run import run_benchmark

@@ -7,7 +7,15 @@ from __future__ import annotations
 import argparse
 import time
 
-from mlff_export.cli.options import add_device_option, add_model_options, checkpoint_path, positive_int, resolve_device
+from mlff_export.cli.options import (
+    add_device_option,
+    add_model_options,
+    add_threads_option,
+    apply_threads,
+    checkpoint_path,
+    positive_int,
+    resolve_device,
+)
 
 NAME = "demo"
 HELP = "evaluate the seed molecules with the eager calculator and time it"
@@ -19,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_option(parser, default="cpu")
     parser.add_argument("--repeats", type=positive_int, default=50, metavar="N",
                         help="timed calls per molecule (default: 50); the median is printed")
+    add_threads_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mlff_export.runtime import load_calculator
 
+    apply_threads(args)
     calc = load_calculator(checkpoint_path(args), device=resolve_device(args.device))
     print(f"{'molecule':<10}{'atoms':>6}{'energy eV':>14}{'max |F| eV/Å':>15}{'median ms/call':>16}")
     for name in MOLECULES:

@@ -116,6 +116,24 @@ def resolve_device(name: str | None) -> str:
     return name
 
 
+# --- CPU threads -------------------------------------------------------------------------------
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads``: torch's CPU threads for this command."""
+    parser.add_argument("--threads", type=positive_int, metavar="N",
+                        help="torch CPU threads (default: torch's, one per core); on a machine other jobs keep "
+                        "busy, 1 is often several times faster (threads wait for each other's cores)")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Set torch's CPU threads from ``--threads`` (imports torch only when it is given)."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 # --- numbers and lists -------------------------------------------------------------------------------------
 
 PRECISIONS = ("fp32", "fp16")

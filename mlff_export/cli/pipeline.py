@@ -12,7 +12,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from mlff_export.cli.options import add_device_option, add_model_options, checkpoint_path, output_folder, resolve_device
+from mlff_export.cli.options import (
+    add_device_option,
+    add_model_options,
+    add_threads_option,
+    checkpoint_path,
+    output_folder,
+    resolve_device,
+)
 
 NAME = "pipeline"
 HELP = "the main job: export (fp32, fp16), build engines where TensorRT exists, validate, benchmark"
@@ -23,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="mlff-export-results", metavar="DIR", help="output folder (default: mlff-export-results)")
     add_device_option(parser)
     parser.add_argument("--suite", choices=("quick", "full"), default="quick", help="benchmark suite (default: quick)")
+    add_threads_option(parser)
 
 
 def steps(args: argparse.Namespace, device: str, tensorrt_here: bool) -> list[tuple[str, list[str]]]:
@@ -43,7 +51,8 @@ def steps(args: argparse.Namespace, device: str, tensorrt_here: bool) -> list[tu
                                                   "--report", str(out / f"validate-{precision}")]))
     planned.append(("bench", ["bench", "--checkpoint", checkpoint, "--suite", args.suite, "--device", device,
                               "--out", str(out / "bench"), "--onnx", str(onnx["fp32"]), "--onnx", str(onnx["fp16"])]))
-    return planned
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    return [(name, argv + threads if argv[0] in ("validate", "bench") else argv) for name, argv in planned]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,6 +12,8 @@ from mlff_export.cli.options import (
     CHECKPOINT_KINDS,
     UsageError,
     add_device_option,
+    add_threads_option,
+    apply_threads,
     input_file,
     output_folder,
     resolve_device,
@@ -34,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", metavar="DIR", help="write report.json, report.md and force_parity.png here")
     parser.add_argument("--nve-steps", type=int, default=200, metavar="N",
                         help="VelocityVerlet steps of the NVE check (default: 200; 0: skip)")
+    add_threads_option(parser)
     tolerances = parser.add_argument_group("tolerances", "override the precision's defaults (docs/validation.md)")
     for name, description in OVERRIDABLE.items():
         flag = "--tolerance-" + name.replace(".", "-").replace("_", "-")
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--structures {args.structures}: expected a structure file (any format ase.io.read reads)")
     report_dir = output_folder(args.report, "--report") if args.report else None
     device = resolve_device(args.device)
+    apply_threads(args)
 
     from mlff_export import REFERENCE_CHECKPOINT
     from mlff_export.validation.report import text_summary

@@ -109,7 +109,8 @@ def markdown_table(records: list[dict], environment: dict, not_run: dict[str, st
         "",
     ]
     if load is not None:
-        verdict = "**busy: timings may be inflated**" if load.busy else "quiet"
+        verdict = ("**busy: timings may be inflated**; re-run on a quiet machine (on a CPU, `--threads 1` suffers least)"
+                   if load.busy else "quiet")
         lines += [f"Machine during the run: {load.describe()} ({verdict}).", ""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "| --- | --- |" + " ---: |" * (len(COLUMNS) - 3) + " --- |"]
     lines += ["| " + " | ".join(_row(record, records)) + " |" for record in sorted(records, key=_sort_key)]

@@ -76,5 +76,6 @@ def _run(suite: Suite, cases, checkpoint: Path, device: torch.device, out: Path,
                "not_run": not_run}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "results.md").write_text(markdown_table(records, environment, not_run, load))
-    write_plots(records, out, environment.get("gpu") or environment.get("cpu") or str(device))
+    where = environment.get("gpu") or environment.get("cpu") or str(device)
+    write_plots(records, out, f"{where} (busy machine)" if load.busy else where)
     return results

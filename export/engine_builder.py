@@ -3,8 +3,10 @@
 :func:`build_engine` parses an exported neighbor-table graph into a strongly typed network, adds
 one optimization profile per :class:`~mlff_export.export.engine_profiles.ShapeProfile` (every
 input's min/opt/max from N, K, B), sets the workspace limit and optimisation level, clears TF32,
-reuses a timing cache kept beside the engine, reports progress and elapsed time, writes the plan
-atomically (temp file + rename) and then its sidecar ``NAME.plan.json``
+reuses a timing cache kept beside the engine (full TensorRT; TensorRT-RTX compiles its kernels at
+run time and keeps them in the runtime's cache instead), sets ``REQUIRE_USER_ALLOCATION`` where it
+exists (TensorRT-RTX: needed to capture the engine into a CUDA graph), reports progress and elapsed
+time, writes the plan atomically (temp file + rename) and then its sidecar ``NAME.plan.json``
 (:mod:`~mlff_export.export.engine_sidecar`).
 
 Precision is the ONNX graph's: an FP16 engine is built from the FP16 export (strong typing, no
@@ -13,7 +15,6 @@ FP16 builder flag), so ``precision`` must match the graph's metadata.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any
 
 from mlff_export.checkpoint import file_sha256
 from mlff_export.export.engine_profiles import ShapeProfile
-from mlff_export.export.engine_sidecar import EngineSidecar, write_sidecar
+from mlff_export.export.engine_sidecar import EngineSidecar, write_atomically, write_sidecar
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
 from mlff_export.export.metadata import read_metadata
 from mlff_export.export.tensorrt_compat import (
@@ -35,6 +36,7 @@ from mlff_export.export.tensorrt_compat import (
     disable_tf32,
     import_tensorrt,
     plugin_layer_counts,
+    require_user_allocation,
     set_optimization_level,
     set_workspace_limit,
 )
@@ -61,7 +63,8 @@ class BuilderSettings:
         workspace_mb: workspace memory pool limit in MiB.
         optimization_level: builder optimisation level 0..5 (TensorRT's default is 3; higher
             searches longer for faster kernels).
-        timing_cache: timing cache file; None: ``timing-<flavour>-<version>-sm<cc>.cache`` beside the engine.
+        timing_cache: timing cache file; None: ``timing-<flavour>-<version>-sm<cc>.cache`` beside the
+            engine. Not used by TensorRT-RTX (no build-time timing; its runtime cache is the equivalent).
     """
 
     workspace_mb: int = 4096
@@ -77,11 +80,12 @@ class BuilderSettings:
 
 @dataclass(frozen=True)
 class EngineBuildResult:
-    """What a build wrote and found: plan, sidecar and timing cache paths, the network's layers."""
+    """What a build wrote and found: plan, sidecar and timing cache (None on TensorRT-RTX) paths, the
+    network's layers."""
 
     plan_path: Path
     sidecar_path: Path
-    timing_cache_path: Path
+    timing_cache_path: Path | None
     sidecar: EngineSidecar
     layer_counts: dict[str, int]
 
@@ -120,23 +124,27 @@ def _add_profiles(builder: Any, config: Any, network: Any, profiles: list[ShapeP
         optimization_profile = builder.create_optimization_profile()
         for name, (minimum, optimum, maximum) in profile.input_shapes().items():
             optimization_profile.set_shape(name, minimum, optimum, maximum)
-        config.add_optimization_profile(optimization_profile)
+        # -1: TensorRT found the profile invalid (IBuilderConfig.add_optimization_profile); it says why in its log.
+        if config.add_optimization_profile(optimization_profile) < 0:
+            raise EngineBuildError(
+                f"TensorRT refused optimization profile {profile.name!r} (atoms {profile.atoms}, neighbors "
+                f"{profile.neighbors}, structures {profile.structures}); its log above says why"
+            )
 
 
 def _load_timing_cache(config: Any, path: Path, report: Callable[[str], None]) -> None:
     blob = path.read_bytes() if path.is_file() else b""
-    if not config.set_timing_cache(config.create_timing_cache(blob), False):
+    cache = config.create_timing_cache(blob)
+    if cache is None:  # bytes it cannot read give no cache (None), which set_timing_cache refuses with a TypeError
+        raise EngineBuildError(
+            f"timing cache {path} is damaged (TensorRT cannot read it): delete it (the build writes a new one) "
+            "or name another file with --timing-cache"
+        )
+    if not config.set_timing_cache(cache, False):
         report(f"  timing cache {path} does not match this GPU/TensorRT; starting a new one")
         config.set_timing_cache(config.create_timing_cache(b""), False)
     elif blob:
         report(f"  reusing timing cache {path} ({len(blob) / 1024:.0f} KiB)")
-
-
-def _write_atomically(path: Path, data: bytes | memoryview) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-    os.replace(temporary, path)
 
 
 def build_engine(
@@ -176,7 +184,10 @@ def build_engine(
         raise EngineBuildError("no shape profile given: name one (--profile) or give --atoms/--pairs/--structures")
     library = library or import_tensorrt()
     gpu_name, compute_capability = current_gpu()
-    timing_cache_path = settings.timing_cache or default_timing_cache(plan_path, library, compute_capability)
+    # TensorRT-RTX times no tactics at build time (it compiles kernels at run time; its runtime cache is the
+    # equivalent): its timing cache stayed empty (0 KiB) in bench/results/2026-11-24-h100/trt-rtx.log.
+    timing_cache_path = None if library.is_rtx else (
+        settings.timing_cache or default_timing_cache(plan_path, library, compute_capability))
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     report(f"building {plan_path} from {onnx_path} ({precision}) with {library.flavour} {library.version} "
            f"on {gpu_name} (sm {compute_capability})")
@@ -197,8 +208,12 @@ def build_engine(
     set_workspace_limit(library, config, settings.workspace_mb)
     has_level = set_optimization_level(config, settings.optimization_level)
     tf32_cleared = disable_tf32(library, config)
+    user_allocation = require_user_allocation(library, config)
     _add_profiles(builder, config, network, profiles)
-    _load_timing_cache(config, timing_cache_path, report)
+    if timing_cache_path is None:
+        report(f"  no timing cache: {library.flavour} compiles its kernels at run time (runtime cache beside the engine)")
+    else:
+        _load_timing_cache(config, timing_cache_path, report)
     monitor = attach_progress_monitor(library, config, report)
     report(f"  {len(profiles)} profile(s): " + ", ".join(
         f"{p.name} (atoms {p.atoms}, neighbors {p.neighbors}, structures {p.structures})" for p in profiles))
@@ -208,8 +223,9 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(f"TensorRT could not build an engine from {onnx_path}; its log above says why")
-    _write_atomically(plan_path, memoryview(serialized))
-    _write_atomically(timing_cache_path, memoryview(config.get_timing_cache().serialize()))
+    write_atomically(plan_path, memoryview(serialized))
+    if timing_cache_path is not None:
+        write_atomically(timing_cache_path, memoryview(config.get_timing_cache().serialize()))
     build_seconds = time.perf_counter() - started
     del parser, monitor
 
@@ -233,12 +249,13 @@ def build_engine(
             "workspace_mb": settings.workspace_mb,
             "optimization_level": settings.optimization_level if has_level else None,
             "tf32_cleared": tf32_cleared,
-            "timing_cache": str(timing_cache_path),
+            "require_user_allocation": user_allocation,
+            "timing_cache": None if timing_cache_path is None else str(timing_cache_path),
             "import_name": library.import_name,
         },
     )
     sidecar_file = write_sidecar(plan_path, sidecar)
+    cache_note = f"; timing cache {timing_cache_path.name}" if timing_cache_path is not None else ""
     report(f"built {plan_path}: {plan_path.stat().st_size / 2**20:.1f} MiB, {len(profiles)} profile(s), "
-           f"{sum(layer_counts.values())} layers, {build_seconds:.1f} s; sidecar {sidecar_file.name}; "
-           f"timing cache {timing_cache_path.name}")
+           f"{sum(layer_counts.values())} layers, {build_seconds:.1f} s; sidecar {sidecar_file.name}{cache_note}")
     return EngineBuildResult(plan_path, sidecar_file, timing_cache_path, sidecar, layer_counts)

@@ -5,10 +5,16 @@ deserializing a mismatched one fails late and cryptically (or, for a damaged fil
 The sidecar records what the engine was built from and for; :func:`check_engine` compares it with
 the plan's bytes and the machine before anything is deserialized, and refuses with a message that
 says to rebuild and gives the exact command.
+
+Integrity: ``integrity_sha256`` is the sha256 of the canonical JSON of every other field of the
+sidecar, and those include ``plan_sha256``, the sha256 of the engine's bytes; so one hash covers
+engine and metadata. Both are recomputed on every load: an edited sidecar (a cutoff, a species
+list, a profile) and a replaced or damaged engine are refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -21,7 +27,8 @@ from mlff_export.interface import INTERFACE_VERSION
 from mlff_export.json_documents import read_json_document
 
 SIDECAR_FORMAT = "mlff-export-engine"
-SIDECAR_FORMAT_VERSION = 1
+SIDECAR_FORMAT_VERSION = 2  # 2: integrity_sha256
+INTEGRITY_KEY = "integrity_sha256"
 
 
 class EngineMismatchError(RuntimeError):
@@ -72,13 +79,34 @@ def sidecar_path(plan_path: str | Path) -> Path:
     return plan_path.with_name(plan_path.name + ".json")
 
 
+def runtime_cache_path(plan_path: str | Path) -> Path:
+    """``NAME.plan`` -> ``NAME.plan.runtime-cache`` (TensorRT-RTX's kernels compiled at run time)."""
+    plan_path = Path(plan_path)
+    return plan_path.with_name(plan_path.name + ".runtime-cache")
+
+
+def write_atomically(path: Path, data: bytes | memoryview) -> None:
+    """Write ``path`` through a temporary file and a rename: readers never see half a file."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+    os.replace(temporary, path)
+
+
+def integrity_sha256(document: dict) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of every field of ``document`` but
+    ``integrity_sha256``; the fields include ``plan_sha256``, so this covers engine and metadata."""
+    body = {key: value for key, value in document.items() if key != INTEGRITY_KEY}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def write_sidecar(plan_path: str | Path, sidecar: EngineSidecar) -> Path:
-    """Write the sidecar beside ``plan_path`` atomically (temp file + rename); returns its path."""
+    """Write the sidecar, with its integrity hash, beside ``plan_path`` atomically; returns its path."""
     path = sidecar_path(plan_path)
     document = {"format": SIDECAR_FORMAT, "format_version": SIDECAR_FORMAT_VERSION, **asdict(sidecar)}
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(temporary, path)
+    document[INTEGRITY_KEY] = integrity_sha256(document)
+    write_atomically(path, (json.dumps(document, indent=2) + "\n").encode())
     return path
 
 
@@ -96,7 +124,8 @@ def rebuild_command(sidecar: EngineSidecar, plan_path: str | Path) -> str:
 
 
 def read_sidecar(plan_path: str | Path) -> EngineSidecar:
-    """Read ``NAME.plan.json``; raise :class:`EngineMismatchError` when it is missing or unreadable."""
+    """Read ``NAME.plan.json`` and check its integrity hash; raise :class:`EngineMismatchError` when it
+    is missing, unreadable, of another version, or edited since the build."""
     path = sidecar_path(plan_path)
     hint = f"rebuild the engine with `mlff-export build-engine ... --out {plan_path}` (it writes both files)"
     document = read_json_document(
@@ -108,7 +137,12 @@ def read_sidecar(plan_path: str | Path) -> EngineSidecar:
         error=EngineMismatchError,
         hint=hint,
     )
-    values = {key: value for key, value in document.items() if key not in ("format", "format_version")}
+    if document.get(INTEGRITY_KEY) != integrity_sha256(document):
+        raise EngineMismatchError(
+            f"{plan_path}: sidecar {path.name} does not match its integrity hash (edited or damaged since the "
+            f"build), so what it says about the engine cannot be trusted; {hint}"
+        )
+    values = {key: value for key, value in document.items() if key not in ("format", "format_version", INTEGRITY_KEY)}
     try:
         return EngineSidecar(**values)
     except TypeError as error:
@@ -118,8 +152,9 @@ def read_sidecar(plan_path: str | Path) -> EngineSidecar:
 def check_engine(
     plan_path: str | Path, *, tensorrt_flavour: str, tensorrt_version: str, compute_capability: str
 ) -> EngineSidecar:
-    """The engine's sidecar, after checking the plan's sha256, the interface version, and that the
-    TensorRT flavour+version and the GPU compute capability here are those it was built with.
+    """The engine's sidecar, after checking its integrity hash, the plan's sha256, the interface
+    version, and that the TensorRT flavour+version and the GPU compute capability here are those it
+    was built with.
 
     Raises :class:`EngineMismatchError` naming each mismatch, with the exact rebuild command.
     """
@@ -129,7 +164,7 @@ def check_engine(
     sidecar = read_sidecar(plan_path)
     problems = []
     if file_sha256(plan_path) != sidecar.plan_sha256:
-        problems.append("the plan's sha256 differs from the one recorded at build time (damaged or replaced file)")
+        problems.append("the engine's bytes differ from those its sidecar recorded at build time (plan sha256: damaged or replaced file)")
     if sidecar.interface_version != INTERFACE_VERSION:
         problems.append(f"built for interface version {sidecar.interface_version!r}, this mlff-export uses {INTERFACE_VERSION!r}")
     if (sidecar.tensorrt_flavour, sidecar.tensorrt_version) != (tensorrt_flavour, tensorrt_version):

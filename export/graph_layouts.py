@@ -21,7 +21,7 @@ from torch import nn
 from torch.export import Dim
 
 from mlff_export.forces import energy_forces_virial_by_strain, energy_forces_virial_from_pairs
-from mlff_export.interface import INPUT_NAMES, OUTPUT_NAMES, AtomicInputs
+from mlff_export.interface import INPUT_NAMES, AtomicInputs
 from mlff_export.pair_layouts import NeighborTable
 
 # Smallest size each dynamic axis accepts at run time. Pairs may be 0 (a lone atom).
@@ -57,14 +57,14 @@ class GraphLayout:
             for axes in self.input_axes.values()
         )
 
-    def feeds(self, inputs: AtomicInputs, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    def feeds(self, inputs: AtomicInputs, dtype: torch.dtype = torch.float32, width: int | None = None) -> dict[str, torch.Tensor]:
         """The graph's inputs (floats in ``dtype``, float32 for exported graphs; int64) for
-        interface inputs on any device."""
+        interface inputs on any device; ``width``: the neighbor table's (default: its longest row)."""
         inputs = inputs.to(dtype=dtype)
         if self.name == PAIR_LIST.name:
             tensors = dict(zip(INPUT_NAMES, inputs.as_tuple()))
         else:
-            table = NeighborTable.from_pair_list(inputs.pair_index, inputs.pair_shifts, inputs.num_atoms)
+            table = NeighborTable.from_pair_list(inputs.pair_index, inputs.pair_shifts, inputs.num_atoms, width)
             tensors = {
                 "positions": inputs.positions,
                 "species": inputs.species,

@@ -3,6 +3,15 @@
 Both the ONNX exporter and the torch.compile backend start here: tracing
 ``torch.autograd.grad`` with ``make_fx`` leaves a graph with no autograd in it, which exports
 (dynamo ONNX) and compiles (Inductor, CUDA graphs) without graph breaks.
+
+Two kinds of model reach the neighbor-table graph (scatter-free, what TensorRT runs natively):
+
+* models with ``atomic_energies(pair_vectors, species, layout)`` (the bundled PaiNN) are traced
+  on the table directly;
+* any other interface module (a user's model written with ``index_add``/``scatter`` over
+  ``pair_index``) is traced on the pair list, as it is written
+  (:mod:`~mlff_export.export.ordinary_code`), and the traced graph is rewritten to the table
+  (:mod:`~mlff_export.export.table_rewrite`); :class:`RewriteRefused` says why where it cannot be.
 """
 
 from __future__ import annotations
@@ -11,8 +20,80 @@ import torch
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from mlff_export.export.graph_layouts import NEIGHBOR_TABLE, GraphLayout, example_inputs, graph_function
+from mlff_export.export.graph_layouts import NEIGHBOR_TABLE, PAIR_LIST, GraphLayout, example_inputs, graph_function
+from mlff_export.export.interface_check import check_interface_outputs
 from mlff_export.export.joint_graph_ops import TRACE_DECOMPOSITIONS
+from mlff_export.export.ordinary_code import check_sizes_stayed_symbolic, explain_trace_failure, tracing_ordinary_code
+from mlff_export.export.precision import frozen
+from mlff_export.export.table_rewrite import RewriteRefused, rewrite_to_neighbor_table
+from mlff_export.export.parity import compare_with_tolerances
+from mlff_export.forces import has_pair_energy
+from mlff_export.interface import OUTPUT_NAMES, AtomicInputs
+
+__all__ = ["RewriteRefused", "rewritten_to_neighbor_table", "trace_joint_graph", "trace_pair_list_graph"]
+
+
+def _trace(model: nn.Module, layout: GraphLayout, args: tuple, weighted: bool) -> torch.fx.GraphModule:
+    """``make_fx`` (symbolic sizes) of ``model``'s energy/forces/virial function on ``layout``."""
+    with frozen(model), tracing_ordinary_code(model):
+        try:
+            # The weights are real tensors closed over by the function: allowing them (they become
+            # graph constants, hence initializers) is what _allow_non_fake_inputs does.
+            traced = make_fx(
+                graph_function(model, layout, weighted),
+                tracing_mode="symbolic",
+                decomposition_table=TRACE_DECOMPOSITIONS,
+                _allow_non_fake_inputs=True,
+                record_stack_traces=True,
+            )(*args)
+        except Exception as error:  # the user's code failed under the tracer: say where
+            raise explain_trace_failure(error, model) from error
+    check_sizes_stayed_symbolic(traced, layout.input_axes, model)
+    _detach_weights(traced)
+    return traced.eval()
+
+
+def _detach_weights(graph: torch.fx.GraphModule) -> None:
+    """Give ``graph`` its own frozen handles on the model's weights (same storage): the model's
+    ``requires_grad`` flags, restored after tracing, must not make the graph's outputs carry an
+    autograd history (nor make ``torch.compile`` build a backward of the backward)."""
+    for name, parameter in list(graph.named_parameters()):
+        module_name, _, attribute = name.rpartition(".")
+        owner = graph.get_submodule(module_name) if module_name else graph
+        setattr(owner, attribute, nn.Parameter(parameter.detach(), requires_grad=False))
+
+
+def trace_pair_list_graph(model: nn.Module, device: torch.device | str = "cpu") -> tuple[torch.fx.GraphModule, tuple]:
+    """The joint graph of any interface module on the pair-list inputs (strain route), as the
+    model is written, and the example inputs it was traced with. The module is checked against
+    the interface first (:func:`~.interface_check.check_interface_outputs`)."""
+    with frozen(model):
+        check_interface_outputs(model)
+    args = tuple(PAIR_LIST.feeds(example_inputs(tuple(model.species)).to(device)).values())
+    return _trace(model, PAIR_LIST, args, weighted=False), args
+
+
+def rewritten_to_neighbor_table(
+    model: nn.Module, pair_graph: torch.fx.GraphModule, pair_args: tuple
+) -> tuple[torch.fx.GraphModule, tuple]:
+    """``pair_graph`` (of ``model``) rewritten to the neighbor table, checked on the example
+    inputs against the pair-list graph; and the table example inputs.
+
+    Raises :class:`RewriteRefused` for a scatter the rewrite cannot prove, or if the rewritten
+    graph gives other numbers (beyond float32 rounding) on the example inputs.
+    """
+    table_graph = rewrite_to_neighbor_table(pair_graph, pair_args, float(model.cutoff)).eval()
+    inputs = AtomicInputs(*pair_args)
+    # One more slot per row than the longest row, so padding slots are exercised too.
+    table_args = tuple(NEIGHBOR_TABLE.feeds(inputs, width=inputs_width(inputs) + 1).values())
+    expected = dict(zip(OUTPUT_NAMES, pair_graph(*pair_args)))
+    actual = dict(zip(OUTPUT_NAMES, table_graph(*table_args)))
+    deviations = compare_with_tolerances(actual, expected, "fp32", inputs.structure_index)
+    failed = {name: deviation for name, deviation in deviations.items() if not deviation.passed}
+    if failed:
+        details = ", ".join(f"{name} by {d.difference:.2e} (allowed {d.allowed:.2e})" for name, d in failed.items())
+        raise RewriteRefused(f"the rewritten graph differs from the pair-list graph on the example inputs: {details}")
+    return table_graph, tuple(NEIGHBOR_TABLE.feeds(inputs).values())
 
 
 def trace_joint_graph(
@@ -23,17 +104,21 @@ def trace_joint_graph(
     ``model`` must already be on ``device``. Returns the graph module (inputs in
     ``layout.input_names`` order, outputs energy [B], forces [N, 3], virial [B, 3, 3]) and the
     example inputs it was traced with (on ``device``; every dynamic size >= 2 and distinct).
+    A model without ``atomic_energies`` reaches the neighbor table through the scatter-free
+    rewrite (raises :class:`RewriteRefused` where it cannot be proved); ``weighted`` (one more
+    input, per-atom energy weights [N]) needs ``atomic_energies``.
     """
-    example = layout.feeds(example_inputs(tuple(model.species)).to(device))
-    args = tuple(example.values())
+    if layout is NEIGHBOR_TABLE and not has_pair_energy(model):
+        if weighted:
+            raise ValueError(f"weighted graphs need `atomic_energies`; {type(model).__name__} has none")
+        return rewritten_to_neighbor_table(model, *trace_pair_list_graph(model, device))
+    inputs = example_inputs(tuple(model.species)).to(device)
+    args = tuple(layout.feeds(inputs).values())
     if weighted:  # one more input: per-atom energy weights [N] (see graph_function)
-        args += (torch.ones_like(example["positions"][:, 0]),)
-    # The weights are real tensors closed over by the function: allowing them (they become graph
-    # constants, hence initializers) is what _allow_non_fake_inputs does.
-    traced = make_fx(
-        graph_function(model, layout, weighted),
-        tracing_mode="symbolic",
-        decomposition_table=TRACE_DECOMPOSITIONS,
-        _allow_non_fake_inputs=True,
-    )(*args)
-    return traced.eval(), args
+        args += (torch.ones_like(inputs.positions[:, 0]),)
+    return _trace(model, layout, args, weighted), args
+
+
+def inputs_width(inputs: AtomicInputs) -> int:
+    """The longest row of ``inputs``' pair list (the neighbor table's natural width)."""
+    return int(torch.bincount(inputs.pair_index[0], minlength=inputs.num_atoms).max())

@@ -1,6 +1,6 @@
 """Lowerings that keep the traced forward+backward graph exportable and free of scatters.
 
-Two aten ops of a traced backward need help on the way to ONNX:
+Three aten ops of a traced backward need help on the way to ONNX:
 
 * ``aten.silu_backward`` has no ONNX translation in torch 2.13; :func:`silu_backward` gives it
   one (``grad * s * (1 + x * (1 - s))`` with ``s = sigmoid(x)``, in the input's dtype).
@@ -47,8 +47,29 @@ def slice_backward_as_pad(grad_output, input_sizes, dim, start, end, step):
     return torch.constant_pad_nd(grad_output, padding, 0.0)
 
 
+_default_diagonal_backward = get_decompositions([torch.ops.aten.diagonal_backward.default])[
+    torch.ops.aten.diagonal_backward.default
+]
+
+
+def diagonal_backward_as_embedding(grad_output, input_sizes, offset, dim1, dim2):
+    """``aten.diagonal_backward`` (gradient of ``x.diagonal()``, e.g. of a trace) as ``diag_embed``.
+
+    The default decomposition writes the gradient into a view of zeros (``copy_``), an in-place
+    step the ONNX exporter refuses; for the main diagonal of square axes the gradient is the
+    gradient vector placed on a diagonal, which ``diag_embed`` computes without mutation.
+    """
+    dim1, dim2 = dim1 % len(input_sizes), dim2 % len(input_sizes)
+    if offset != 0 or input_sizes[dim1] != input_sizes[dim2]:
+        return _default_diagonal_backward(grad_output, input_sizes, offset, dim1, dim2)
+    return torch.diag_embed(grad_output, 0, dim1, dim2)
+
+
 ONNX_TRANSLATIONS = {torch.ops.aten.silu_backward.default: silu_backward}
 """Extra aten -> ONNX translations for ``torch.onnx.export(custom_translation_table=...)``."""
 
-TRACE_DECOMPOSITIONS = {torch.ops.aten.slice_backward.default: slice_backward_as_pad}
+TRACE_DECOMPOSITIONS = {
+    torch.ops.aten.slice_backward.default: slice_backward_as_pad,
+    torch.ops.aten.diagonal_backward.default: diagonal_backward_as_embedding,
+}
 """Decompositions for ``make_fx(decomposition_table=...)`` when tracing the joint graph."""

@@ -11,8 +11,10 @@ boundaries and a strongly typed graph.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -20,14 +22,24 @@ from torch import nn
 PRECISIONS = ("fp32", "fp16")
 
 
-def model_for_precision(model: nn.Module, precision: str) -> nn.Module:
-    """A float32 (``"fp32"``) or half-body (``"fp16"``) eval-mode CPU copy of ``model``, frozen.
+def _is_cpu_float32(model: nn.Module) -> bool:
+    tensors = [*model.parameters(), *model.buffers()]
+    return all(t.device.type == "cpu" and (t.dtype == torch.float32 or not t.is_floating_point()) for t in tensors)
 
-    The input model is left untouched. For ``"fp16"`` only parameters become float16; buffers
-    keep float32 (an energy reference of -2000 eV in float16 would be off by up to 1 eV).
+
+def model_for_precision(model: nn.Module, precision: str) -> nn.Module:
+    """A float32 (``"fp32"``) or half-body (``"fp16"``) eval-mode CPU version of ``model``.
+
+    The input model is left untouched: it is copied, except for ``"fp32"`` when it already is a
+    CPU float32 module, which is returned as it is (trace it inside :func:`frozen`). Some modules
+    do not survive a copy: e3nn 0.4 turns its generated Python code into TorchScript when copied.
+    For ``"fp16"`` only parameters become float16; buffers keep float32 (an energy reference of
+    -2000 eV in float16 would be off by up to 1 eV).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32" and _is_cpu_float32(model):
+        return model
     copied = copy.deepcopy(model).to("cpu").float().eval()
     for parameter in copied.parameters():
         parameter.requires_grad_(False)
@@ -36,10 +48,32 @@ def model_for_precision(model: nn.Module, precision: str) -> nn.Module:
     return copied
 
 
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode with no gradients kept for its parameters; both restored on exit."""
+    training = {module: module.training for module in model.modules()}
+    requires_grad = {parameter: parameter.requires_grad for parameter in model.parameters()}
+    try:
+        for module in training:  # the attribute, not .eval(): exported programs refuse train()/eval()
+            module.training = False
+        for parameter in requires_grad:
+            parameter.requires_grad_(False)
+        yield model
+    finally:
+        for module, mode in training.items():
+            module.training = mode
+        for parameter, flag in requires_grad.items():
+            parameter.requires_grad_(flag)
+
+
 def weights_sha256(model: nn.Module) -> str:
-    """sha256 over the float32 state dict (names, shapes and bytes, sorted by name)."""
+    """sha256 over the float32 state dict (names, shapes and bytes, sorted by name); entries that
+    are not tensors (a module's ``extra_state``) by their ``repr``."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
+        if not isinstance(tensor, torch.Tensor):
+            digest.update(f"{name}:{tensor!r};".encode())
+            continue
         tensor = tensor.detach().cpu()
         if tensor.is_floating_point():
             tensor = tensor.float()

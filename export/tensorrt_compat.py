@@ -11,7 +11,12 @@ guide, TensorRT-RTX Python API):
   precision lives in the ONNX graph (FP16 engines come from the FP16 ONNX; no FP16 builder flag);
 * TF32 is cleared where ``BuilderFlag.TF32`` exists: float32 layers (geometry, the energy sum)
   must stay float32, in FP16 engines too;
-* ``builder_optimization_level`` and ``IProgressMonitor`` are used where present.
+* ``builder_optimization_level`` and ``IProgressMonitor`` are used where present;
+* execution contexts get their scratch memory from us (``USER_MANAGED``): one buffer shared by all
+  contexts of an engine; sizes and setters are ``_v2`` from TensorRT 10.1 on (10.0 has only v1);
+* TensorRT-RTX: ``BuilderFlag.REQUIRE_USER_ALLOCATION`` at build time, a runtime config per
+  context (eager kernel specialization, the runtime cache), ``is_stream_capturable`` before a
+  capture; it has no build-time timing cache (kernels are compiled at run time).
 """
 
 from __future__ import annotations
@@ -55,6 +60,10 @@ class TensorRTLibrary:
         return int(self.version.split(".")[0])
 
     @property
+    def is_rtx(self) -> bool:
+        return self.flavour == "tensorrt-rtx"
+
+    @property
     def always_strongly_typed(self) -> bool:
         """TensorRT 11+: every network is strongly typed, the creation flag is deprecated."""
         return self.flavour == "tensorrt" and self.major >= 11
@@ -64,16 +73,29 @@ class TensorRTLibrary:
 
 
 def import_tensorrt(candidates: tuple[str, ...] = MODULE_CANDIDATES) -> TensorRTLibrary:
-    """The first importable module of ``candidates``; raise :class:`TensorRTUnavailableError` otherwise."""
-    failures = []
+    """The first importable module of ``candidates``; raise :class:`TensorRTUnavailableError` otherwise
+    (one line: what to install, or why an installed module does not load)."""
+    broken = []
     for name in candidates:
         try:
             module = importlib.import_module(name)
-        except ImportError as error:  # includes a module whose shared libraries are missing
-            failures.append(f"{name}: {error}")
+        except ModuleNotFoundError as error:
+            if error.name != name:  # the module is there, something it imports is not
+                broken.append(f"{name}: {error}")
+            continue
+        except (ImportError, OSError) as error:
+            # ImportError: its shared libraries are missing (Linux). OSError: on Windows the wheel's __init__
+            # raises FileNotFoundError for a DLL that is not on PATH, ctypes an OSError for one that does not
+            # load (NVIDIA/TensorRT, python/packaging/bindings_wheel/tensorrt/__init__.py).
+            broken.append(f"{name}: {type(error).__name__}: {(str(error).splitlines() or [''])[0]}")
             continue
         flavour = "tensorrt" if name == "tensorrt" else "tensorrt-rtx"
         return TensorRTLibrary(module, name, flavour, str(getattr(module, "__version__", "0")))
+    if broken:
+        raise TensorRTUnavailableError(
+            f"TensorRT is installed but does not load ({'; '.join(broken)}): its CUDA/TensorRT libraries must be "
+            f"findable (on Windows, their folder on PATH); reinstall with {INSTALL_HINT}"
+        )
     raise TensorRTUnavailableError(
         f"TensorRT is not installed (tried {', '.join(candidates)}); install it with {INSTALL_HINT} "
         "(or tensorrt-cu12 / tensorrt-cu13; TensorRT for RTX: tensorrt-rtx-cu13-bindings)"
@@ -156,3 +178,91 @@ def count_layers_by_type(network: Any) -> dict[str, int]:
 def plugin_layer_counts(layer_counts: dict[str, int]) -> dict[str, int]:
     """The plugin entries of :func:`count_layers_by_type` (must be empty for our graphs)."""
     return {name: count for name, count in layer_counts.items() if name.startswith("PLUGIN")}
+
+
+def require_user_allocation(library: TensorRTLibrary, config: Any) -> bool:
+    """Set ``BuilderFlag.REQUIRE_USER_ALLOCATION`` where it exists (TensorRT-RTX >= 1.2); returns whether it did.
+
+    The engine then uses memory the application provides wherever it can, which CUDA stream capture
+    requires (TensorRT-RTX 1.2 release notes, "kREQUIRE_USER_ALLOCATION ... required when using CUDA
+    stream capture"). Full TensorRT has no such flag.
+    """
+    flag = getattr(library.module.BuilderFlag, "REQUIRE_USER_ALLOCATION", None)
+    if flag is None:
+        return False
+    config.set_flag(flag)
+    return True
+
+
+# Compute capabilities a TensorRT-RTX engine built with the default targets runs on: 8.0, 8.6, 8.9 and
+# 12.0 and later (TensorRT-RTX docs, "CPU-Only AOT and TensorRT-RTX Engines"; the 1.7 runtime's own
+# refusal on sm 9.0 lists "8.0 8.6 8.9 12.0 12.1 >12.0", bench/results/2026-11-24-h100/trt-rtx.log).
+# 7.5 (Turing) needs an engine built for it explicitly; ours are built with the defaults.
+RTX_COMPUTE_CAPABILITIES = ((8, 0), (8, 6), (8, 9))
+RTX_FROM_MAJOR = 12
+
+
+def tensorrt_rtx_runs_on(major: int, minor: int) -> bool:
+    """Whether a default-target TensorRT-RTX engine runs on a GPU of compute capability ``major.minor``."""
+    return (major, minor) in RTX_COMPUTE_CAPABILITIES or major >= RTX_FROM_MAJOR
+
+
+def scratch_memory_size(engine: Any) -> int:
+    """Bytes of scratch (activation) memory one execution context of ``engine`` needs: the largest
+    profile's. ``device_memory_size_v2`` from TensorRT 10.1 (and RTX; it includes weight-streaming
+    scratch), 10.0's ``device_memory_size`` before (pyCore.cpp of each version)."""
+    size = getattr(engine, "device_memory_size_v2", None)
+    return int(engine.device_memory_size if size is None else size)
+
+
+def create_user_memory_context(library: TensorRTLibrary, engine: Any, runtime_cache: Any = None) -> tuple[Any, Any]:
+    """(execution context that allocates no scratch memory itself, its runtime config or None).
+
+    ``USER_MANAGED`` (NvInferRuntime.h, ExecutionContextAllocationStrategy): the caller attaches scratch
+    memory with :func:`attach_scratch_memory` before the first enqueue; the default ``STATIC`` would
+    give every context the largest profile's scratch memory of its own. TensorRT-RTX contexts are made
+    from a runtime config (IRuntimeConfig), which also carries the runtime cache and the kernel
+    specialization strategy. RTX's own CUDA-graph strategy stays at its default (disabled): the
+    backend captures each bucket itself, and a capture inside a capture is not allowed.
+    """
+    trt = library.module
+    user_managed = trt.ExecutionContextAllocationStrategy.USER_MANAGED
+    if not library.is_rtx:
+        return engine.create_execution_context(user_managed), None
+    config = engine.create_runtime_config()
+    config.set_execution_context_allocation_strategy(user_managed)
+    # EAGER: the warm-up run compiles the bucket's shape-specialized kernels (blocking) before the capture.
+    # The default LAZY compiles them in the background and swaps them in later, behind a captured graph
+    # (NvInferRuntime.h of TensorRT-RTX, DynamicShapesKernelSpecializationStrategy; absent before RTX 1.1).
+    strategies = getattr(trt, "DynamicShapesKernelSpecializationStrategy", None)
+    if strategies is not None:
+        config.dynamic_shapes_kernel_specialization_strategy = strategies.EAGER
+    if runtime_cache is not None and not config.set_runtime_cache(runtime_cache):
+        raise RuntimeError("TensorRT-RTX refused the runtime cache for a new execution context")
+    return engine.create_execution_context(config), config
+
+
+def attach_scratch_memory(context: Any, address: int, size: int) -> None:
+    """Give ``context`` the shared scratch buffer at ``address`` (256-byte aligned, ``size`` bytes, at
+    least :func:`scratch_memory_size`). ``set_device_memory(memory, size)`` from TensorRT 10.1 (and
+    RTX), the ``device_memory`` property in 10.0 (pyCore.cpp). Contexts may share one buffer as long
+    as they never run at the same time (NvInferRuntime.h, setDeviceMemoryV2): ours take turns on one stream."""
+    if hasattr(context, "set_device_memory"):
+        context.set_device_memory(address, size)
+    else:
+        context.device_memory = address
+
+
+def stream_capture_refusal(context: Any, stream_handle: int) -> str | None:
+    """Why ``context`` cannot be captured into a CUDA graph on this stream, or None.
+
+    TensorRT-RTX answers ``is_stream_capturable`` (1.2 release notes: capture needs an engine built with
+    REQUIRE_USER_ALLOCATION and is impossible with data-dependent shapes). Full TensorRT has no such
+    query; there the capture attempt itself tells (as in trtexec).
+    """
+    query = getattr(context, "is_stream_capturable", None)
+    if query is None or query(stream_handle):
+        return None
+    return ("TensorRT-RTX reports this context is not stream-capturable (engine built without "
+            "REQUIRE_USER_ALLOCATION, or data-dependent shapes)")
+

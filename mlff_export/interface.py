@@ -108,3 +108,15 @@ class AtomicInputs:
             raise InterfaceError(f"Input tensor: structure_index | values outside 0..{b - 1} (cell has B={b})")
         if bool((self.structure_index[1:] < self.structure_index[:-1]).any()):
             raise InterfaceError("Input tensor: structure_index | must be non-decreasing (atoms grouped by structure)")
+
+
+def interface_declaration_problem(model) -> str | None:
+    """What is wrong with ``model``'s declaration of ``cutoff`` (> 0, Å) and ``species`` (atomic
+    numbers), as text naming the attribute; ``None`` if both are fine."""
+    cutoff = getattr(model, "cutoff", None)
+    if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not cutoff > 0:
+        return f"attribute `cutoff` | received {cutoff!r} | expected a cutoff > 0 in Å (see docs/interface.md)"
+    species = getattr(model, "species", None)
+    if not species or not all(isinstance(z, int) and 1 <= z <= 118 for z in species):
+        return f"attribute `species` | received {species!r} | expected atomic numbers (see docs/interface.md)"
+    return None

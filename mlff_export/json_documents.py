@@ -20,6 +20,8 @@ def read_json_document(
         document = json.loads(path.read_text())
     except FileNotFoundError:
         raise error(f"{kind} {path} does not exist{suffix}") from None
+    except IsADirectoryError:
+        raise error(f"{path} is a folder; expected a {kind} file{suffix}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as decode_error:
         raise error(f"{path} is not valid JSON, so not an mlff-export {kind} ({decode_error}){suffix}") from None
     if not isinstance(document, dict) or document.get("format") != format_name:

@@ -40,6 +40,22 @@ class PaiNNConfig:
     num_interactions: int = 2
     num_radial: int = 20
 
+    def __post_init__(self):
+        """Refuse values no model can be built from (a NaN cutoff would give NaN energies later)."""
+        problems = []
+        cutoff = self.cutoff
+        if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not math.isfinite(cutoff) or cutoff <= 0:
+            problems.append(f"cutoff {cutoff!r} (expected a finite number > 0, Å)")
+        species = list(self.species)
+        if not species or len(set(species)) != len(species) or not all(isinstance(z, int) and 1 <= z <= 118 for z in species):
+            problems.append(f"species {species!r} (expected distinct atomic numbers 1..118)")
+        for name in ("num_features", "num_interactions", "num_radial"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "num_features" else 1):
+                problems.append(f"{name} {value!r} (expected a positive integer)")
+        if problems:
+            raise ValueError(f"PaiNN config: {'; '.join(problems)}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -139,6 +155,13 @@ class PaiNN(nn.Module):
     def receptive_hops(self) -> int:
         """Pair hops an atom's energy depends on (one per interaction block)."""
         return self.config.num_interactions
+
+    def bytes_per_pair(self, dtype: torch.dtype) -> int:
+        """Peak memory per pair of one eager energy+forces call in ``dtype``, bytes: 24 values per
+        feature and interaction block (23.6 measured for the reference model on water boxes, CPU
+        float32: 24.2 kB per pair). What the runtime's memory guard multiplies pairs by."""
+        element = torch.empty((), dtype=dtype).element_size()
+        return 24 * self.config.num_features * self.config.num_interactions * element
 
     def atomic_energies(self, pair_vectors: torch.Tensor, species: torch.Tensor, layout: PairList | NeighborTable):
         """Per-atom energies [N] in eV (dtype of ``pair_vectors``) from pair vectors [E, 3] in Å."""

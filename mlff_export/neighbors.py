@@ -2,10 +2,20 @@
 
 Neighbor search happens here, never inside a model. vesin handles full, mixed and no periodicity,
 triclinic cells and cells smaller than the cutoff (many images of one atom, self-images).
+
+The search is bounded before it starts. A cell whose perpendicular heights are small compared
+with the cutoff makes vesin visit ``(cutoff / height)`` layers of images (one atom in a cell with
+a 0.005 Å height took 52 s): such cells are searched on their Minkowski-reduced basis (the same
+lattice, so the same pairs; shifts are mapped back), and a lattice so thin that even its reduced
+basis needs more than :data:`MAX_SEARCH_IMAGES` images is refused (its atoms overlap their own
+images). A structure whose estimated pair count (:func:`estimate_pairs`) would not fit in memory
+is refused before any pair is stored (:class:`~mlff_export.memory.InsufficientMemoryError`).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,9 +23,16 @@ import numpy as np
 import torch
 import vesin
 from ase import Atoms
+from ase.cell import Cell
 from ase.data import chemical_symbols
+from ase.geometry.minkowski_reduction import minkowski_reduce
 
 from mlff_export.interface import AtomicInputs
+from mlff_export.memory import MemoryBudget
+
+REDUCE_ABOVE_IMAGES = 2_000  # cells needing more periodic images than this are searched reduced
+MAX_SEARCH_IMAGES = 1_000_000  # a reduced cell needing more is (near-)singular: refused
+SEARCH_BYTES_PER_PAIR = 160  # host memory per pair while a pair list is searched and batched
 
 
 class StructureError(ValueError):
@@ -65,14 +82,103 @@ class Pairs:
         return self.cell_shifts @ cell
 
 
-def compute_pairs(atoms: Atoms, cutoff: float) -> Pairs:
-    """All pairs (both directions, every periodic image) closer than ``cutoff`` Å."""
-    periodic = atoms.pbc.tolist()
-    box = atoms.cell.array if any(periodic) else np.zeros((3, 3))
+def _face_normals(cell: np.ndarray) -> np.ndarray:
+    """[3, 3] unit normals of the faces opposite each lattice vector (row k: normal to the other two)."""
+    normals = np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]])
+    return normals / np.linalg.norm(normals, axis=1, keepdims=True)
+
+
+def _image_count(cell: np.ndarray, periodic: tuple[bool, ...], cutoff: float) -> float:
+    """Periodic images a search of ``cell`` visits: ``prod_k (2 ceil(cutoff / h_k) + 1)`` over
+    periodic directions, ``h_k`` the cell's height perpendicular to face ``k``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        heights = np.abs(np.einsum("ij,ij->i", cell, _face_normals(cell)))
+    if not all(heights[k] > 0 for k in range(3) if periodic[k]):
+        return math.inf  # a flat cell: no search can finish
+    return math.prod(2 * math.ceil(cutoff / heights[k]) + 1 for k in range(3) if periodic[k])
+
+
+@functools.lru_cache(maxsize=64)
+def _search_lattice(cell_bytes: bytes, periodic: tuple[bool, ...], cutoff: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """The cell vesin searches, and the integer matrix taking its shifts to the given cell's
+    (``None``: the given cell itself). Raises :class:`StructureError` for a (near-)singular lattice."""
+    cell = np.frombuffer(cell_bytes).reshape(3, 3)
+    complete = _completed(cell, periodic)
+    if _image_count(complete, periodic, cutoff) <= REDUCE_ABOVE_IMAGES:
+        return cell, None
+    if abs(np.linalg.det(complete)) < 1e-8:
+        raise StructureError(f"cell is singular (volume 0) with pbc={list(periodic)}: give three independent lattice vectors")
+    reduced, change = minkowski_reduce(complete, pbc=periodic)
+    reduced = np.where(np.array(periodic)[:, None], np.asarray(reduced), cell)
+    if _image_count(_completed(reduced, periodic), periodic, cutoff) > MAX_SEARCH_IMAGES:
+        lengths = [np.linalg.norm(reduced[k]) for k in range(3) if periodic[k]]
+        raise StructureError(
+            f"the cell is (near-)singular: its lattice has a translation of {min(lengths):.3g} Å, so atom 0 is "
+            f"{min(lengths):.3g} Å from its own periodic image (cell {cell.tolist()}); give three independent "
+            "lattice vectors of physical length"
+        )
+    return reduced, np.asarray(change, dtype=np.int64)
+
+
+def _completed(cell: np.ndarray, periodic: tuple[bool, ...]) -> np.ndarray:
+    """``cell`` with zero rows along non-periodic directions replaced as ASE does (unit normals)."""
+    return Cell(cell).complete().array if not all(periodic) else cell
+
+
+def estimate_pairs(atoms: Atoms, cutoff: float) -> int:
+    """Pairs within ``cutoff`` expected for ``atoms`` spread evenly over their cell (periodic
+    directions) and their extent (other directions): ``N^2 (4/3 pi cutoff^3 / V) prod_k h_k / max(L_k, 2 cutoff)``
+    with ``V`` the (completed) cell's volume and, for each non-periodic direction ``k``, ``h_k`` the
+    cell's height and ``L_k`` the atoms' extent there. Self-images count. Exact in the mean for
+    uniform matter; an estimate for the memory guard, not a bound."""
+    periodic = tuple(atoms.pbc.tolist())
+    cell = _completed(atoms.cell.array if any(periodic) else np.zeros((3, 3)), periodic)
+    normals = _face_normals(cell)
+    factor = 4 / 3 * math.pi * cutoff**3 / abs(np.linalg.det(cell))
+    if not all(periodic):
+        projected = atoms.positions @ normals.T
+        for k in range(3):
+            if not periodic[k]:
+                extent = float(projected[:, k].max() - projected[:, k].min())
+                factor *= abs(float(cell[k] @ normals[k])) / max(extent, 2 * cutoff)
+    return int(len(atoms) ** 2 * factor)
+
+
+def check_search_fits(atoms: Atoms, cutoff: float, memory: MemoryBudget | None = None) -> None:
+    """Raise :class:`~mlff_export.memory.InsufficientMemoryError` before a search whose estimated
+    pairs (:func:`estimate_pairs`) would not fit in host memory. Small structures skip it."""
+    periodic = tuple(atoms.pbc.tolist())
+    images = _image_count(_completed(atoms.cell.array, periodic), periodic, cutoff) if any(periodic) else 1
+    memory = memory or MemoryBudget()
+    if memory.pairs_that_fit(int(len(atoms) ** 2 * images), SEARCH_BYTES_PER_PAIR) is None:
+        return
+    estimate = estimate_pairs(atoms, cutoff)
+    fit = memory.pairs_that_fit(estimate, SEARCH_BYTES_PER_PAIR)
+    if fit is not None and estimate > fit:
+        raise memory.refusal(
+            estimate,
+            SEARCH_BYTES_PER_PAIR,
+            f"the neighbor search of {len(atoms)} atoms (cutoff {cutoff} Å)",
+            "so many pairs mean atoms piled up or a collapsed cell; otherwise use a machine with more memory",
+        )
+
+
+def compute_pairs(atoms: Atoms, cutoff: float, memory: MemoryBudget | None = None) -> Pairs:
+    """All pairs (both directions, every periodic image) closer than ``cutoff`` Å.
+
+    Refuses, before searching, a (near-)singular lattice (:class:`StructureError`) and a
+    structure whose pairs would not fit in host memory (``memory``, default: the free memory).
+    """
+    periodic = tuple(atoms.pbc.tolist())
+    box, change = np.zeros((3, 3)), None
+    if any(periodic):
+        box, change = _search_lattice(np.ascontiguousarray(atoms.cell.array, dtype=np.float64).tobytes(), periodic, float(cutoff))
+    check_search_fits(atoms, cutoff, memory)
     search = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
-    centers, neighbors, shifts = search.compute(atoms.positions, box, periodic, quantities="ijS")
+    centers, neighbors, shifts = search.compute(atoms.positions, box, list(periodic), quantities="ijS")
     pair_index = np.stack([centers, neighbors]).astype(np.int64)
-    return Pairs(pair_index=pair_index, cell_shifts=np.asarray(shifts, dtype=np.int64))
+    cell_shifts = np.asarray(shifts, dtype=np.int64)
+    return Pairs(pair_index=pair_index, cell_shifts=cell_shifts if change is None else cell_shifts @ change)
 
 
 class VerletNeighborList:
@@ -83,11 +189,13 @@ class VerletNeighborList:
     count, elements, periodicity or cell also triggers a rebuild.
     """
 
-    def __init__(self, cutoff: float, skin: float = 0.0):
+    def __init__(self, cutoff: float, skin: float = 0.0, memory: MemoryBudget | None = None):
+        """``memory``: host memory a search may take (:func:`compute_pairs`; default: what is free)."""
         if cutoff <= 0 or skin < 0:
             raise ValueError(f"cutoff must be > 0 and skin >= 0; got cutoff={cutoff}, skin={skin}")
         self.cutoff = float(cutoff)
         self.skin = float(skin)
+        self.memory = memory
         self.builds = 0
         self._pairs: Pairs | None = None
         self._reference: Atoms | None = None
@@ -105,7 +213,7 @@ class VerletNeighborList:
 
     def pairs(self, atoms: Atoms) -> Pairs:
         if self._needs_rebuild(atoms):
-            self._pairs = compute_pairs(atoms, self.cutoff + self.skin)
+            self._pairs = compute_pairs(atoms, self.cutoff + self.skin, self.memory)
             self._reference = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
             self.builds += 1
         return self._pairs

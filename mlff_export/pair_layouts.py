@@ -78,14 +78,28 @@ class PairList:
 # Both functions take the table as (neighbor_index [N, K], flat reverse [N*K], flat mask [N*K]).
 
 
+def gather_neighbors_masked(x: torch.Tensor, neighbor_index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``out[e] = x[neighbors[e]] * mask[e]`` for the flat slots ``e`` of a table (no autograd of its own)."""
+    out = x[neighbor_index.reshape(-1)]
+    return out * _broadcast_rows(mask, out)
+
+
+def sum_through_reverse(m: torch.Tensor, num_atoms: int, reverse: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``out[j] = sum_k mask[j, k] * m[reverse[j, k]]``: the sum over the pairs whose neighbor is ``j``
+    (no autograd of its own). Exact because the list is full: the pairs pointing at ``j`` are the
+    reverses of ``j``'s own."""
+    gathered = m[reverse]
+    gathered = gathered * _broadcast_rows(mask, gathered)
+    return gathered.reshape((num_atoms, -1) + m.shape[1:]).sum(1)
+
+
 class _GatherNeighbors(torch.autograd.Function):
-    """``out[e] = x[neighbors[e]] * mask[e]``; its gradient is :class:`_SumToNeighbors` (no scatter)."""
+    """:func:`gather_neighbors_masked`; its gradient is :class:`_SumToNeighbors` (no scatter)."""
 
     @staticmethod
     def forward(ctx, x, neighbor_index, reverse, mask):
         ctx.save_for_backward(neighbor_index, reverse, mask)
-        out = x[neighbor_index.reshape(-1)]
-        return out * _broadcast_rows(mask, out)
+        return gather_neighbors_masked(x, neighbor_index, mask)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -94,19 +108,13 @@ class _GatherNeighbors(torch.autograd.Function):
 
 
 class _SumToNeighbors(torch.autograd.Function):
-    """``out[j] = sum_k mask[j, k] * m[reverse[j, k]]``: the sum over pairs whose neighbor is ``j``.
-
-    Exact because the list is full: the pairs pointing at ``j`` are the reverses of ``j``'s own.
-    Its gradient is :class:`_GatherNeighbors`, so any order of derivative stays scatter-free.
-    """
+    """:func:`sum_through_reverse`; its gradient is :class:`_GatherNeighbors`, so any order of
+    derivative stays scatter-free."""
 
     @staticmethod
     def forward(ctx, m, neighbor_index, reverse, mask):
         ctx.save_for_backward(neighbor_index, reverse, mask)
-        num_atoms = neighbor_index.shape[0]
-        gathered = m[reverse]
-        gathered = gathered * _broadcast_rows(mask, gathered)
-        return gathered.reshape((num_atoms, -1) + m.shape[1:]).sum(1)
+        return sum_through_reverse(m, neighbor_index.shape[0], reverse, mask)
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -1,28 +1,76 @@
-"""One ASE calculator over every backend; :func:`load_calculator` builds it in one line."""
+"""One ASE calculator over every backend; :func:`load_calculator` builds it in one line.
+
+No number leaves the calculator unless it can be defended. Before every model call: the structure
+checks (:func:`~mlff_export.neighbors.check_structure`), a bounded neighbor search with a memory
+estimate (:func:`~mlff_export.neighbors.compute_pairs`), the closest-pair check on the pairs the
+call needs anyway (:mod:`~mlff_export.structure_sanity`; on the device for the GPU input path), and
+the call's memory estimate (:class:`~mlff_export.runtime.domains.DomainSplitter`). After it: every
+energy, force and stress must be finite (:class:`NonFiniteResultError` otherwise). Error types, one
+per failure class: ``StructureError`` (impossible structure), ``InsufficientMemoryError`` (does not
+fit), ``NonFiniteResultError`` (the model gave NaN/inf), ``CalculatorSetupError`` (options and
+models at load), ``CheckpointError`` / ``ArtifactMetadataError`` (damaged or edited files).
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from ase import Atoms
-from ase.calculators.calculator import Calculator, CalculatorSetupError, PropertyNotImplementedError, all_changes
+from ase.calculators.calculator import (
+    CalculationFailed,
+    Calculator,
+    CalculatorSetupError,
+    PropertyNotImplementedError,
+    all_changes,
+)
 from ase.stress import full_3x3_to_voigt_6_stress
 from torch import nn
 
 from mlff_export import REFERENCE_CHECKPOINT
-from mlff_export.checkpoint import load_checkpoint
+from mlff_export.interface import OUTPUT_NAMES
+from mlff_export.memory import InsufficientMemoryError, MemoryBudget, is_out_of_memory
+from mlff_export.model_intake import load_model
 from mlff_export.neighbors import Pairs, StructureError, VerletNeighborList, batch_inputs, check_structure, compute_pairs
 from mlff_export.runtime.backend import Backend
 from mlff_export.runtime.eager import EagerBackend
 from mlff_export.runtime.shape_buckets import ShapeOutOfRangeError
+from mlff_export.structure_sanity import DEFAULT_MIN_DISTANCE, check_closest_pair, check_density, checked_min_distance
 
 logger = logging.getLogger("mlff_export")
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class NonFiniteResultError(CalculationFailed):
+    """A backend returned NaN or inf for an energy, force or stress; nothing was returned."""
+
+
+class ConcurrentUseError(RuntimeError):
+    """One calculator called from two threads at once (its per-call state would mix)."""
+
+
+class _OneCallerAtATime:
+    """``with guard:`` around a call; a second thread entering while a call runs gets
+    :class:`ConcurrentUseError` instead of waiting (a shared calculator is a bug to report)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            raise ConcurrentUseError(
+                "this calculator is already computing in another thread; use one calculator per thread "
+                "(load_calculator once per thread)"
+            )
+
+    def __exit__(self, *exception) -> None:
+        self._lock.release()
 
 
 class MLFFCalculator(Calculator):
@@ -30,17 +78,33 @@ class MLFFCalculator(Calculator):
 
     Energy, forces and stress come from one backend call; :meth:`predict` evaluates many
     structures in one call. The neighbor list is reused between calls while no atom moved more
-    than ``skin / 2`` (see :class:`~mlff_export.neighbors.VerletNeighborList`).
-    Not thread-safe (it holds per-call state, like every ASE calculator): use one per thread.
+    than ``skin / 2`` (see :class:`~mlff_export.neighbors.VerletNeighborList`). Structures with two
+    atoms closer than ``min_distance`` Å are refused (:mod:`mlff_export.structure_sanity`).
+    Not thread-safe (it holds per-call state, like every ASE calculator): use one per thread; a
+    second thread entering a call in progress gets :class:`ConcurrentUseError`.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, backend: Backend, cutoff: float, species: tuple[int, ...], skin: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        backend: Backend,
+        cutoff: float,
+        species: tuple[int, ...],
+        skin: float = 0.0,
+        *,
+        min_distance: float = DEFAULT_MIN_DISTANCE,
+        search_memory: MemoryBudget | None = None,
+        **kwargs,
+    ):
+        """``search_memory``: host memory a neighbor search may take (default: what is free)."""
         super().__init__(**kwargs)
         self.backend = backend
         self.species = tuple(species)
-        self.neighbor_list = VerletNeighborList(cutoff, skin)
+        self.search_memory = search_memory or MemoryBudget()
+        self.neighbor_list = VerletNeighborList(cutoff, skin, self.search_memory)
+        self.min_distance = checked_min_distance(min_distance)
+        self._one_caller = _OneCallerAtATime()
 
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
         """What changed since the last calculation: positions, numbers, cell or pbc (what the
@@ -61,47 +125,84 @@ class MLFFCalculator(Calculator):
         atoms = self.atoms if atoms is None else atoms
         if "stress" in properties and not atoms.pbc.all():
             raise PropertyNotImplementedError(f"stress needs a 3-D periodic cell; this structure has pbc={atoms.pbc.tolist()}")
-        check_structure(atoms, self.species)
-        # Backends that build their inputs on the GPU skip the CPU neighbor list (None: they
-        # cannot); ASE's bookkeeping (a copy of the atoms) runs while the GPU works.
-        launch_atoms = getattr(self.backend, "launch_atoms", None)
-        finish = launch_atoms(atoms) if launch_atoms is not None else None
-        super().calculate(atoms, properties, system_changes)
-        if finish is not None:
-            (self.results,) = _structure_results([atoms], finish())
-            return
-        (self.results,) = self._evaluate([atoms], [self.neighbor_list.pairs(atoms)])
+        with self._one_caller:
+            check_structure(atoms, self.species)
+            check_density(atoms)
+            # Backends that build their inputs on the GPU skip the CPU neighbor list (None: they
+            # cannot) and measure the closest pair there; ASE's bookkeeping (a copy of the atoms)
+            # runs while the GPU works.
+            launch_atoms = getattr(self.backend, "launch_atoms", None)
+            finish = launch_atoms(atoms) if launch_atoms is not None else None
+            super().calculate(atoms, properties, system_changes)
+            if finish is not None:
+                outputs = finish()
+                if outputs["closest_distance"][0] < self.min_distance:  # float32 on the device: confirm here
+                    check_closest_pair(atoms, compute_pairs(atoms, self.neighbor_list.cutoff, self.search_memory), self.min_distance)
+                (self.results,) = self._results([atoms], outputs, [None])
+                return
+            pairs = self.neighbor_list.pairs(atoms)
+            check_closest_pair(atoms, pairs, self.min_distance)
+            (self.results,) = self._evaluate([atoms], [pairs], [None])
 
     def predict(self, structures: Sequence[Atoms]) -> list[dict[str, float | np.ndarray]]:
         """Energy, free_energy, forces (and stress for 3-D periodic cells) of many structures.
 
-        All structures go through the backend in one call, split in halves only where the GPU runs
-        out of memory or the batch exceeds an engine's largest profile; results equal one-by-one
-        calls. Returns one dict per structure, in ASE units, like ``calc.results``.
+        All structures go through the backend in one call, split in halves only where a device
+        runs out of memory (or would: the estimate is checked first) or the batch exceeds an
+        engine's largest profile; results equal one-by-one calls. Returns one dict per structure,
+        in ASE units, like ``calc.results``. A structure that fails a check raises its error with
+        ``structure <index>:`` in front.
         """
         structures = list(structures)
         if not structures:
             return []
-        for index, atoms in enumerate(structures):
-            try:
-                check_structure(atoms, self.species)
-            except StructureError as error:
-                raise StructureError(f"structure {index}: {error}") from None
-        pairs = [compute_pairs(atoms, self.neighbor_list.cutoff) for atoms in structures]
-        return self._evaluate(structures, pairs)
+        with self._one_caller:
+            pairs = []
+            for index, atoms in enumerate(structures):
+                try:
+                    check_structure(atoms, self.species)
+                    check_density(atoms)
+                    pairs.append(compute_pairs(atoms, self.neighbor_list.cutoff, self.search_memory))
+                    check_closest_pair(atoms, pairs[-1], self.min_distance)
+                except StructureError as error:
+                    raise StructureError(f"structure {index}: {error}") from None
+            return self._evaluate(structures, pairs, list(range(len(structures))))
 
-    def _evaluate(self, structures: list[Atoms], pairs: list[Pairs]) -> list[dict[str, float | np.ndarray]]:
+    def _evaluate(self, structures: list[Atoms], pairs: list[Pairs], indices: list[int | None]) -> list[dict[str, float | np.ndarray]]:
+        """Results of ``structures`` (``indices``: their positions in the caller's list, for messages)."""
         inputs = batch_inputs(structures, pairs, dtype=self.backend.dtype)  # on the CPU: backends move it
         try:
             outputs = self.backend.evaluate(inputs)
-        except (torch.cuda.OutOfMemoryError, ShapeOutOfRangeError):
-            if len(structures) == 1:
+        except (RuntimeError, ShapeOutOfRangeError) as error:
+            splits = isinstance(error, (ShapeOutOfRangeError, InsufficientMemoryError)) or is_out_of_memory(error)
+            if not splits or len(structures) == 1:
                 raise
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             half = len(structures) // 2
-            return self._evaluate(structures[:half], pairs[:half]) + self._evaluate(structures[half:], pairs[half:])
-        return _structure_results(structures, outputs)
+            return self._evaluate(structures[:half], pairs[:half], indices[:half]) + self._evaluate(
+                structures[half:], pairs[half:], indices[half:]
+            )
+        return self._results(structures, outputs, indices)
+
+    def _results(
+        self, structures: list[Atoms], outputs: dict[str, torch.Tensor | np.ndarray], indices: list[int | None]
+    ) -> list[dict[str, float | np.ndarray]]:
+        """ASE results per structure; :class:`NonFiniteResultError` for any NaN or inf among them."""
+        arrays = {name: _float64(outputs[name]) for name in OUTPUT_NAMES}
+        results = _structure_results(structures, arrays)
+        if all(np.isfinite(array).all() for array in arrays.values()):  # stress = -virial / volume
+            return results
+        for atoms, index, result in zip(structures, indices, results):
+            bad = [name for name in ("energy", "forces", "stress") if name in result and not np.isfinite(result[name]).all()]
+            if bad:
+                label = f"structure {index} ({atoms.get_chemical_formula()})" if index is not None else atoms.get_chemical_formula()
+                raise NonFiniteResultError(
+                    f"backend '{self.backend.name}' returned non-finite {', '.join(bad)} for {label}; nothing is returned. "
+                    "The model extrapolates far outside what it was trained on, or its weights are broken: check the "
+                    "structure, and `mlff-export validate` the model"
+                )
+        return results
 
 
 def _float64(value: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -144,17 +245,49 @@ def _resolve_device(device: str | torch.device) -> torch.device:
 
 
 def _resolve_model(model: str | Path | nn.Module) -> nn.Module:
+    """The interface module for ``model``, after checking what it declares and that its weights are finite."""
     if isinstance(model, nn.Module):
         module = model
     else:
-        module = load_checkpoint(model)
-    missing = [name for name in ("cutoff", "species") if not hasattr(module, name)]
+        module = load_model(model).module
+    name = type(module).__name__
+    missing = [attribute for attribute in ("cutoff", "species") if not hasattr(module, attribute)]
     if missing:
         raise CalculatorSetupError(
-            f"model {type(module).__name__} lacks {missing}: an interface model declares `cutoff` (Å) and "
+            f"model {name} lacks {missing}: an interface model declares `cutoff` (Å) and "
             "`species` (atomic numbers it supports); see docs/interface.md"
         )
+    try:
+        cutoff = float(module.cutoff)
+    except (TypeError, ValueError):
+        cutoff = math.nan
+    if not (math.isfinite(cutoff) and cutoff > 0) or not tuple(module.species):
+        raise CalculatorSetupError(
+            f"model {name} declares cutoff {module.cutoff!r} and species {module.species!r}; expected a finite cutoff > 0 "
+            "in Å and at least one atomic number (docs/interface.md)"
+        )
+    non_finite = [
+        key
+        for key, tensor in module.state_dict().items()
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if non_finite:
+        raise CalculatorSetupError(f"model {name}: weights {non_finite[:5]} hold NaN or inf; it cannot give finite energies")
     return module
+
+
+def _checked_options(skin: float, min_distance: float, memory_limit_gb: float | None) -> None:
+    """Refuse out-of-range calculator options before anything is loaded."""
+    if isinstance(skin, bool) or not isinstance(skin, (int, float)) or not math.isfinite(skin) or skin < 0:
+        raise CalculatorSetupError(f"skin | received {skin!r} | expected a finite Verlet skin >= 0 in Å")
+    try:
+        checked_min_distance(min_distance)
+    except ValueError as error:
+        raise CalculatorSetupError(str(error)) from None
+    if memory_limit_gb is not None and (
+        isinstance(memory_limit_gb, bool) or not isinstance(memory_limit_gb, (int, float)) or not memory_limit_gb > 0
+    ):
+        raise CalculatorSetupError(f"memory_limit_gb | received {memory_limit_gb!r} | expected a number of GB > 0 (or None)")
 
 
 ARTIFACT_BACKENDS = {".onnx": "onnxruntime", ".plan": "tensorrt"}
@@ -163,7 +296,7 @@ MODULE_BACKENDS = ("eager", *COMPILE_BACKENDS, "cuda-graphs")
 BACKENDS = (*MODULE_BACKENDS, *ARTIFACT_BACKENDS.values())
 
 
-def _artifact_backend(path: Path, device: torch.device):
+def _artifact_backend(path: Path, device: torch.device, memory: MemoryBudget):
     """The backend that runs an exported artifact (imported lazily: onnxruntime, tensorrt)."""
     if path.suffix == ".plan":
         from mlff_export.runtime.tensorrt_backend import TensorRTBackend
@@ -171,12 +304,12 @@ def _artifact_backend(path: Path, device: torch.device):
         return TensorRTBackend(path, device)
     from mlff_export.runtime.onnxruntime_backend import onnxruntime_backend
 
-    return onnxruntime_backend(path, device)
+    return onnxruntime_backend(path, device, memory)
 
 
-def _module_backend(module: nn.Module, name: str, device: torch.device, dtype: torch.dtype):
+def _module_backend(module: nn.Module, name: str, device: torch.device, dtype: torch.dtype, memory: MemoryBudget):
     if name == "eager":
-        return EagerBackend(module, device, dtype)
+        return EagerBackend(module, device, dtype, memory=memory)
     if dtype != torch.float32:
         raise CalculatorSetupError(f"backend '{name}' runs float32; use backend='eager' for float64")
     if name == "cuda-graphs" and device.type != "cuda":
@@ -184,8 +317,8 @@ def _module_backend(module: nn.Module, name: str, device: torch.device, dtype: t
     from mlff_export.runtime.joint_graph import CompiledBackend, CudaGraphBackend
 
     if name == "cuda-graphs":
-        return CudaGraphBackend(module, device)
-    return CompiledBackend(module, device, mode=COMPILE_BACKENDS[name])
+        return CudaGraphBackend(module, device, memory=memory)
+    return CompiledBackend(module, device, mode=COMPILE_BACKENDS[name], memory=memory)
 
 
 def load_calculator(
@@ -195,13 +328,17 @@ def load_calculator(
     backend: str | None = None,
     dtype: str = "float32",
     skin: float = 0.0,
+    min_distance: float = DEFAULT_MIN_DISTANCE,
+    memory_limit_gb: float | None = None,
 ) -> MLFFCalculator:
     """An ASE calculator for ``model``, in one line.
 
     Args:
         model: checkpoint ``.json`` (default: the bundled reference model), an interface
-            ``nn.Module``, an exported ``.onnx`` file (ONNX Runtime) or a ``.plan`` engine
-            (TensorRT); artifacts carry cutoff and species in their metadata.
+            ``nn.Module``, a model specification ``"package.module:factory"`` /
+            ``"file.py:factory"`` / ``"model.pt2"`` (:func:`mlff_export.model_intake.load_model`),
+            an exported ``.onnx`` file (ONNX Runtime) or a ``.plan`` engine (TensorRT);
+            artifacts carry cutoff and species in their metadata.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         backend: one of :data:`BACKENDS`; default: from the artifact (``.onnx`` -> onnxruntime,
             ``.plan`` -> tensorrt), else ``"eager"``. ``"compile"``, ``"compile-reduce-overhead"``
@@ -213,21 +350,29 @@ def load_calculator(
             vesin-torch where installed), so only positions cross to the device.
         dtype: ``"float32"`` (default) or ``"float64"`` (reference precision; eager only).
         skin: Verlet skin in Å; with ``skin > 0`` the neighbor list is reused across MD steps.
+        min_distance: structures with two atoms (or an atom and its image) closer than this, Å,
+            are refused (:mod:`mlff_export.structure_sanity`; default 0.5 Å, 0: no check).
+        memory_limit_gb: at most this much memory per call, GB (default: 80 % of what the device
+            has free); larger calls are split or refused before they run (:mod:`mlff_export.memory`).
 
     The chosen backend is logged (logger ``mlff_export``) and kept as ``calc.backend.name``.
+    Out-of-range options raise ``CalculatorSetupError`` before anything is loaded.
     """
+    _checked_options(skin, min_distance, memory_limit_gb)
     if dtype not in DTYPES:
         raise CalculatorSetupError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if backend is not None and backend not in BACKENDS:
         raise CalculatorSetupError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     resolved_device = _resolve_device(device)
+    limit_bytes = None if memory_limit_gb is None else int(memory_limit_gb * 1e9)
+    memory = MemoryBudget(resolved_device, limit_bytes)
     suffix = Path(model).suffix if isinstance(model, (str, Path)) else None
     if suffix in ARTIFACT_BACKENDS:
         if backend not in (None, ARTIFACT_BACKENDS[suffix]):
             raise CalculatorSetupError(f"a {suffix} file runs on backend '{ARTIFACT_BACKENDS[suffix]}', not {backend!r}")
         if dtype != "float32":
             raise CalculatorSetupError(f"a {suffix} artifact takes float32 inputs; got dtype={dtype!r}")
-        engine = _artifact_backend(Path(model), resolved_device)
+        engine = _artifact_backend(Path(model), resolved_device, memory)
         cutoff, species = engine.cutoff, engine.species
     else:
         name = backend or "eager"
@@ -237,7 +382,9 @@ def load_calculator(
                 "load the .onnx) or build an engine (mlff-export build-engine, then load the .plan)"
             )
         module = _resolve_model(model)
-        engine = _module_backend(module, name, resolved_device, DTYPES[dtype])
+        engine = _module_backend(module, name, resolved_device, DTYPES[dtype], memory)
         cutoff, species = float(module.cutoff), tuple(module.species)
     logger.info("mlff-export: backend '%s' on %s", engine.name, resolved_device)
-    return MLFFCalculator(engine, cutoff=cutoff, species=species, skin=skin)
+    return MLFFCalculator(
+        engine, cutoff=cutoff, species=species, skin=skin, min_distance=min_distance, search_memory=MemoryBudget(limit_bytes=limit_bytes)
+    )

@@ -14,6 +14,9 @@ padded to a shape bucket: :mod:`mlff_export.runtime.shape_buckets`). Three ways 
   a call moves the positions only (one pinned host-to-device copy).
 * :class:`DeviceFeeds`, everything else on a CUDA device: vesin-torch searches neighbors on the
   GPU and the table is built there; positions are the only host data that moves.
+
+:func:`closest_distance` is the structure sanity check of this path, on the device: the shortest
+pair of the table, read back with the outputs (no extra wait for the GPU).
 """
 
 from __future__ import annotations
@@ -49,6 +52,32 @@ def table_feeds(inputs: AtomicInputs, device: torch.device, padding_species: int
     feeds = NEIGHBOR_TABLE.feeds(inputs.to(where, torch.float32))
     padded = pad_table_feeds(feeds, choose_bucket(*table_sizes(feeds), [UNBOUNDED]), padding_species)
     return {name: tensor.to(device, non_blocking=True) for name, tensor in padded.items()}
+
+
+def closest_distance(feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Smallest distance (Å) between two atoms, or an atom and its own periodic image, over the
+    real slots of neighbor-table feeds: a [1] float32 tensor on their device (inf without pairs).
+    Torch ops only, nothing waits for the device; the caller compares it with the minimum
+    distance once the outputs are back (:mod:`mlff_export.structure_sanity`)."""
+    positions = feeds["positions"]
+    vectors = positions[feeds["neighbor_index"]] - positions.unsqueeze(1) + feeds["neighbor_shifts"]
+    squared = torch.where(feeds["neighbor_mask"] > 0, (vectors * vectors).sum(-1), torch.inf)
+    return squared.amin().sqrt().reshape(1)
+
+
+class CapturedClosestDistance:
+    """:func:`closest_distance` of fixed feed buffers captured as one CUDA graph: a single launch
+    per call, for backends whose own graph cannot hold it (ONNX Runtime's CUDA graphs)."""
+
+    def __init__(self, buffers: dict[str, torch.Tensor]):
+        closest_distance(buffers)  # warm-up outside the capture
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = closest_distance(buffers)
+
+    def __call__(self) -> torch.Tensor:
+        self.graph.replay()
+        return self.output
 
 
 def dense_molecule_table(num_atoms: int, bucket_atoms: int, device: torch.device) -> dict[str, torch.Tensor]:

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 import torch
 
 from mlff_export.interface import AtomicInputs
+from mlff_export.memory import InsufficientMemoryError, MemoryBudget, is_out_of_memory
 
 logger = logging.getLogger("mlff_export")
 
-MIN_DOMAIN_PAIRS = 10_000  # below this, a GPU that still runs out of memory is not the structure's fault
+MIN_DOMAIN_PAIRS = 10_000  # below this, a device that still runs out of memory is not the structure's fault
 
 
 @dataclass
@@ -136,36 +137,62 @@ def evaluate_in_domains(
 
 
 class DomainSplitter:
-    """Decides when a backend evaluates one structure in domains: above ``max_pairs`` pairs.
+    """Decides, before each call, how a backend evaluates it: whole, in domains, or not at all.
 
-    ``max_pairs=None`` means whole structures until a GPU out-of-memory; each out-of-memory sets
-    ``max_pairs`` to a quarter of the failed size and retries, and the limit is kept for later calls.
+    A single structure goes into domains above ``max_pairs`` pairs or above what fits in free
+    memory (``pairs x bytes_per_pair`` against ``memory``: :class:`~mlff_export.memory.MemoryBudget`).
+    A call that cannot be split (a batch, or a model without a declared reach) and does not fit is
+    refused with :class:`~mlff_export.memory.InsufficientMemoryError` naming estimate and limit
+    (the calculator then halves a batch). An out-of-memory that happens anyway (CUDA, or the CPU
+    allocator) sets ``max_pairs`` to a quarter of the failed size and retries, and the limit is kept
+    for later calls; where nothing can be split it becomes an ``InsufficientMemoryError`` too.
     """
 
-    def __init__(self, max_pairs: int | None = None):
+    def __init__(self, max_pairs: int | None = None, memory: MemoryBudget | None = None, bytes_per_pair: int | None = None):
         self.max_pairs = max_pairs
+        self.memory = memory or MemoryBudget()
+        self.bytes_per_pair = bytes_per_pair
+
+    def _pairs_that_fit(self, pairs: int) -> int | None:
+        return None if self.bytes_per_pair is None else self.memory.pairs_that_fit(pairs, self.bytes_per_pair)
 
     def evaluate(
         self,
         inputs: AtomicInputs,
         hops: int | None,
         whole: Callable[[AtomicInputs], dict[str, torch.Tensor]],
-        weighted: WeightedEvaluate,
+        weighted: WeightedEvaluate | None,
     ) -> dict[str, torch.Tensor]:
         """``whole(inputs)``, or :func:`evaluate_in_domains` with ``weighted`` for a single
         structure above the limit; ``hops=None`` (a model without a declared reach) never splits."""
         splittable = hops is not None and inputs.num_structures == 1
+        pairs = inputs.num_pairs
         while True:
+            fit = self._pairs_that_fit(pairs)
             try:
-                if splittable and self.max_pairs is not None and inputs.num_pairs > self.max_pairs:
-                    return evaluate_in_domains(weighted, inputs, hops, self.max_pairs)
+                if splittable:
+                    limit = min(value for value in (self.max_pairs, fit, pairs) if value is not None)
+                    if pairs > limit:
+                        return evaluate_in_domains(weighted, inputs, hops, max(limit, 1))
+                elif fit is not None and pairs > fit:
+                    raise self.memory.refusal(
+                        pairs,
+                        self.bytes_per_pair,
+                        f"a call of {inputs.num_structures} structure(s), {inputs.num_atoms:,} atoms,",
+                        "use a machine with more memory, fewer atoms per call, or a backend that evaluates large "
+                        "structures in spatial domains (eager, compile, cuda-graphs)",
+                    )
                 return whole(inputs)
-            except torch.cuda.OutOfMemoryError:
-                limit = min(self.max_pairs or inputs.num_pairs, inputs.num_pairs) // 4
-                if not splittable or limit < MIN_DOMAIN_PAIRS:
+            except RuntimeError as error:
+                if not is_out_of_memory(error):
                     raise
-                torch.cuda.empty_cache()
-                logger.warning(
-                    "mlff-export: out of GPU memory at %d pairs; evaluating in domains of <= %d pairs", inputs.num_pairs, limit
-                )
+                limit = min(self.max_pairs or pairs, pairs) // 4
+                if not splittable or limit < MIN_DOMAIN_PAIRS:
+                    raise InsufficientMemoryError(
+                        f"out of memory on {self.memory.device} evaluating {inputs.num_atoms:,} atoms with {pairs:,} pairs "
+                        f"({str(error).splitlines()[0][:200]}); use a machine with more memory or fewer atoms per call"
+                    ) from None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                logger.warning("mlff-export: out of memory at %d pairs; evaluating in domains of <= %d pairs", pairs, limit)
                 self.max_pairs = limit

@@ -7,6 +7,7 @@ from torch import nn
 
 from mlff_export.forces import energy_forces_virial, energy_forces_virial_from_pairs, has_pair_energy
 from mlff_export.interface import AtomicInputs
+from mlff_export.memory import MemoryBudget, model_bytes_per_pair
 from mlff_export.pair_layouts import PairList
 from mlff_export.runtime.domains import DomainSplitter
 
@@ -15,18 +16,22 @@ class EagerBackend:
     """Runs an interface model in eager PyTorch on ``device`` in ``dtype``.
 
     ``evaluate`` returns energy [B] (eV), forces [N, 3] (eV/Å) and virial [B, 3, 3] (eV).
-    A single structure too large for the GPU is evaluated in spatial domains
-    (:mod:`~mlff_export.runtime.domains`; ``max_pairs`` per domain, default: found by the first
-    out-of-memory) for models that declare ``receptive_hops`` and ``atomic_energies``.
+    A single structure too large for the device (estimated before the call from ``memory``, the
+    free memory by default, and ``bytes_per_pair``; or found by an out-of-memory) is evaluated in
+    spatial domains (:mod:`~mlff_export.runtime.domains`; ``max_pairs`` per domain) for models that
+    declare ``receptive_hops`` and ``atomic_energies``.
     """
 
     name = "eager"
 
-    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, max_pairs: int | None = None):
+    def __init__(
+        self, model: nn.Module, device: torch.device, dtype: torch.dtype, max_pairs: int | None = None, memory: MemoryBudget | None = None
+    ):
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device = device
         self.dtype = dtype
-        self.domains = DomainSplitter(max_pairs)
+        self.bytes_per_pair = model_bytes_per_pair(model, dtype)
+        self.domains = DomainSplitter(max_pairs, memory or MemoryBudget(device), self.bytes_per_pair)
         self._hops = getattr(model, "receptive_hops", None) if has_pair_energy(model) else None
 
     def evaluate(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:

@@ -31,7 +31,8 @@ from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
 from mlff_export.export.joint_graph import trace_joint_graph
 from mlff_export.export.precision import model_for_precision
 from mlff_export.interface import OUTPUT_NAMES, AtomicInputs
-from mlff_export.runtime.device_feeds import PAIRS_BUILT_ON_DEVICE
+from mlff_export.memory import MemoryBudget, model_bytes_per_pair
+from mlff_export.runtime.device_feeds import PAIRS_BUILT_ON_DEVICE, closest_distance
 from mlff_export.runtime.domains import DomainSplitter
 from mlff_export.runtime.padded_table import PaddedTableBackend
 from mlff_export.runtime.shape_buckets import table_sizes
@@ -51,19 +52,23 @@ DOMAIN_PAIRS = 2_000_000
 
 
 class _CapturedBucket:
-    """One bucket's CUDA graph with its static input and output buffers."""
+    """One bucket's CUDA graph with its static input and output buffers. The graph also measures
+    the structure's closest pair with ``closest_call`` (``"closest_distance"``: the GPU path's
+    sanity check, no extra launch)."""
 
-    def __init__(self, graph_call: Callable, feeds: dict[str, torch.Tensor]):
+    def __init__(self, graph_call: Callable, feeds: dict[str, torch.Tensor], closest_call: Callable = closest_distance):
         self.inputs = StaticFeeds(feeds)
         arguments = tuple(self.inputs.buffers.values())
         stream = torch.cuda.Stream(feeds["positions"].device)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             graph_call(*arguments)  # warm-up outside the capture (compilation, allocator, lazy init)
+            closest_call(self.inputs.buffers)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.outputs = dict(zip(OUTPUT_NAMES, graph_call(*arguments)))
+            self.outputs["closest_distance"] = closest_call(self.inputs.buffers)
 
     def replay(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.inputs.load(feeds)
@@ -80,14 +85,16 @@ class JointGraphBackend(PaddedTableBackend):
 
     name = "joint-graph"
 
-    def __init__(self, model: nn.Module, device: torch.device, capture: bool = False):
+    def __init__(self, model: nn.Module, device: torch.device, capture: bool = False, memory: MemoryBudget | None = None):
         super().__init__(device, model.cutoff, model.species)
         self.model = model_for_precision(model, "fp32").to(device)
         self.graph, _ = trace_joint_graph(self.model, NEIGHBOR_TABLE, device)
         self.call: Callable = self.graph
         self.capture = capture and device.type == "cuda"
         self._buckets: dict[tuple, _CapturedBucket] = {}
-        self.domains = DomainSplitter(DOMAIN_PAIRS)
+        self.closest_call: Callable = closest_distance  # the device sanity check captured with each bucket
+        self.bytes_per_pair = model_bytes_per_pair(model, torch.float32)
+        self.domains = DomainSplitter(DOMAIN_PAIRS, memory or MemoryBudget(device), self.bytes_per_pair)
         self._weighted_call: Callable | None = None
 
     def compiled(self, graph: torch.fx.GraphModule) -> Callable:
@@ -123,7 +130,7 @@ class JointGraphBackend(PaddedTableBackend):
         key = tuple(tuple(tensor.shape) for tensor in feeds.values())
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = _CapturedBucket(self.call, feeds)
+            bucket = self._buckets[key] = _CapturedBucket(self.call, feeds, self.closest_call)
         return bucket.replay(feeds)
 
 
@@ -135,16 +142,18 @@ class CompiledBackend(JointGraphBackend):
     The first call of a new bucket compiles (seconds; minutes with ``max-autotune``).
     """
 
-    def __init__(self, model: nn.Module, device: torch.device, mode: str = "default"):
+    def __init__(self, model: nn.Module, device: torch.device, mode: str = "default", memory: MemoryBudget | None = None):
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {list(COMPILE_MODES)}, got {mode!r}")
         inductor_mode, capture = COMPILE_MODES[mode]
-        super().__init__(model, device, capture=capture)
+        super().__init__(model, device, capture=capture, memory=memory)
         self.name = "compile" if mode == "default" else f"compile-{mode}"
         self.mode = mode
         self.inductor_mode = inductor_mode
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, MAX_COMPILED_BUCKETS)
         self.call = self.compiled(self.graph)
+        # Fused into one or two kernels (seven tiny ones uncompiled) inside each bucket's CUDA graph.
+        self.closest_call = torch.compile(closest_distance, fullgraph=True, dynamic=False)
 
     def compiled(self, graph: torch.fx.GraphModule) -> Callable:
         return torch.compile(graph, mode=self.inductor_mode, fullgraph=True, dynamic=False)
@@ -155,7 +164,7 @@ class CudaGraphBackend(JointGraphBackend):
 
     name = "cuda-graphs"
 
-    def __init__(self, model: nn.Module, device: torch.device):
+    def __init__(self, model: nn.Module, device: torch.device, memory: MemoryBudget | None = None):
         if device.type != "cuda":
             raise ValueError(f"backend 'cuda-graphs' needs a CUDA device, got '{device}'")
-        super().__init__(model, device, capture=True)
+        super().__init__(model, device, capture=True, memory=memory)

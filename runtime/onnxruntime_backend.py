@@ -15,6 +15,8 @@ interface inputs (a pair list) and returns energy [B] (eV), forces [N, 3] (eV/Å
 
 :func:`onnxruntime_backend` picks: the bucket backend on CUDA for neighbor-table graphs, else the
 plain one. onnxruntime is imported when a backend is built, so the package imports without it.
+Every backend reads its file once through :func:`~mlff_export.export.metadata.read_verified_artifact`
+(integrity, metadata, finite weights) and gives ONNX Runtime the checked bytes, never the path.
 """
 
 from __future__ import annotations
@@ -26,13 +28,19 @@ import torch
 from ase.calculators.calculator import CalculatorSetupError
 
 from mlff_export.export.graph_layouts import LAYOUTS, NEIGHBOR_TABLE, OUTPUT_AXES
-from mlff_export.export.metadata import ArtifactMetadata, parse_metadata, read_metadata
+from mlff_export.export.metadata import VerifiedArtifact, read_verified_artifact
 from mlff_export.interface import OUTPUT_NAMES, AtomicInputs
+from mlff_export.memory import MemoryBudget
+from mlff_export.runtime.device_feeds import CapturedClosestDistance
+from mlff_export.runtime.domains import DomainSplitter
 from mlff_export.runtime.padded_table import PaddedTableBackend
 from mlff_export.runtime.shape_buckets import table_sizes
 from mlff_export.runtime.static_feeds import StaticFeeds
 
 NUMPY_DTYPES = {torch.float32: np.float32, torch.int64: np.int64}
+# Peak memory per pair of one call (reference PaiNN, fp32 graph, CPU EP: 36 kB measured; the
+# neighbor table pads every row to the widest). The memory guard's estimate for any graph.
+BYTES_PER_PAIR = 36_000
 
 
 def _import_onnxruntime():
@@ -96,29 +104,36 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, device: torch.device = torch.device("cpu"), *, intra_op_threads: int = 0):
+    def __init__(
+        self,
+        path: str | Path,
+        device: torch.device = torch.device("cpu"),
+        *,
+        intra_op_threads: int = 0,
+        artifact: VerifiedArtifact | None = None,
+        memory: MemoryBudget | None = None,
+    ):
         """``intra_op_threads``: ORT's intra-op threads (0: ORT's default). Graphs with scatters
-        (``pair_list`` layout) always run on one thread: ORT's CPU ScatterND(add) races otherwise."""
+        (``pair_list`` layout) always run on one thread: ORT's CPU ScatterND(add) races otherwise.
+        ``artifact``: the file already read and checked by the caller (read here otherwise).
+        ``memory``: what a call may take (default: the device's free memory); larger calls are
+        refused before they run (:class:`~mlff_export.memory.InsufficientMemoryError`)."""
         onnxruntime = _import_onnxruntime()
-        path = Path(path)
-        if not path.is_file():
-            raise CalculatorSetupError(f"ONNX model {path} does not exist")
+        artifact = artifact if artifact is not None else read_verified_artifact(path)
         self.device = torch.device(device)
         self.dtype = torch.float32
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        providers = _providers(onnxruntime, self.device)
-        session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
-        self.metadata = parse_metadata(session.get_modelmeta().custom_metadata_map, path)
+        self.bytes_per_pair = BYTES_PER_PAIR
+        self.domains = DomainSplitter(None, memory or MemoryBudget(self.device), self.bytes_per_pair)
+        self.metadata = artifact.metadata
         self.layout = LAYOUTS.get(self.metadata.input_layout)
         if self.layout is None:
             raise CalculatorSetupError(f"{path}: unknown input layout {self.metadata.input_layout!r}; known {sorted(LAYOUTS)}")
-        if self.layout.has_scatter and intra_op_threads != 1:
-            options.intra_op_num_threads = 1
-            session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
-        _check_io(session, path, self.layout.input_names)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1 if self.layout.has_scatter else intra_op_threads
+        session = onnxruntime.InferenceSession(artifact.model_bytes, sess_options=options, providers=_providers(onnxruntime, self.device))
+        _check_io(session, artifact.path, self.layout.input_names)
         self.session = session
-        self.path = path
+        self.path = artifact.path
 
     @property
     def cutoff(self) -> float:
@@ -129,6 +144,9 @@ class OnnxRuntimeBackend:
         return self.metadata.species
 
     def evaluate(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:
+        return self.domains.evaluate(inputs, None, self._whole, None)  # a graph cannot split: checks memory
+
+    def _whole(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:
         feeds = self.layout.feeds(inputs.to(device=self.device))
         if self.device.type == "cuda":
             return self._run_bound(feeds, inputs.num_atoms, inputs.num_structures)
@@ -150,29 +168,34 @@ class _SessionBucket:
     """One bucket's session (dynamic axes fixed), its bound buffers and, on CUDA, its CUDA graph.
 
     ORT captures the graph itself on an early run and replays it afterwards; inputs change only
-    by writing into the bound buffers.
+    by writing into the bound buffers. On CUDA a second, tiny CUDA graph of ours measures the
+    closest pair of the same buffers (``"closest_distance"``, the GPU path's sanity check).
     """
 
-    def __init__(self, onnxruntime, path: Path, feeds: dict[str, torch.Tensor], device: torch.device):
+    def __init__(self, onnxruntime, artifact: VerifiedArtifact, feeds: dict[str, torch.Tensor], device: torch.device):
         options = onnxruntime.SessionOptions()
         num_atoms, width, num_structures = table_sizes(feeds)
         for axis, size in (("num_atoms", num_atoms), ("max_neighbors", width), ("num_structures", num_structures)):
             options.add_free_dimension_override_by_name(axis, size)
         providers = _providers(onnxruntime, device, cuda_graph=device.type == "cuda")
-        self.session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
-        _check_io(self.session, path, NEIGHBOR_TABLE.input_names)
+        self.session = onnxruntime.InferenceSession(artifact.model_bytes, sess_options=options, providers=providers)
+        _check_io(self.session, artifact.path, NEIGHBOR_TABLE.input_names)
         self.device = device
         self.inputs = StaticFeeds(feeds)
         self.outputs = _empty_outputs(num_atoms, num_structures, device)
         self.binding = self.session.io_binding()
         _bind(self.binding, self.inputs.buffers, self.outputs, device)
+        self.closest = CapturedClosestDistance(self.inputs.buffers) if device.type == "cuda" else None
 
     def replay(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.inputs.load(feeds)
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()  # ORT runs on its own stream
+        if self.closest is None:
+            self.session.run_with_iobinding(self.binding)
+            return self.outputs
+        closest = self.closest()
+        torch.cuda.current_stream(self.device).synchronize()  # ORT runs on its own stream
         self.session.run_with_iobinding(self.binding)
-        return self.outputs
+        return {**self.outputs, "closest_distance": closest}
 
 
 class OnnxRuntimeBucketBackend(PaddedTableBackend):
@@ -181,35 +204,42 @@ class OnnxRuntimeBucketBackend(PaddedTableBackend):
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, device: torch.device, metadata: ArtifactMetadata | None = None):
-        """``metadata``: the artifact's, where the caller has read it already (read here otherwise)."""
+    def __init__(
+        self, path: str | Path, device: torch.device, artifact: VerifiedArtifact | None = None, memory: MemoryBudget | None = None
+    ):
+        """``artifact``: the file already read and checked by the caller (read here otherwise);
+        ``memory`` as for :class:`OnnxRuntimeBackend`."""
         self._onnxruntime = _import_onnxruntime()
-        path = Path(path)
-        if not path.is_file():
-            raise CalculatorSetupError(f"ONNX model {path} does not exist")
-        self.metadata = metadata if metadata is not None else read_metadata(path)
+        self.artifact = artifact if artifact is not None else read_verified_artifact(path)
+        self.metadata = self.artifact.metadata
         if self.metadata.input_layout != NEIGHBOR_TABLE.name:
             raise CalculatorSetupError(
                 f"{path}: shape buckets need a '{NEIGHBOR_TABLE.name}' graph, this one takes "
                 f"'{self.metadata.input_layout}'; use OnnxRuntimeBackend"
             )
         super().__init__(torch.device(device), self.metadata.cutoff, self.metadata.species)
-        self.path = path
+        self.path = self.artifact.path
         self._buckets: dict[tuple[int, int, int], _SessionBucket] = {}
+        self.bytes_per_pair = BYTES_PER_PAIR
+        self.domains = DomainSplitter(None, memory or MemoryBudget(self.device), self.bytes_per_pair)
+
+    def evaluate(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:
+        return self.domains.evaluate(inputs, None, super().evaluate, None)  # checks memory, never splits
 
     def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         key = table_sizes(feeds)
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = _SessionBucket(self._onnxruntime, self.path, feeds, self.device)
+            bucket = self._buckets[key] = _SessionBucket(self._onnxruntime, self.artifact, feeds, self.device)
         return bucket.replay(feeds)
 
 
-def onnxruntime_backend(path: str | Path, device: torch.device) -> OnnxRuntimeBackend | OnnxRuntimeBucketBackend:
+def onnxruntime_backend(
+    path: str | Path, device: torch.device, memory: MemoryBudget | None = None
+) -> OnnxRuntimeBackend | OnnxRuntimeBucketBackend:
     """The ONNX Runtime backend for ``path`` on ``device``: CUDA graphs per shape bucket on CUDA
-    for neighbor-table graphs, else one dynamic-shape session."""
-    if torch.device(device).type == "cuda" and Path(path).is_file():
-        metadata = read_metadata(path)
-        if metadata.input_layout == NEIGHBOR_TABLE.name:
-            return OnnxRuntimeBucketBackend(path, device, metadata)
-    return OnnxRuntimeBackend(path, device)
+    for neighbor-table graphs, else one dynamic-shape session. The file is read and checked once."""
+    artifact = read_verified_artifact(path)
+    if torch.device(device).type == "cuda" and artifact.metadata.input_layout == NEIGHBOR_TABLE.name:
+        return OnnxRuntimeBucketBackend(path, device, artifact, memory)
+    return OnnxRuntimeBackend(path, device, artifact=artifact, memory=memory)

@@ -7,7 +7,9 @@ with CUDA graphs) the same two entry points around one ``run(feeds)``:
 * ``launch_atoms(atoms)``: one ASE structure -> feeds built on the
   CUDA device (:class:`~mlff_export.runtime.device_feeds.DeviceFeeds`: no CPU neighbor search)
   -> outputs on the host; ``None`` where the device cannot build them (the calculator then uses
-  the CPU list).
+  the CPU list). The structure's closest pair is measured on the device too
+  (:func:`~mlff_export.runtime.device_feeds.closest_distance`, inside the bucket's CUDA graph where
+  ``run`` returns it as ``"closest_distance"``) and comes back with the outputs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from ase import Atoms
 
 from mlff_export.interface import OUTPUT_NAMES, AtomicInputs
-from mlff_export.runtime.device_feeds import DeviceFeeds, table_feeds
+from mlff_export.runtime.device_feeds import DeviceFeeds, closest_distance, table_feeds
 from mlff_export.runtime.shape_buckets import strip_padding
 
 
@@ -50,7 +52,8 @@ class PaddedTableBackend:
         return None
 
     def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The graph on prepared feeds; outputs include the padding and may be reused by the next run."""
+        """The graph on prepared feeds; outputs include the padding and may be reused by the next
+        run. May add ``"closest_distance"`` ([1], Å: :func:`closest_distance` of the feeds)."""
         raise NotImplementedError
 
     def evaluate(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:
@@ -60,15 +63,19 @@ class PaddedTableBackend:
 
     def launch_atoms(self, atoms: Atoms) -> Callable[[], dict[str, np.ndarray]] | None:
         """Start one structure on the GPU (feeds built on the device) and return ``finish``, which
-        waits and gives float64 arrays: energy [1] eV, forces [N, 3] eV/Å, virial [1, 3, 3] eV.
+        waits and gives float64 arrays: energy [1] eV, forces [N, 3] eV/Å, virial [1, 3, 3] eV,
+        and closest_distance [1] Å (the structure's shortest pair, measured on the device).
         ``None`` where the feeds cannot be built on the device. The caller may do other CPU work
         between the two; results stay valid until the next launch.
         """
         feeds = self.device_feeds(atoms, self.device_pair_limit()) if self.device_feeds is not None else None
         if feeds is None:
             return None
-        outputs = strip_padding(self.run(feeds), len(atoms), 1)
-        packed = torch.cat([outputs[name].reshape(-1) for name in OUTPUT_NAMES])
+        padded_outputs = self.run(feeds)
+        closest = padded_outputs.get("closest_distance")
+        closest = closest_distance(feeds) if closest is None else closest
+        outputs = strip_padding(padded_outputs, len(atoms), 1)
+        packed = torch.cat([outputs[name].reshape(-1) for name in OUTPUT_NAMES] + [closest])
         host = self._host_outputs.get(packed.numel())
         if host is None:
             host = self._host_outputs[packed.numel()] = torch.empty(packed.numel(), pin_memory=True)
@@ -81,8 +88,9 @@ class PaddedTableBackend:
             values = host.numpy().astype(np.float64)
             return {
                 "energy": values[:1],
-                "forces": values[1:-9].reshape(-1, 3),
-                "virial": values[-9:].reshape(1, 3, 3),
+                "forces": values[1:-10].reshape(-1, 3),
+                "virial": values[-10:-1].reshape(1, 3, 3),
+                "closest_distance": values[-1:],
             }
 
         return finish

@@ -9,7 +9,7 @@ import torch
 from conftest import make_small_painn
 
 from mlff_export import REFERENCE_CHECKPOINT
-from mlff_export.checkpoint import CheckpointError, load_checkpoint, read_card, save_checkpoint
+from mlff_export.checkpoint import CheckpointError, card_sha256, load_checkpoint, read_card, save_checkpoint
 from mlff_export.model import PaiNN
 
 
@@ -62,19 +62,28 @@ def test_missing_checkpoint(tmp_path):
         load_checkpoint(tmp_path / "nothing.json")
 
 
-def test_config_that_disagrees_with_weights_is_refused(saved):
-    _, card_path = saved
+def resealed(card_path, edit):
+    """Apply ``edit(card)`` and re-record card_sha256, as a buggy writer would: only the checks
+    behind the hash can catch what it wrote."""
     card = json.loads(card_path.read_text())
-    card["config"]["num_features"] = 48
+    edit(card)
+    card["card_sha256"] = card_sha256(card)
     card_path.write_text(json.dumps(card))
+    return card_path
+
+
+def test_config_that_disagrees_with_weights_is_refused(saved):
+    card_path = resealed(saved[1], lambda card: card["config"].update(num_features=48))
     with pytest.raises(CheckpointError, match="config and weights disagree"):
         load_checkpoint(card_path)
 
 
 def test_unknown_config_key_is_refused(saved):
-    _, card_path = saved
-    card = json.loads(card_path.read_text())
-    card["config"]["num_heads"] = 4
-    card_path.write_text(json.dumps(card))
+    card_path = resealed(saved[1], lambda card: card["config"].update(num_heads=4))
     with pytest.raises(CheckpointError, match="unknown keys"):
         load_checkpoint(card_path)
+
+
+def test_reference_card_is_sealed():
+    card = read_card(REFERENCE_CHECKPOINT)
+    assert card["card_sha256"] == card_sha256(card)

@@ -2,16 +2,15 @@
 real engine against the eager model. The CLI's argument checks and its advice without TensorRT are
 in tests/test_cli.py.
 
-:class:`FakeTensorRTForTests` stands in for the missing TensorRT library ONLY to test our code
-around it (flags, profiles, timing cache, files written); it builds nothing.
+``FakeTensorRTForTests`` (tests/fake_tensorrt.py) stands in for the missing TensorRT library ONLY
+to test our code around it (flags, profiles, caches, files written); it builds nothing.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
+from fake_tensorrt import FAKE_PLAN, FAKE_TIMING_CACHE, fake_library
 
 from mlff_export.export import engine_builder
 from mlff_export.export.engine_builder import BuilderSettings, EngineBuildError, OnnxParseError, build_engine
@@ -19,7 +18,12 @@ from mlff_export.export.engine_profiles import profile_from_ranges, select_profi
 from mlff_export.export.engine_sidecar import check_engine
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
 from mlff_export.export.metadata import ArtifactMetadata
-from mlff_export.export.tensorrt_compat import TensorRTLibrary, TensorRTUnavailableError, import_tensorrt
+from mlff_export.export.tensorrt_compat import (
+    TensorRTLibrary,
+    TensorRTUnavailableError,
+    import_tensorrt,
+    tensorrt_rtx_runs_on,
+)
 
 
 def tensorrt_here() -> TensorRTLibrary | None:
@@ -27,94 +31,6 @@ def tensorrt_here() -> TensorRTLibrary | None:
         return import_tensorrt()
     except TensorRTUnavailableError:
         return None
-
-
-class FakeTensorRTForTests:
-    """Records what our builder asks of TensorRT; a stand-in for the library, not an engine builder."""
-
-    class NetworkDefinitionCreationFlag:
-        STRONGLY_TYPED = 0
-
-    class BuilderFlag:
-        TF32 = "TF32"
-
-    class MemoryPoolType:
-        WORKSPACE = "WORKSPACE"
-
-    class Logger:
-        WARNING = "WARNING"
-
-        def __init__(self, severity):
-            self.severity = severity
-
-    def __init__(self, parse_errors: tuple[str, ...] = ()):
-        self.parse_errors = parse_errors
-        self.calls = SimpleNamespace(network_flags=None, profiles=[], cleared_flags=[], workspace=None, cache_blobs=[])
-        fake = self
-
-        class Builder:
-            def __init__(self, logger):
-                self.config = None
-
-            def create_network(self, flags):
-                fake.calls.network_flags = flags
-                inputs = [SimpleNamespace(name=name) for name in NEIGHBOR_TABLE.input_names]
-                layers = [SimpleNamespace(type="LayerType.ELEMENTWISE"), SimpleNamespace(type="LayerType.GATHER")]
-                return SimpleNamespace(
-                    num_inputs=len(inputs), get_input=inputs.__getitem__, num_outputs=3,
-                    num_layers=len(layers), get_layer=layers.__getitem__,
-                )
-
-            def create_builder_config(self):
-                self.config = Config()
-                return self.config
-
-            def create_optimization_profile(self):
-                profile = {}
-                fake.calls.profiles.append(profile)
-                return SimpleNamespace(set_shape=lambda name, *shapes: profile.__setitem__(name, shapes))
-
-            def build_serialized_network(self, network, config):
-                return b"fake plan bytes"
-
-        class Config:
-            builder_optimization_level = 3
-
-            def set_memory_pool_limit(self, pool, size):
-                fake.calls.workspace = (pool, size)
-
-            def clear_flag(self, flag):
-                fake.calls.cleared_flags.append(flag)
-
-            def add_optimization_profile(self, profile):
-                pass
-
-            def create_timing_cache(self, blob):
-                fake.calls.cache_blobs.append(bytes(blob))
-                return SimpleNamespace(serialize=lambda: b"timing cache bytes")
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                self.cache = cache
-                return True
-
-            def get_timing_cache(self):
-                return self.cache
-
-        class OnnxParser:
-            def __init__(self, network, logger):
-                self.num_errors = len(fake.parse_errors)
-
-            def parse_from_file(self, path):
-                return not fake.parse_errors
-
-            def get_error(self, index):
-                return fake.parse_errors[index]
-
-        self.Builder, self.OnnxParser = Builder, OnnxParser
-
-
-def fake_library(version: str = "10.16.0", **kwargs) -> TensorRTLibrary:
-    return TensorRTLibrary(FakeTensorRTForTests(**kwargs), "tensorrt", "tensorrt", version)
 
 
 def graph_metadata(**changes) -> ArtifactMetadata:
@@ -133,44 +49,89 @@ def without_gpu_or_graph(monkeypatch):
     monkeypatch.setattr(engine_builder, "read_metadata", lambda path: graph_metadata())
 
 
-def test_builder_sets_strong_typing_profiles_workspace_and_clears_tf32(tmp_path, without_gpu_or_graph):
+def build(tmp_path, library, profiles=("medium",), settings=BuilderSettings(), report=lambda line: None):
+    return build_engine(tmp_path / "x.onnx", tmp_path / "e.plan", select_profiles(list(profiles)), "fp32",
+                        settings, report=report, library=library)
+
+
+def test_builder_sets_profiles_workspace_and_clears_tf32(tmp_path, without_gpu_or_graph):
     library = fake_library()
-    profiles = select_profiles(["small-molecules", "medium"])
-    result = build_engine(tmp_path / "x.onnx", tmp_path / "e.plan", profiles, "fp32",
-                          BuilderSettings(workspace_mb=512), report=lambda line: None, library=library)
+    result = build(tmp_path, library, ("small-molecules", "medium"), BuilderSettings(workspace_mb=512))
     calls = library.module.calls
-    assert calls.network_flags == 1 << FakeTensorRTForTests.NetworkDefinitionCreationFlag.STRONGLY_TYPED
-    assert calls.cleared_flags == ["TF32"] and calls.workspace == ("WORKSPACE", 512 << 20)
+    assert calls.cleared_flags == [6] and calls.workspace == (0, 512 << 20)  # BuilderFlag.TF32, MemoryPoolType.WORKSPACE
     assert [p["positions"] for p in calls.profiles] == [((1, 3), (32, 3), (256, 3)), ((64, 3), (512, 3), (2048, 3))]
     assert calls.profiles[1]["neighbor_index"] == ((64, 8), (512, 48), (2048, 96))
-    assert (tmp_path / "e.plan").read_bytes() == b"fake plan bytes"
+    assert (tmp_path / "e.plan").read_bytes() == FAKE_PLAN
     assert result.layer_counts == {"ELEMENTWISE": 1, "GATHER": 1}
     sidecar = check_engine(tmp_path / "e.plan", tensorrt_flavour="tensorrt", tensorrt_version="10.16.0",
                            compute_capability="8.6")
     assert sidecar.builder["tf32_cleared"] and sidecar.weights_sha256 == "d" * 64 and len(sidecar.profiles) == 2
 
 
-def test_tensorrt_11_networks_get_no_deprecated_flag(tmp_path, without_gpu_or_graph):
-    library = fake_library(version="11.1.0")
-    build_engine(tmp_path / "x.onnx", tmp_path / "e.plan", select_profiles(["medium"]), "fp32",
-                 report=lambda line: None, library=library)
-    assert library.module.calls.network_flags == 0
+# The words TensorRT receives, from each version's own headers (tests/fake_tensorrt.py): 10.x STRONGLY_TYPED = 1,
+# 11.x none (always strongly typed, the flag deprecated), RTX STRONGLY_TYPED = 0; REQUIRE_USER_ALLOCATION = 28 (RTX).
+@pytest.mark.parametrize(
+    ("version", "rtx", "network_flags", "set_flags"),
+    [("10.0.1", False, 0b10, []), ("10.16.0", False, 0b10, []), ("11.1.0", False, 0, []), ("1.7.1", True, 0b1, [28])],
+)
+def test_flag_words_are_those_of_each_version(tmp_path, without_gpu_or_graph, version, rtx, network_flags, set_flags):
+    library = fake_library(version, rtx=rtx)
+    sidecar = build(tmp_path, library).sidecar
+    assert library.module.calls.network_flags == network_flags
+    assert library.module.calls.set_flags == set_flags and library.module.calls.cleared_flags == [6]
+    assert sidecar.builder["require_user_allocation"] is rtx
 
 
 def test_timing_cache_is_kept_beside_the_engine_and_reused(tmp_path, without_gpu_or_graph):
     library = fake_library()
     for _ in range(2):
-        result = build_engine(tmp_path / "x.onnx", tmp_path / "e.plan", select_profiles(["medium"]), "fp32",
-                              report=lambda line: None, library=library)
+        result = build(tmp_path, library)
     assert result.timing_cache_path == tmp_path / "timing-tensorrt-10.16.0-sm86.cache"
-    assert library.module.calls.cache_blobs == [b"", b"timing cache bytes"]
+    assert library.module.calls.cache_blobs == [b"", FAKE_TIMING_CACHE]
+
+
+def test_a_damaged_timing_cache_is_a_clear_error(tmp_path, without_gpu_or_graph):
+    damaged = tmp_path / "mine.cache"
+    damaged.write_bytes(b"\x00 not a timing cache")
+    with pytest.raises(EngineBuildError, match=r"timing cache .*mine.cache is damaged .*delete it .*--timing-cache"):
+        build(tmp_path, fake_library(), settings=BuilderSettings(timing_cache=damaged))
+    assert damaged.read_bytes() == b"\x00 not a timing cache" and not (tmp_path / "e.plan").exists()
+
+
+def test_tensorrt_rtx_builds_without_a_timing_cache(tmp_path, without_gpu_or_graph):
+    lines = []
+    result = build(tmp_path, fake_library("1.7.1", rtx=True), report=lines.append)
+    assert result.timing_cache_path is None and result.sidecar.builder["timing_cache"] is None
+    assert not list(tmp_path.glob("*.cache")) and any("no timing cache" in line for line in lines)
+
+
+def test_a_profile_tensorrt_refuses_is_named(tmp_path, without_gpu_or_graph):
+    library = fake_library(refuse_profile=1)
+    with pytest.raises(EngineBuildError, match=r"refused optimization profile 'medium' \(atoms 64:512:2048"):
+        build(tmp_path, library, ("small-molecules", "medium"))
+    assert not (tmp_path / "e.plan").exists()
+
+
+def test_a_tensorrt_that_does_not_load_is_one_clear_error(tmp_path, monkeypatch):
+    package = tmp_path / "trt_missing_dll"
+    package.mkdir()
+    (package / "__init__.py").write_text(  # what the TensorRT wheel's __init__ does on Windows without its DLLs
+        'raise FileNotFoundError("Could not find: nvinfer_10.dll. Is it on your PATH?\\nNote: Paths searched were: ...")'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TensorRTUnavailableError) as error:
+        import_tensorrt(("trt_absent_module", "trt_missing_dll"))
+    message = str(error.value)
+    assert "does not load (trt_missing_dll: FileNotFoundError: Could not find: nvinfer_10.dll" in message
+    assert "PATH" in message and "\n" not in message and "trt_absent_module" not in message
+    with pytest.raises(TensorRTUnavailableError, match=r"not installed \(tried trt_absent_module\)"):
+        import_tensorrt(("trt_absent_module",))
 
 
 def test_parser_errors_are_listed(tmp_path, without_gpu_or_graph):
     library = fake_library(parse_errors=("node 12: unsupported operator ScatterND", "node 40: bad shape"))
     with pytest.raises(OnnxParseError, match="2 error\\(s\\): node 12: unsupported operator ScatterND \\| node 40"):
-        build_engine(tmp_path / "x.onnx", tmp_path / "e.plan", select_profiles(["medium"]), "fp32",
-                     report=lambda line: None, library=library)
+        build(tmp_path, library)
     assert not (tmp_path / "e.plan").exists()
 
 
@@ -198,9 +159,10 @@ def _tensorrt_engine_runs_here() -> str | None:
         return "TensorRT is not installed here (pip install \"mlff-export[trt]\")"
     if not torch.cuda.is_available():
         return "needs a CUDA GPU"
-    major, _ = torch.cuda.get_device_capability()
-    if library.flavour == "tensorrt-rtx" and major == 9:
-        return "TensorRT for RTX builds but does not deserialize on compute capability 9.x (bench/trt_rtx_check.py covers the build)"
+    major, minor = torch.cuda.get_device_capability()
+    if library.is_rtx and not tensorrt_rtx_runs_on(major, minor):
+        return (f"TensorRT-RTX runs engines on compute capability 8.0, 8.6, 8.9 and 12.x, this GPU has {major}.{minor} "
+                "(bench/trt_rtx_check.py covers the build there)")
     return None
 
 
@@ -223,12 +185,18 @@ def test_tensorrt_engine_matches_eager_across_buckets(tmp_path):
     engine = TensorRTBackend(tmp_path / "painn.plan", device)
     eager = EagerBackend(model, device, torch.float32)
     zoo = structure_zoo()
-    for names in (["H2"], ["benzene"], ["benzene", "diamond-primitive", "triclinic"], ["benzene"]):
+    calls = []
+    for names in (["H2"], ["benzene"], ["benzene", "diamond-primitive", "triclinic"], ["benzene"], ["H2"]):
         structures = [zoo[name] for name in names]
         inputs = batch_inputs(structures, [compute_pairs(a, model.cutoff) for a in structures], device=device)
-        expected, got = eager.evaluate(inputs), engine.evaluate(inputs)
+        calls.append((names, eager.evaluate(inputs), engine.evaluate(inputs)))
+    # Compared after all calls: a result must stay what it was when later calls reuse the bucket's buffers.
+    for names, expected, got in calls:
         for name in ("energy", "forces", "virial"):
             torch.testing.assert_close(got[name], expected[name], atol=2e-4, rtol=1e-5, msg=lambda m: f"{names} {name}: {m}")
+    report = engine.memory_report()
+    assert report["scratch_buffers"] == 1 and len(report["buckets"]) >= 3, report
+    print(report)  # pytest -s shows it: the engine's shared scratch and each bucket's buffers, bytes
 
 
 def test_load_calculator_sends_plan_files_to_the_tensorrt_backend(tmp_path):

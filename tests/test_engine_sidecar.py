@@ -1,7 +1,9 @@
-"""Engine sidecars: written beside the plan, checked before loading, refusals that say how to rebuild."""
+"""Engine sidecars: written beside the plan with an integrity hash over engine and metadata, checked
+before loading, refusals that say how to rebuild."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,6 +14,7 @@ from mlff_export.export.engine_sidecar import (
     EngineMismatchError,
     EngineSidecar,
     check_engine,
+    integrity_sha256,
     read_sidecar,
     rebuild_command,
     sidecar_path,
@@ -77,7 +80,43 @@ def refusal(engine, **here) -> str:
 
 def test_a_damaged_plan_is_refused(engine):
     engine.write_bytes(b"serialized engine bytes, truncated or replaced")
-    assert "sha256 differs" in refusal(engine)
+    assert "the engine's bytes differ from those its sidecar recorded" in refusal(engine)
+
+
+def edit_sidecar(engine, **changes) -> None:
+    """Change fields of the sidecar as a careless (or hostile) colleague would: the hash stays as it was."""
+    path = sidecar_path(engine)
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}, indent=2))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"cutoff": 3.0}, {"species": [1, 6, 7, 8, 26]}, {"profiles": []}, {"plan_sha256": "0" * 64},
+     {"integrity_sha256": "0" * 64}],
+)
+def test_an_edited_sidecar_is_refused(engine, changes):
+    edit_sidecar(engine, **changes)
+    with pytest.raises(EngineMismatchError) as error:
+        check_engine(engine, **HERE)
+    message = str(error.value)
+    assert "does not match its integrity hash (edited or damaged since the build)" in message
+    assert "rebuild the engine with `mlff-export build-engine ... --out" in message
+
+
+def test_an_edited_sidecar_with_a_matching_plan_hash_is_still_refused(engine):
+    """Replacing the engine AND recording its hash in the sidecar is caught by the sidecar's own hash."""
+    engine.write_bytes(b"another engine")
+    edit_sidecar(engine, plan_sha256=file_sha256(engine))
+    with pytest.raises(EngineMismatchError, match="does not match its integrity hash"):
+        check_engine(engine, **HERE)
+
+
+def test_the_integrity_hash_covers_every_field_but_itself(engine):
+    document = json.loads(sidecar_path(engine).read_text())
+    assert document["integrity_sha256"] == integrity_sha256(document)
+    for key in document:
+        if key != "integrity_sha256":
+            assert integrity_sha256({**document, key: "changed"}) != document["integrity_sha256"], key
 
 
 def test_another_tensorrt_version_is_refused(engine):
@@ -94,10 +133,17 @@ def test_another_gpu_generation_is_refused(engine):
 
 
 def test_another_interface_version_is_refused(engine):
+    write_sidecar(engine, dataclasses.replace(read_sidecar(engine), interface_version="0"))  # a consistent sidecar
+    assert "interface version '0'" in refusal(engine)
+
+
+def test_a_sidecar_of_the_first_format_is_refused_with_the_rebuild_hint(engine):
     path = sidecar_path(engine)
     document = json.loads(path.read_text())
-    path.write_text(json.dumps({**document, "interface_version": "0"}))
-    assert "interface version '0'" in refusal(engine)
+    del document["integrity_sha256"]
+    path.write_text(json.dumps({**document, "format_version": 1}))
+    with pytest.raises(EngineMismatchError, match=r"engine sidecar version 1, this mlff-export reads version 2; rebuild"):
+        check_engine(engine, **HERE)
 
 
 def test_missing_or_foreign_sidecars_are_refused(engine):

@@ -7,8 +7,6 @@ per module.
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections import Counter
 
 import numpy as np
@@ -22,7 +20,7 @@ from torch import nn
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 
-from mlff_export.export import ArtifactMetadataError, ExportError, ScatterGraphWarning, read_metadata, to_onnx  # noqa: E402
+from mlff_export.export import ArtifactMetadataError, ExportError, read_metadata, to_onnx  # noqa: E402
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE  # noqa: E402
 from mlff_export.export.precision import weights_sha256  # noqa: E402
 from mlff_export.interface import INTERFACE_VERSION  # noqa: E402
@@ -34,34 +32,6 @@ from mlff_export.runtime.parity import compare_with_eager  # noqa: E402
 
 CPU = torch.device("cpu")
 THREADS = 2  # more than one: ORT's multi-threaded kernels must give the same numbers
-
-
-class IndexAddSchNet(nn.Module):
-    """A SchNet-style model written the plain way, not on a pair layout: pairs are gathered by
-    indexing and summed with ``index_add`` (so its graph has scatters)."""
-
-    def __init__(self, species=(1, 6, 7, 8), cutoff: float = 4.0, width: int = 24, num_gaussians: int = 10):
-        super().__init__()
-        torch.manual_seed(3)
-        self.species = tuple(species)
-        self.cutoff = cutoff
-        self.embedding = nn.Embedding(max(species) + 1, width)
-        self.filter = nn.Sequential(nn.Linear(num_gaussians, width), nn.Tanh(), nn.Linear(width, width))
-        self.interaction = nn.Linear(width, width)
-        self.readout = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 1))
-        self.register_buffer("gaussian_centers", torch.linspace(0.5, cutoff, num_gaussians))
-
-    def forward(self, positions, species, pair_index, pair_shifts, structure_index, cell):
-        centers, neighbors = pair_index[0], pair_index[1]
-        vectors = positions[neighbors] - positions[centers] + pair_shifts
-        distances = torch.sqrt(torch.clamp_min((vectors * vectors).sum(1), 1e-12))
-        smooth_cutoff = 0.5 * (torch.cos(distances * (math.pi / self.cutoff)) + 1.0) * (distances < self.cutoff)
-        gaussians = torch.exp(-2.0 * (distances.unsqueeze(1) - self.gaussian_centers) ** 2)
-        features = self.embedding(species)
-        messages = self.interaction(features)[neighbors] * self.filter(gaussians) * smooth_cutoff.unsqueeze(1)
-        features = features + torch.zeros_like(features).index_add(0, centers, messages)
-        atom_energies = self.readout(features).squeeze(1)
-        return torch.zeros(cell.shape[0], dtype=positions.dtype).index_add(0, structure_index, atom_energies)
 
 
 class PerAtomEnergies(nn.Module):
@@ -84,20 +54,6 @@ def painn_onnx(small_painn_export):
     """precision -> path of the exported small PaiNN (the ``painn`` fixture's weights; exported
     once per test run by ``mlff-export export``, see conftest.py)."""
     return small_painn_export["onnx"]
-
-
-@pytest.fixture(scope="module")
-def schnet():
-    return IndexAddSchNet().eval()
-
-
-@pytest.fixture(scope="module")
-def schnet_export(schnet, tmp_path_factory):
-    """(path, warnings recorded during export) of the index_add model."""
-    with warnings.catch_warnings(record=True) as recorded:
-        warnings.simplefilter("always")
-        path = to_onnx(schnet, tmp_path_factory.mktemp("schnet") / "schnet.fp32.onnx")
-    return path, recorded
 
 
 def inputs_for(structures, cutoff):
@@ -256,21 +212,6 @@ def test_load_calculator_runs_onnx_files(painn, painn_onnx):
     np.testing.assert_allclose(atoms.get_stress(), reference.get_stress(), atol=1e-5)
 
 
-def test_index_add_model_exports_with_a_scatter_warning(schnet_export):
-    path, recorded = schnet_export
-    messages = [str(w.message) for w in recorded if issubclass(w.category, ScatterGraphWarning)]
-    assert len(messages) == 1
-    assert "ScatterElements plugin" in messages[0] and "intra_op_num_threads" in messages[0]
-    assert read_metadata(path).input_layout == "pair_list"
-
-
-def test_index_add_model_matches_eager(schnet, schnet_export):
-    backend = OnnxRuntimeBackend(schnet_export[0], CPU, intra_op_threads=THREADS)
-    assert backend.session.get_session_options().intra_op_num_threads == 1  # ScatterND(add) races otherwise
-    assert_parity(backend, schnet, list(ZOO.values()), "fp32")
-    assert_parity(backend, schnet, [Atoms("C", positions=[[0.0, 0.0, 0.0]])], "fp32")
-
-
 @pytest.mark.parametrize(
     "make_model, options, message",
     [
@@ -278,10 +219,9 @@ def test_index_add_model_matches_eager(schnet, schnet_export):
         (PerAtomEnergies, {}, r"output energy .* expected float \(4,\)"),
         (make_small_painn, {"opset": 13}, "opset"),
         (make_small_painn, {"precision": "int8"}, "precision must be one of"),
-        (IndexAddSchNet, {"precision": "fp16"}, "atomic_energies"),
         ("not a module", {}, "expected a torch.nn.Module"),
     ],
-    ids=["no-interface", "energy-per-atom", "old-opset", "unknown-precision", "fp16-without-atomic-energies", "not-a-module"],
+    ids=["no-interface", "energy-per-atom", "old-opset", "unknown-precision", "not-a-module"],
 )
 def test_bad_input_is_refused_before_writing(tmp_path, make_model, options, message):
     model = make_model() if callable(make_model) else make_model
@@ -355,9 +295,12 @@ def test_cli_refuses_a_checkpoint_whose_config_and_weights_disagree(tmp_path, ca
     from mlff_export.checkpoint import save_checkpoint
     from mlff_export.cli import main
 
+    from mlff_export.checkpoint import card_sha256
+
     card = save_checkpoint(make_small_painn(), tmp_path / "small.json")
     values = json.loads(card.read_text())
     values["config"]["num_features"] = 16
+    values["card_sha256"] = card_sha256(values)  # a writer's bug: sealed, yet config and weights disagree
     card.write_text(json.dumps(values))
     assert main(["export", "--checkpoint", str(card), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err

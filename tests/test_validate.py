@@ -39,16 +39,17 @@ def exported(model, tmp_path_factory):
 
 
 def edited_graph(source, destination, edit):
-    """Apply ``edit(model_proto)`` and re-record the graph hash, as an exporter bug would produce:
-    the integrity check passes and only the numerical checks can catch it."""
-    from mlff_export.export.metadata import graph_sha256
+    """Apply ``edit(model_proto)`` and re-record the graph hash and the seal, as an exporter bug
+    would produce: the integrity check passes and only the numerical checks can catch it."""
+    from mlff_export.export.metadata import INTEGRITY_KEY, graph_sha256, sealed_model_bytes
 
     model_proto = onnx.load(str(source))
     edit(model_proto)
-    props = {prop.key: prop.value for prop in model_proto.metadata_props}
+    props = {prop.key: prop.value for prop in model_proto.metadata_props if prop.key != INTEGRITY_KEY}
     props["model_sha256"] = graph_sha256(model_proto)
+    del model_proto.metadata_props[:]
     onnx.helper.set_model_props(model_proto, props)
-    onnx.save(model_proto, str(destination))
+    destination.write_bytes(sealed_model_bytes(model_proto))
     return destination
 
 

@@ -2,6 +2,7 @@
 # The GPU checks of the project, run on the lent H100 (see README.md beside this file).
 # Usage: bash bench/device/gpu_checks.sh STEP...
 #   steps: install tests ort-parity trt-rtx validate profile bench-quick bench-full bench-full-uncompiled bench-full-compiled
+#          screening-scale (two GPUs and Ray: nvidia-h200-x2)
 # Results collect in /tmp/gpu-checks (kept while the machine stays warm); every call ends by packing
 # that folder into $OUT/gpu-checks.tar.gz (the device returns at most 8 files).
 # Commands run from /tmp: `python -m` in the checkout would import its unmapped mlff_export/.
@@ -37,6 +38,8 @@ for step in "$@"; do
       python3 -c "import tensorrt" 2>/dev/null && backends=$backends,tensorrt  # bench refuses a backend it cannot run
       [ "$step" = bench-full-compiled ] && backends=eager,compile,compile-reduce-overhead,compile-max-autotune
       (cd /tmp && TORCH_LOGS=perf_hints timeout 560 $cli bench --suite full --backends $backends --device cuda --out "$out/$step") > "$out/$step.log" 2>&1 ;;
+    screening-scale)  # 100k molecules through mlff-export predict: one Ray worker, two, then in-process
+      (cd /tmp && timeout 560 python3 "$repo/bench/screening_scale.py" --out "$out/screening-scale" --work /tmp/screening-work) > "$out/$step.log" 2>&1 ;;
     *) echo "unknown step $step"; status=2; continue ;;
   esac
   code=$?; [ $code -ne 0 ] && status=$code

@@ -1,8 +1,9 @@
 """Is the artifact the reference model? Integrity and provenance checks from the artifact's metadata.
 
-For an exported ``.onnx`` graph (see :mod:`mlff_export.export.metadata`): the graph's sha256
-matches the one recorded at export (nothing was edited since), the recorded weights sha256 is
-the reference model's (it was exported from these weights), and cutoff and species agree.
+For an exported ``.onnx`` graph (see :mod:`mlff_export.export.metadata`): the file's bytes, graph
+and metadata, match the ``artifact_sha256`` sealed at export (nothing was edited since), the
+recorded weights sha256 is the reference model's (it was exported from these weights), and cutoff
+and species agree.
 Artifacts without our metadata get no provenance checks (a note says so).
 """
 
@@ -38,7 +39,7 @@ def check_provenance(artifact: str | Path, reference_model: nn.Module) -> list[P
     same_species = tuple(metadata.species) == tuple(int(z) for z in reference_model.species)
     same_cutoff = abs(metadata.cutoff - float(reference_model.cutoff)) < 1e-6
     return [
-        ProvenanceCheck("graph integrity", True, f"graph sha256 {metadata.model_sha256[:12]}… matches its metadata"),
+        ProvenanceCheck("graph integrity", True, f"graph and metadata match the artifact_sha256 sealed at export (graph {metadata.model_sha256[:12]}…)"),
         ProvenanceCheck(
             "weights match the reference",
             metadata.weights_sha256 == reference_weights,

@@ -15,7 +15,8 @@ import numpy as np
 from ase import Atoms
 from ase.build import bulk, molecule
 
-from mlff_export.neighbors import StructureError, check_structure
+from mlff_export.neighbors import StructureError, check_structure, compute_pairs
+from mlff_export.structure_sanity import check_closest_pair, check_density
 
 RATTLE_STDEV = 0.05
 """Standard deviation of the Gaussian displacement applied to built-in structures, Å."""
@@ -73,6 +74,8 @@ def read_structures(path: str | Path) -> dict[str, Atoms]:
     from ase.io import read
 
     path = Path(path)
+    if path.is_dir():
+        raise StructureError(f"{path} is a folder; expected a structure file (any format ase.io.read reads)")
     if not path.is_file():
         raise StructureError(f"structure file {path} does not exist")
     try:
@@ -84,12 +87,18 @@ def read_structures(path: str | Path) -> dict[str, Atoms]:
     return {f"{index}:{atoms.get_chemical_formula()}": atoms for index, atoms in enumerate(images)}
 
 
-def check_structures(structures: dict[str, Atoms], species: tuple[int, ...], source: str) -> None:
+def check_structures(
+    structures: dict[str, Atoms], species: tuple[int, ...], source: str, *, cutoff: float | None = None, min_distance: float = 0.0
+) -> None:
     """Raise one-line :class:`StructureError` naming the first structure the model cannot
-    evaluate (e.g. an element outside ``species``, with the supported ones)."""
+    evaluate (e.g. an element outside ``species``, with the supported ones; with ``cutoff``, two
+    atoms closer than ``min_distance`` Å or a collapsed cell: :mod:`mlff_export.structure_sanity`)."""
     for name, atoms in structures.items():
         try:
             check_structure(atoms, species)
+            if cutoff is not None:
+                check_density(atoms)
+                check_closest_pair(atoms, compute_pairs(atoms, cutoff), min_distance)
         except StructureError as error:
             raise StructureError(f"{source}, structure {name}: {error}") from None
 

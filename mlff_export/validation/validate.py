@@ -66,8 +66,12 @@ def validate_artifact(
         report_dir: where to write ``report.json``, ``report.md`` and the parity plot (None: nowhere).
 
     Raises:
-        StructureError (a ValueError) for a structure the artifact cannot evaluate, naming it.
+        StructureError (a ValueError) for a structure the artifact cannot evaluate, naming it
+        (unknown elements, overlapping atoms: :mod:`mlff_export.structure_sanity`); ValueError for
+        out-of-range options, before anything is loaded.
     """
+    if isinstance(nve_steps, bool) or not isinstance(nve_steps, int) or nve_steps < 0:
+        raise ValueError(f"nve_steps | received {nve_steps!r} | expected a number of steps >= 0 (0: no NVE check)")
     artifact_calculator = load_calculator(artifact, device=device, backend=backend)
     reference_model = copy.deepcopy(reference if isinstance(reference, nn.Module) else load_checkpoint(reference))
     provenance = check_provenance(artifact, reference_model)
@@ -86,7 +90,8 @@ def validate_artifact(
     else:
         source = str(structures)
         selected = read_structures(structures)
-        check_structures(selected, artifact_calculator.species, source)
+        cutoff, min_distance = artifact_calculator.neighbor_list.cutoff, artifact_calculator.min_distance
+        check_structures(selected, artifact_calculator.species, source, cutoff=cutoff, min_distance=min_distance)
         check_structures(selected, reference_calculator.species, f"{source} (reference model)")
     names, atoms = list(selected), list(selected.values())
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from mlff_export.checkpoint import load_checkpoint
 from mlff_export.interface import AtomicInputs
+from mlff_export.model_spec import ModelSpec
 from mlff_export.runtime.calculator import MLFFCalculator, load_calculator
 from mlff_export.runtime.eager import EagerBackend
 from mlff_export.runtime.joint_graph import JointGraphBackend
@@ -65,7 +65,7 @@ def _calculator_with(backend, model) -> MLFFCalculator:
 
 
 def plan_cases(
-    checkpoint: Path,
+    model: ModelSpec,
     onnx_files: dict[str, Path],
     device: torch.device,
     backends: list[str],
@@ -83,19 +83,18 @@ def plan_cases(
                 for precision in precisions
             ]
         else:
-            cases.append(Case(backend, "fp32", _module_case(backend, checkpoint, device)))
+            cases.append(Case(backend, "fp32", _module_case(backend, model, device)))
     return cases
 
 
-def _module_case(backend: str, checkpoint: Path, device: torch.device) -> Callable[[], MLFFCalculator]:
-    def build() -> MLFFCalculator:
+def _module_case(backend: str, spec: ModelSpec, device: torch.device) -> Callable[[], MLFFCalculator]:
+    def build() -> MLFFCalculator:  # a fresh module per row: backends may move or convert it
+        model = spec.load().module
         if backend == "eager-fp16-autocast":
-            model = load_checkpoint(checkpoint)
             return _calculator_with(AutocastEagerBackend(model, device, torch.float32), model)
         if backend == "torchscript":
-            model = load_checkpoint(checkpoint)
             return _calculator_with(TorchScriptBackend(model, device), model)
-        return load_calculator(checkpoint, device, backend=backend)
+        return load_calculator(model, device, backend=backend)
 
     return build
 

@@ -16,7 +16,6 @@ from mlff_export.export import engine_builder
 from mlff_export.export.engine_builder import BuilderSettings, EngineBuildError, OnnxParseError, build_engine
 from mlff_export.export.engine_profiles import profile_from_ranges, select_profiles
 from mlff_export.export.engine_sidecar import check_engine
-from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
 from mlff_export.export.metadata import ArtifactMetadata
 from mlff_export.export.tensorrt_compat import (
     TensorRTLibrary,

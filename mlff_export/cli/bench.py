@@ -20,9 +20,9 @@ from mlff_export.cli.options import (
     add_model_options,
     add_threads_option,
     apply_threads,
-    checkpoint_path,
     comma_list,
     input_file,
+    model_spec,
     output_folder,
     resolve_device,
 )
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", metavar="TEXT", help="run only the workloads whose name contains TEXT (e.g. water)")
     parser.add_argument("--onnx", action="append", default=[], metavar="FILE",
                         help="use this exported graph (NAME.fp32.onnx / NAME.fp16.onnx from `mlff-export export`) "
-                        "instead of exporting the checkpoint again; repeatable, one per precision")
+                        "instead of exporting the model again; repeatable, one per precision")
     add_threads_option(parser)
 
 
@@ -104,7 +104,7 @@ def plan_line(suite, backends: list[str], precisions: list[str], device_name: st
 def run(args: argparse.Namespace) -> int:
     requested = comma_list(args.backends, ALL_BACKENDS, "--backends") if args.backends else None
     precisions = comma_list(args.precision, PRECISIONS, "--precision")
-    checkpoint, out = checkpoint_path(args), output_folder(args.out)
+    spec, out = model_spec(args), output_folder(args.out)
     onnx_files = onnx_files_by_precision(args.onnx, precisions)
     device_name = resolve_device(args.device)
     if requested:
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mlff_export.bench.run import run_benchmark
 
-    results = run_benchmark(checkpoint, suite, backends, precisions, torch.device(device_name), out,
+    results = run_benchmark(spec, suite, backends, precisions, torch.device(device_name), out,
                             not_run=not_run, onnx_files=onnx_files)
     print((out / "results.md").read_text())
     records = results["records"]

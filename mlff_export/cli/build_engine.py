@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from mlff_export.bench.availability import TENSORRT_ADVICE
-from mlff_export.cli.options import CHECKPOINT_KINDS, UsageError, input_file, positive_int
+from mlff_export.cli.options import UsageError, input_file, json_object, model_spec, positive_int
 
 NAME = "build-engine"
 HELP = "build a TensorRT engine (NAME.plan + NAME.plan.json) from an exported ONNX graph or a checkpoint"
@@ -22,8 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("source (one of)").add_mutually_exclusive_group()
     source.add_argument("--onnx", metavar="FILE",
                         help="neighbor-table graph written by `mlff-export export` (of --precision)")
-    source.add_argument("--checkpoint", metavar="CARD", help="checkpoint card (.json); exported to ONNX beside the "
-                        "engine first (default: the bundled reference model)")
+    source.add_argument("--model", "--checkpoint", dest="model", metavar="SPEC",
+                        help="checkpoint card (.json), package.module:factory, file.py:factory or .pt2 program; exported "
+                        "to ONNX beside the engine first (default: the bundled reference model)")
+    parser.add_argument("--weights", metavar="FILE", help="weights for a factory's module (see `mlff-export export --help`)")
+    parser.add_argument("--model-kwargs", type=json_object, metavar="JSON", help="keyword arguments of the factory, a JSON object")
+    parser.set_defaults(model_flag="--model")
     parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                         help="the graph's precision (FP16 engines are built from the FP16 export; default: fp32)")
     shapes = parser.add_argument_group("shapes", "named profiles, or all three ranges of one custom profile")
@@ -64,12 +68,10 @@ def shape_profiles(args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlff_export import REFERENCE_CHECKPOINT
-
     onnx_path = input_file(args.onnx, "--onnx", {".onnx": "an exported ONNX graph"}) if args.onnx else None
-    checkpoint = None
-    if onnx_path is None:
-        checkpoint = input_file(args.checkpoint, "--checkpoint", CHECKPOINT_KINDS) if args.checkpoint else REFERENCE_CHECKPOINT
+    if onnx_path is not None and (args.weights or args.model_kwargs):
+        raise UsageError("--weights and --model-kwargs go with --model; an --onnx graph carries its weights")
+    spec = model_spec(args) if onnx_path is None else None
     if args.out and Path(args.out).suffix != ".plan":
         raise UsageError(f"--out {args.out}: expected an engine file name ending in .plan")
     if args.out and Path(args.out).is_dir():
@@ -92,12 +94,12 @@ def run(args: argparse.Namespace) -> int:
     if onnx_path is not None:
         out = Path(args.out or Path("engines") / f"{onnx_path.stem}.plan")
     else:
-        from mlff_export.checkpoint import load_checkpoint
         from mlff_export.export import to_onnx
 
-        out = Path(args.out or Path("engines") / f"{checkpoint.stem}-{args.precision}.plan")
+        out = Path(args.out or Path("engines") / f"{spec.name}-{args.precision}.plan")
         onnx_path = out.with_suffix(".onnx")
-        print(f"exporting {checkpoint} to {onnx_path} ({args.precision})")
-        to_onnx(load_checkpoint(checkpoint), onnx_path, precision=args.precision)
+        print(f"exporting {spec.spec} to {onnx_path} ({args.precision})")
+        loaded = spec.load()
+        to_onnx(loaded.module, onnx_path, precision=args.precision, model_source=loaded.source)
     build_engine(onnx_path, out, profiles, args.precision, settings, library=library)
     return 0

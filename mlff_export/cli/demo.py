@@ -12,7 +12,7 @@ from mlff_export.cli.options import (
     add_model_options,
     add_threads_option,
     apply_threads,
-    checkpoint_path,
+    model_spec,
     positive_int,
     resolve_device,
 )
@@ -36,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
 
     from mlff_export.runtime import load_calculator
 
+    spec, device = model_spec(args), resolve_device(args.device)
     apply_threads(args)
-    calc = load_calculator(checkpoint_path(args), device=resolve_device(args.device))
+    calc = load_calculator(spec.load().module, device=device)
     print(f"{'molecule':<10}{'atoms':>6}{'energy eV':>14}{'max |F| eV/Å':>15}{'median ms/call':>16}")
     for name in MOLECULES:
         atoms = molecule(name)

@@ -2,7 +2,7 @@
 one line.
 
 A group is added with ``add_<group>_options(parser)`` and read back with the function beside it
-(e.g. :func:`add_model_options` and :func:`checkpoint_path`), so a new subcommand gets the same
+(e.g. :func:`add_model_options` and :func:`model_spec`), so a new subcommand gets the same
 flags, defaults, help and checks by calling the pair. Nothing here imports torch at import time:
 ``--help`` must stay fast (torch is imported only where a device is resolved).
 """
@@ -10,11 +10,16 @@ flags, defaults, help and checks by calling the pair. Nothing here imports torch
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlff_export import REFERENCE_CHECKPOINT
+
+if TYPE_CHECKING:
+    from mlff_export.model_spec import ModelSpec
 
 
 class UsageError(ValueError):
@@ -53,26 +58,67 @@ def output_folder(path: str | Path, option: str = "--out") -> Path:
 # --- the model ---------------------------------------------------------------------------------
 
 CHECKPOINT_KINDS = {".json": "a checkpoint card"}
+MODEL_FILE_KINDS = {".json": "a checkpoint card", ".pt2": "a torch.export program"}
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+def json_object(text: str) -> dict:
+    """argparse ``type``: a JSON object (``--model-kwargs '{"channels": 64}'``)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({error.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"channels\": 64}}', got {text!r}")
+    return value
+
+
+def add_model_options(parser: argparse.ArgumentParser, flags: tuple[str, ...] = ("--model", "--checkpoint"),
+                      role: str = "the model") -> argparse._ArgumentGroup:
     """The "model" group: which model a command works on (default: the bundled reference model).
 
-    Returns the group, so a command (or a later model-intake option) can add to it.
+    ``flags`` name the model option (the first is the one in messages); ``--weights`` and
+    ``--model-kwargs`` go with it (docs/bring-your-own-model.md). Read back with :func:`model_spec`.
     """
     group = parser.add_argument_group("model")
     group.add_argument(
-        "--checkpoint", metavar="CARD", default=None,
-        help="checkpoint card (.json, weights in the .safetensors beside it); default: the bundled reference model",
+        *flags, dest="model", metavar="SPEC", default=None,
+        help=f"{role}: a checkpoint card (.json), package.module:factory or file.py:factory (a callable returning an "
+        "interface nn.Module), or a torch.export program (.pt2); default: the bundled reference model",
     )
+    group.add_argument("--weights", metavar="FILE", help="weights loaded strictly into a factory's module: .safetensors, or a "
+                       "torch.save state dict (read with weights_only=True)")
+    group.add_argument("--model-kwargs", type=json_object, metavar="JSON", help="keyword arguments of the factory, a JSON object")
+    parser.set_defaults(model_flag=flags[0])
     return group
 
 
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    """The model the model options name, checked as far as it can be without importing it."""
+    from mlff_export.model_spec import ModelSpec, is_factory_spec
+
+    if args.model is None:
+        spec = str(REFERENCE_CHECKPOINT)
+    elif is_factory_spec(args.model):
+        spec = args.model
+    else:
+        spec = str(input_file(args.model, args.model_flag, MODEL_FILE_KINDS))
+    if args.weights is not None:
+        if spec.endswith(".json"):
+            raise UsageError(f"--weights go with a factory or a .pt2 program; the checkpoint card {spec} names its own weights")
+        input_file(args.weights, "--weights", {".safetensors": "a safetensors file", ".pt": "a state dict",
+                                                 ".pth": "a state dict", ".bin": "a state dict"})
+    if args.model_kwargs and spec.endswith(".json"):
+        raise UsageError(f"--model-kwargs go with a factory or a .pt2 program, not with the checkpoint card {spec}")
+    return ModelSpec(spec, args.weights, args.model_kwargs)
+
+
 def checkpoint_path(args: argparse.Namespace) -> Path:
-    """The checkpoint card the model options name, checked to be a ``.json`` file."""
-    if args.checkpoint is None:
-        return REFERENCE_CHECKPOINT
-    return input_file(args.checkpoint, "--checkpoint", CHECKPOINT_KINDS)
+    """The checkpoint card the model options name (for commands that read a card's provenance)."""
+    spec = model_spec(args)
+    if not spec.spec.endswith(".json"):
+        raise UsageError(f"{args.model_flag} {spec.spec}: this command reads a checkpoint card (.json); "
+                         "factories and .pt2 programs carry no card")
+    return Path(spec.spec)
 
 
 # --- the device --------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The main job on one checkpoint, each step the subcommand of the same name:
+"""The main job on one model (a checkpoint card, or --model/--weights/--model-kwargs as for
+export), each step the subcommand of the same name:
 
   export        NAME.fp32.onnx, NAME.fp16.onnx            -> OUT/onnx/
   build-engine  NAME.fp32.plan, NAME.fp16.plan             -> OUT/engines/  (TensorRT and a CUDA GPU only)
@@ -16,7 +17,7 @@ from mlff_export.cli.options import (
     add_device_option,
     add_model_options,
     add_threads_option,
-    checkpoint_path,
+    model_spec,
     output_folder,
     resolve_device,
 )
@@ -35,10 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def steps(args: argparse.Namespace, device: str, tensorrt_here: bool) -> list[tuple[str, list[str]]]:
     """(step name, mlff-export arguments) of each step, in order."""
-    checkpoint, out = str(checkpoint_path(args)), output_folder(args.out)
-    stem = checkpoint_path(args).stem
+    spec, out = model_spec(args), output_folder(args.out)
+    stem = spec.name
     onnx = {precision: out / "onnx" / f"{stem}.{precision}.onnx" for precision in ("fp32", "fp16")}
-    planned = [("export", ["export", "--checkpoint", checkpoint, "--out", str(out / "onnx")])]
+    planned = [("export", ["export", *spec.argv(), "--out", str(out / "onnx")])]
     artifacts = dict(onnx)
     if tensorrt_here:
         for precision in ("fp32", "fp16"):
@@ -47,9 +48,9 @@ def steps(args: argparse.Namespace, device: str, tensorrt_here: bool) -> list[tu
                                                           "--profile", "small-molecules", "--profile", "medium", "--out", str(plan)]))
             artifacts[precision] = plan
     for precision, artifact in artifacts.items():
-        planned.append((f"validate {precision}", ["validate", str(artifact), "--reference", checkpoint, "--device", device,
+        planned.append((f"validate {precision}", ["validate", str(artifact), *spec.argv("--reference"), "--device", device,
                                                   "--report", str(out / f"validate-{precision}")]))
-    planned.append(("bench", ["bench", "--checkpoint", checkpoint, "--suite", args.suite, "--device", device,
+    planned.append(("bench", ["bench", *spec.argv(), "--suite", args.suite, "--device", device,
                               "--out", str(out / "bench"), "--onnx", str(onnx["fp32"]), "--onnx", str(onnx["fp16"])]))
     threads = ["--threads", str(args.threads)] if args.threads else []
     return [(name, argv + threads if argv[0] in ("validate", "bench") else argv) for name, argv in planned]

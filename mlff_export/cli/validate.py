@@ -9,12 +9,13 @@ import argparse
 from pathlib import Path
 
 from mlff_export.cli.options import (
-    CHECKPOINT_KINDS,
     UsageError,
     add_device_option,
+    add_model_options,
     add_threads_option,
     apply_threads,
     input_file,
+    model_spec,
     output_folder,
     resolve_device,
 )
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mlff_export.validation.tolerances import OVERRIDABLE, PRECISIONS
 
     parser.add_argument("artifact", help="exported .onnx or TensorRT .plan (or a checkpoint .json with --backend)")
-    parser.add_argument("--reference", metavar="CARD", help="checkpoint card it was exported from (default: the bundled reference model)")
+    add_model_options(parser, flags=("--reference",), role="the PyTorch model the artifact was exported from")
     parser.add_argument("--structures", metavar="FILE", help="structures (any format ase.io.read reads); default: built-in set")
     parser.add_argument("--precision", choices=PRECISIONS, help="tolerance set (default: the artifact's precision)")
     add_device_option(parser, default="cpu")
@@ -53,21 +54,20 @@ def artifact_path(text: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     artifact = artifact_path(args.artifact)
-    reference = input_file(args.reference, "--reference", CHECKPOINT_KINDS) if args.reference else None
+    reference = model_spec(args)
     if args.structures and not Path(args.structures).is_file():
         raise UsageError(f"--structures {args.structures}: expected a structure file (any format ase.io.read reads)")
     report_dir = output_folder(args.report, "--report") if args.report else None
     device = resolve_device(args.device)
     apply_threads(args)
 
-    from mlff_export import REFERENCE_CHECKPOINT
     from mlff_export.validation.report import text_summary
     from mlff_export.validation.validate import validate_artifact
 
     overrides = {key.partition(":")[2]: value for key, value in vars(args).items() if key.startswith("tolerance:") and value is not None}
     report = validate_artifact(
         artifact,
-        reference=reference or REFERENCE_CHECKPOINT,
+        reference=reference.load(),
         structures=args.structures,
         precision=args.precision,
         device=device,

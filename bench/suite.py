@@ -77,7 +77,8 @@ QUICK_ROW_SECONDS = 3.0
 
 
 def build_suite(name: str, only: str | None = None) -> Suite:
-    """``quick`` (CPU-sized) or ``full`` (the GPU run); ``only`` keeps the workloads whose name
+    """``quick`` (CPU-sized), ``full`` (the GPU run) or ``models`` (a user's model on the GPU:
+    benzene, a batch of 1024 molecules, 10k-atom water); ``only`` keeps the workloads whose name
     contains it."""
     suite = _named_suite(name)
     if only:
@@ -111,7 +112,15 @@ def _named_suite(name: str) -> Suite:
             # compile modes are re-measured on benzene; reduce-overhead runs everything.
             only_on={mode: ("latency C6H6", "model C6H6") for mode in ("compile", "compile-max-autotune")},
         )
-    raise ValueError(f"suite must be 'quick' or 'full', got {name!r}")
+    if name == "models":  # a user's model on the GPU: the issue's three workloads, against its own eager
+        return Suite(
+            "models",
+            [Workload("latency C6H6", "latency", [seed_molecule("C6H6")]),
+             Workload("batch 1024", "batch", small_molecule_batch(1024), repeats=10),
+             Workload("latency water-10000", "latency", [water_box(10000)], repeats=10)],
+            only_on={"compile-max-autotune": ("latency C6H6",)},
+        )
+    raise ValueError(f"suite must be 'quick', 'full' or 'models', got {name!r}")
 
 
 def _jiggle(atoms: Atoms, step: int) -> None:

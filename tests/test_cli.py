@@ -101,9 +101,14 @@ def test_demo_runs_the_seed_molecules(capsys):
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["info", "--checkpoint", "{tmp}"], "--checkpoint {tmp} is a folder; expected a checkpoint card (.json)"),
+        (["info", "--checkpoint", "{tmp}"], "--model {tmp} is a folder; expected a checkpoint card (.json) or a torch.export program (.pt2)"),
         (["info", "--checkpoint", "{tmp}/missing.json"], "does not exist; expected a checkpoint card (.json)"),
-        (["info", "--checkpoint", "{tmp}/model.pt"], "expected a checkpoint card (.json), got a .pt file"),
+        (["info", "--model", "{tmp}/model.pt"], "expected a checkpoint card (.json) or a torch.export program (.pt2), got a .pt file"),
+        (["info", "--model", "mlff_export.model:PaiNN"], "this command reads a checkpoint card (.json)"),
+        (["export", "--weights", "{tmp}/model.pt"], "--weights go with a factory or a .pt2 program"),
+        (["export", "--model", "a.b:make", "--weights", "{tmp}/missing.safetensors"], "--weights {tmp}/missing.safetensors does not exist"),
+        (["bench", "--model-kwargs", '{{"channels": 8}}'], "--model-kwargs go with a factory or a .pt2 program"),
+        (["validate", "{tmp}/model.onnx", "--reference", "{tmp}/model.pt"], "--reference {tmp}/model.pt: expected a checkpoint card"),
         (["validate", "{tmp}/model.pt"], "validate takes .onnx or .plan"),
         (["validate", "{tmp}"], "artifact {tmp} is a folder; expected an exported ONNX graph (.onnx)"),
         (["export", "--out", "{tmp}/model.pt"], "--out {tmp}/model.pt is a file; expected a folder"),
@@ -112,6 +117,7 @@ def test_demo_runs_the_seed_molecules(capsys):
 )
 def test_wrong_file_kinds_name_the_expected_kind(tmp_path, capsys, argv, expected):
     (tmp_path / "model.pt").write_bytes(b"not a checkpoint card")
+    (tmp_path / "model.onnx").write_bytes(b"not read: the arguments are checked first")
     assert main([arg.format(tmp=tmp_path) for arg in argv]) == 1
     assert expected.format(tmp=tmp_path) in one_error_line(capsys)
 
@@ -155,7 +161,8 @@ def test_bench_refuses_pytorch_backends_without_fp32(capsys):
     [
         (["--onnx", "{tmp}/missing.onnx"], "--onnx {tmp}/missing.onnx does not exist; expected an exported ONNX graph (.onnx)"),
         (["--onnx", "{tmp}"], "--onnx {tmp} is a folder"),
-        (["--checkpoint", "{tmp}/model.pt"], "--checkpoint {tmp}/model.pt: expected a checkpoint card (.json)"),
+        (["--checkpoint", "{tmp}/model.pt"], "--model {tmp}/model.pt: expected a checkpoint card (.json)"),
+        (["--onnx", "{tmp}/model.onnx", "--weights", "{tmp}/model.pt"], "--weights and --model-kwargs go with --model"),
         (["--profile", "bogus"], "profile(s) ['bogus'] not in"),
         (["--atoms", "8:4:2", "--pairs", "1:32:64", "--structures", "1:1:2"], "--atoms | received '8:4:2' | expected 1 <= MIN <= OPT <= MAX"),
         (["--atoms", "1:8:64"], "missing --pairs, --structures"),
@@ -165,6 +172,7 @@ def test_bench_refuses_pytorch_backends_without_fp32(capsys):
 )
 def test_build_engine_checks_its_arguments_before_looking_for_tensorrt(tmp_path, capsys, arguments, expected):
     (tmp_path / "model.pt").write_bytes(b"")
+    (tmp_path / "model.onnx").write_bytes(b"")
     assert main(["build-engine"] + [arg.format(tmp=tmp_path) for arg in arguments]) == 1
     line = one_error_line(capsys)
     assert expected.format(tmp=tmp_path) in line and "TensorRT" not in line

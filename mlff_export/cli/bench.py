@@ -3,8 +3,9 @@ calculator, the model call alone, batches, MD steps/s, peak GPU memory and parit
 Writes results.json, results.md and plots (bench/README.md explains every column).
 
 Suites: quick (CPU-sized: the seed molecules, one batch sweep 1-16, an 81-atom water box, 20 MD
-steps; eager and ONNX Runtime) and full (the GPU run: up to 100k-atom water, batches to 1024,
-every backend). A backend named in --backends that cannot run here (no GPU, library missing)
+steps; eager and ONNX Runtime), full (the GPU run: up to 100k-atom water, batches to 1024,
+every backend) and models (benzene, 1024 molecules, 10k-atom water: a user's model, --model,
+against its own eager). A backend named in --backends that cannot run here (no GPU, library missing)
 stops the command before any work; exit 1 also when a row fails or nothing was measured."""
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ HELP = "benchmark every available backend side by side (JSON, Markdown, plots)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
-    parser.add_argument("--suite", choices=("quick", "full"), default="quick",
-                        help="quick: the CPU-sized suite (default); full: the GPU suite")
+    parser.add_argument("--suite", choices=("quick", "full", "models"), default="quick",
+                        help="quick: the CPU-sized suite (default); full: the GPU suite; models: benzene, 1024 "
+                        "molecules and 10k-atom water, for comparing a user's model with its own eager")
     parser.add_argument("--backends", metavar="LIST",
                         help=f"comma-separated, of {', '.join(ALL_BACKENDS)} (default: the suite's: quick "
                         "eager,onnxruntime; full every one that can run here)")

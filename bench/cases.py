@@ -8,31 +8,17 @@ model's ``autograd.grad`` cannot be scripted).
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from mlff_export.checkpoint import load_checkpoint
 from mlff_export.interface import AtomicInputs
+from mlff_export.model_spec import ModelSpec
 from mlff_export.runtime.calculator import MLFFCalculator, load_calculator
 from mlff_export.runtime.eager import EagerBackend
 from mlff_export.runtime.joint_graph import JointGraphBackend
-
-ALL_BACKENDS = (
-    "eager",
-    "eager-fp16-autocast",
-    "torchscript",
-    "compile",
-    "compile-reduce-overhead",
-    "compile-max-autotune",
-    "cuda-graphs",
-    "onnxruntime",
-    "tensorrt",
-)
-GPU_ONLY = {"eager-fp16-autocast", "compile-reduce-overhead", "compile-max-autotune", "cuda-graphs", "tensorrt"}
 
 
 class AutocastEagerBackend(EagerBackend):
@@ -79,52 +65,36 @@ def _calculator_with(backend, model) -> MLFFCalculator:
 
 
 def plan_cases(
-    checkpoint: Path,
+    model: ModelSpec,
     onnx_files: dict[str, Path],
     device: torch.device,
     backends: list[str],
     precisions: list[str],
-) -> tuple[list[Case], dict[str, str]]:
-    """The cases to run, and for each requested row that cannot run here, the reason."""
+) -> list[Case]:
+    """The rows for ``backends`` (each able to run here: see :mod:`.availability`): artifact
+    backends at every precision, the others in fp32."""
     cases: list[Case] = []
-    not_run: dict[str, str] = {}
     for backend in backends:
-        if backend in GPU_ONLY and device.type != "cuda":
-            not_run[backend] = "needs a CUDA GPU"
-            continue
         if backend == "tensorrt":
-            if importlib.util.find_spec("tensorrt") is None:
-                not_run[backend] = (
-                    "full TensorRT is not installed (not obtainable on this machine; TensorRT-RTX builds here "
-                    "but cannot deserialize on compute capability 9.0)"
-                )
-                continue
-            for precision in precisions:
-                cases.append(Case(backend, precision, _engine_case(onnx_files[precision], precision, device)))
-            continue
-        if backend == "onnxruntime":
-            if importlib.util.find_spec("onnxruntime") is None:
-                not_run[backend] = "onnxruntime is not installed"
-                continue
-            for precision in precisions:
-                path = onnx_files[precision]
-                cases.append(Case(backend, precision, lambda path=path: load_calculator(path, device)))
-            continue
-        if "fp32" not in precisions:
-            continue
-        cases.append(Case(backend, "fp32", _module_case(backend, checkpoint, device)))
-    return cases, not_run
+            cases += [Case(backend, precision, _engine_case(onnx_files[precision], precision, device)) for precision in precisions]
+        elif backend == "onnxruntime":
+            cases += [
+                Case(backend, precision, lambda path=onnx_files[precision]: load_calculator(path, device))
+                for precision in precisions
+            ]
+        else:
+            cases.append(Case(backend, "fp32", _module_case(backend, model, device)))
+    return cases
 
 
-def _module_case(backend: str, checkpoint: Path, device: torch.device) -> Callable[[], MLFFCalculator]:
-    def build() -> MLFFCalculator:
+def _module_case(backend: str, spec: ModelSpec, device: torch.device) -> Callable[[], MLFFCalculator]:
+    def build() -> MLFFCalculator:  # a fresh module per row: backends may move or convert it
+        model = spec.load().module
         if backend == "eager-fp16-autocast":
-            model = load_checkpoint(checkpoint)
             return _calculator_with(AutocastEagerBackend(model, device, torch.float32), model)
         if backend == "torchscript":
-            model = load_checkpoint(checkpoint)
             return _calculator_with(TorchScriptBackend(model, device), model)
-        return load_calculator(checkpoint, device, backend=backend)
+        return load_calculator(model, device, backend=backend)
 
     return build
 

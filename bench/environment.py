@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 
@@ -25,6 +26,17 @@ def _driver_version() -> str | None:
     return result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout.strip() else None
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def describe_environment(device: torch.device) -> dict:
     """A JSON-ready description of the machine and software the benchmark ran on."""
     versions = {}
@@ -38,7 +50,7 @@ def describe_environment(device: torch.device) -> dict:
         "mlff_export": mlff_export.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),

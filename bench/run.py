@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -11,50 +12,58 @@ from tqdm import tqdm
 
 from mlff_export.bench.cases import plan_cases
 from mlff_export.bench.environment import describe_environment
+from mlff_export.bench.machine_load import LoadMeter
 from mlff_export.bench.report import markdown_table, write_plots
-from mlff_export.bench.suite import build_suite, run_suite, write_jsonl
+from mlff_export.bench.suite import Suite, run_suite, write_jsonl
+from mlff_export.model_spec import ModelSpec
 from mlff_export.runtime.calculator import load_calculator
 
 
 def run_benchmark(
-    checkpoint: Path,
-    suite_name: str,
-    backends: list[str] | None,
+    model: ModelSpec,
+    suite: Suite,
+    backends: list[str],
     precisions: list[str],
     device: torch.device,
     out: Path,
-    only: str | None = None,
+    *,
+    not_run: dict[str, str] | None = None,
+    onnx_files: dict[str, Path] | None = None,
 ) -> dict:
-    """Run ``suite_name`` for ``backends`` (default: the suite's) x ``precisions`` on ``device``;
-    returns the JSON written.
+    """Run ``suite`` for ``backends`` x ``precisions`` on ``device``; returns the JSON written.
 
-    Writes into ``out``: ``records.jsonl`` (as it goes), ``results.json`` (environment, records,
-    rows not run and why), ``results.md`` and the PNG plots. Exported graphs and engines go to a
+    ``backends`` must all be able to run here (:mod:`.availability` decides; ``not_run`` holds
+    the skipped ones and why, for the report). ``onnx_files`` (precision -> exported graph) are
+    used instead of exporting ``model`` again; otherwise graphs and engines go to a
     temporary folder, removed at the end.
+
+    Writes into ``out``: ``records.jsonl`` (as it goes), ``results.json`` (environment, machine
+    load, records, rows not run and why), ``results.md`` and the PNG plots that have data.
     """
     with tempfile.TemporaryDirectory(prefix="mlff-bench-") as artifacts:
-        return _run(checkpoint, suite_name, backends, precisions, device, out, only, Path(artifacts))
+        if onnx_files is None and {"onnxruntime", "tensorrt"} & set(backends):
+            from mlff_export.export import to_onnx
+
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # the exporter's notes on absent torchvision ops
+            loaded = model.load()
+            onnx_files = {
+                precision: to_onnx(loaded.module, Path(artifacts) / f"{model.name}.{precision}.onnx", precision=precision,
+                                   model_source=loaded.source)
+                for precision in tqdm(precisions, desc="bench: exporting ONNX", unit="graph")
+            }
+        cases = plan_cases(model, onnx_files or {}, device, backends, precisions)
+        return _run(suite, cases, model, device, out, dict(not_run or {}))
 
 
-def _run(checkpoint, suite_name, backends, precisions, device, out: Path, only, artifacts: Path) -> dict:
+def _run(suite: Suite, cases, model: ModelSpec, device: torch.device, out: Path, not_run: dict[str, str]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    suite = build_suite(suite_name, only)
-    backends = list(backends or suite.default_backends)
-    onnx_files = {}
-    if "onnxruntime" in backends or "tensorrt" in backends:
-        from mlff_export.checkpoint import load_checkpoint
-        from mlff_export.export import to_onnx
-
-        model = load_checkpoint(checkpoint)
-        for precision in precisions:
-            onnx_files[precision] = to_onnx(model, artifacts / f"{checkpoint.stem}.{precision}.onnx", precision=precision)
-    cases, not_run = plan_cases(checkpoint, onnx_files, device, backends, precisions)
-    if "eager" not in backends:
+    if not any(case.backend == "eager" for case in cases):
         not_run.setdefault("eager", "not requested (used as the parity reference only)")
-    reference = load_calculator(checkpoint, device)
+    reference = load_calculator(model.load().module, device)
     (out / "records.jsonl").unlink(missing_ok=True)
     steps = sum(suite.runs(case.backend, workload) for case in cases for workload in suite.workloads)
-    with tqdm(total=steps, desc=f"bench {suite_name}", unit="task") as bar:
+    meter = LoadMeter()
+    with tqdm(total=steps, desc=f"bench {suite.name}", unit="row") as bar:
 
         def progress(message: str) -> None:
             bar.set_postfix_str(message)
@@ -62,9 +71,12 @@ def _run(checkpoint, suite_name, backends, precisions, device, out: Path, only, 
                 bar.update(1)
 
         records = write_jsonl(run_suite(suite, cases, reference, device, progress), out / "records.jsonl")
+    load = meter.stop()
     environment = describe_environment(device)
-    results = {"suite": suite_name, "environment": environment, "records": records, "not_run": not_run}
+    results = {"suite": suite.name, "model": model.argv()[1:], "environment": environment, "machine_load": load.to_dict(), "records": records,
+               "not_run": not_run}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "results.md").write_text(markdown_table(records, environment, not_run))
-    write_plots(records, out, environment.get("gpu") or str(device))
+    (out / "results.md").write_text(markdown_table(records, environment, not_run, load))
+    where = environment.get("gpu") or environment.get("cpu") or str(device)
+    write_plots(records, out, f"{where} (busy machine)" if load.busy else where)
     return results

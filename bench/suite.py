@@ -10,8 +10,9 @@ Workload kinds:
 * ``loop``: the same 1024 molecules one call at a time (the baseline batching must beat);
 * ``md``: ASE VelocityVerlet steps per second through the calculator (Verlet skin 0.5 Å).
 
-Each (case, workload) also records peak GPU memory (torch allocations) and the largest energy and
-force differences from eager FP32 on the same structures.
+Each (case, workload) also records peak GPU memory (torch allocations), the largest energy and
+force differences from eager FP32 on the same structures, whether its timing stayed noisy
+(:mod:`.timing`) and how busy the machine was meanwhile (:mod:`.machine_load`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from ase import Atoms, units
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
 
-from mlff_export.bench.cases import ALL_BACKENDS, Case
+from mlff_export.bench.availability import ALL_BACKENDS
+from mlff_export.bench.cases import Case
+from mlff_export.bench.machine_load import LoadMeter, MachineLoad
 from mlff_export.bench.timing import time_calls
 from mlff_export.bench.workloads import LARGER_MOLECULE, SEED_MOLECULES, seed_molecule, small_molecule_batch, water_box
 from mlff_export.neighbors import batch_inputs, compute_pairs
@@ -45,6 +48,8 @@ class Workload:
     structures: list[Atoms]
     repeats: int = 20
     md_steps: int = 0
+    max_seconds: float = 10.0
+    """Time budget of the timed calls (the noise guard's extra samples stop there)."""
 
     @property
     def num_atoms(self) -> int:
@@ -67,9 +72,14 @@ class Suite:
         return workload.name in self.only_on.get(backend, (workload.name,))
 
 
+QUICK_ROW_SECONDS = 3.0
+"""The quick suite's time budget per row: a busy CPU gets noisy rows, not a run of many minutes."""
+
+
 def build_suite(name: str, only: str | None = None) -> Suite:
-    """``quick`` (CPU, under a minute) or ``full`` (the H100 run); ``only`` keeps the workloads
-    whose name contains it."""
+    """``quick`` (CPU-sized), ``full`` (the GPU run) or ``models`` (a user's model on the GPU:
+    benzene, a batch of 1024 molecules, 10k-atom water); ``only`` keeps the workloads whose name
+    contains it."""
     suite = _named_suite(name)
     if only:
         suite.workloads = [w for w in suite.workloads if only in w.name]
@@ -82,10 +92,10 @@ def _named_suite(name: str) -> Suite:
     if name == "quick":
         return Suite(
             "quick",
-            [Workload(f"latency {m}", "latency", [seed_molecule(m)], repeats=10) for m in SEED_MOLECULES]
-            + [Workload("model C6H6", "model", [seed_molecule("C6H6")], repeats=10)]
-            + [Workload(f"batch {b}", "batch", small_molecule_batch(b), repeats=5) for b in (1, 4, 16)]
-            + [Workload("latency water-81", "latency", [water_box(81)], repeats=5)]
+            [Workload(f"latency {m}", "latency", [seed_molecule(m)], repeats=10, max_seconds=QUICK_ROW_SECONDS) for m in SEED_MOLECULES]
+            + [Workload("model C6H6", "model", [seed_molecule("C6H6")], repeats=10, max_seconds=QUICK_ROW_SECONDS)]
+            + [Workload(f"batch {b}", "batch", small_molecule_batch(b), repeats=5, max_seconds=QUICK_ROW_SECONDS) for b in (1, 4, 16)]
+            + [Workload("latency water-81", "latency", [water_box(81)], repeats=5, max_seconds=QUICK_ROW_SECONDS)]
             + [Workload("md C6H6", "md", [seed_molecule("C6H6")], repeats=1, md_steps=20)],
             default_backends=("eager", "onnxruntime"),  # compiling on a CPU alone takes minutes
         )
@@ -102,7 +112,15 @@ def _named_suite(name: str) -> Suite:
             # compile modes are re-measured on benzene; reduce-overhead runs everything.
             only_on={mode: ("latency C6H6", "model C6H6") for mode in ("compile", "compile-max-autotune")},
         )
-    raise ValueError(f"suite must be 'quick' or 'full', got {name!r}")
+    if name == "models":  # a user's model on the GPU: the issue's three workloads, against its own eager
+        return Suite(
+            "models",
+            [Workload("latency C6H6", "latency", [seed_molecule("C6H6")]),
+             Workload("batch 1024", "batch", small_molecule_batch(1024), repeats=10),
+             Workload("latency water-10000", "latency", [water_box(10000)], repeats=10)],
+            only_on={"compile-max-autotune": ("latency C6H6",)},
+        )
+    raise ValueError(f"suite must be 'quick', 'full' or 'models', got {name!r}")
 
 
 def _jiggle(atoms: Atoms, step: int) -> None:
@@ -135,8 +153,9 @@ def _timed_task(workload: Workload, calc: MLFFCalculator) -> tuple[Callable[[int
     raise ValueError(f"unknown workload kind {workload.kind!r}")
 
 
-def _md_steps_per_second(workload: Workload, calc: MLFFCalculator, device: torch.device) -> tuple[float, float]:
-    """(steps per second, total-energy drift in eV) of a VelocityVerlet run at 0.5 fs."""
+def _md_steps_per_second(workload: Workload, calc: MLFFCalculator, device: torch.device) -> tuple[float, float, MachineLoad]:
+    """(steps per second, total-energy drift in eV, the machine's load meanwhile) of a
+    VelocityVerlet run at 0.5 fs."""
     atoms = workload.structures[0].copy()
     skin, calc.neighbor_list.skin = calc.neighbor_list.skin, 0.5
     atoms.calc = calc
@@ -144,13 +163,15 @@ def _md_steps_per_second(workload: Workload, calc: MLFFCalculator, device: torch
     dynamics = VelocityVerlet(atoms, timestep=0.5 * units.fs)
     dynamics.run(5)  # warm-up: compile or capture outside the clock
     start_energy = atoms.get_total_energy()
+    meter = LoadMeter()
     start = time.perf_counter()
     dynamics.run(workload.md_steps)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
+    load = meter.stop()
     calc.neighbor_list.skin = skin
-    return workload.md_steps / seconds, float(atoms.get_total_energy() - start_energy)
+    return workload.md_steps / seconds, float(atoms.get_total_energy() - start_energy), load
 
 
 def _parity(calc: MLFFCalculator, reference: list[dict], structures: list[Atoms]) -> dict[str, float]:
@@ -225,16 +246,17 @@ def _measure(
         torch.cuda.reset_peak_memory_stats(device)
     try:
         if workload.kind == "md":
-            steps_per_second, drift = _md_steps_per_second(workload, calc, device)
+            steps_per_second, drift, load = _md_steps_per_second(workload, calc, device)
             record.update(steps_per_s=steps_per_second, atom_steps_per_s=steps_per_second * workload.num_atoms,
-                          md_energy_drift_ev=drift, median_s=1 / steps_per_second)
+                          md_energy_drift_ev=drift, median_s=1 / steps_per_second, load=load.to_dict())
         else:
             call, structures_per_call = _timed_task(workload, calc)
-            timing = time_calls(call, device, repeats=workload.repeats, warmup=2 if workload.kind == "loop" else 3)
+            timing = time_calls(call, device, repeats=workload.repeats, warmup=2 if workload.kind == "loop" else 3,
+                                max_seconds=workload.max_seconds)
             q1, q3 = timing.interquartile
             record.update(
-                median_s=timing.median, q1_s=q1, q3_s=q3, samples_s=timing.samples,
-                structures_per_s=structures_per_call / timing.median,
+                median_s=timing.median, q1_s=q1, q3_s=q3, samples_s=timing.samples, noisy=timing.noisy,
+                load=timing.load.to_dict(), structures_per_s=structures_per_call / timing.median,
                 atom_steps_per_s=workload.num_atoms / timing.median,
             )
         expected = reference()

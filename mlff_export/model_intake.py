@@ -33,6 +33,7 @@ from torch import nn
 
 from mlff_export.checkpoint import file_sha256, load_checkpoint, read_card
 from mlff_export.interface import INPUT_NAMES, interface_declaration_problem
+from mlff_export.model_spec import is_factory_spec
 
 INTERFACE_FILE = "mlff-interface.json"
 """Extra file of a ``.pt2`` program holding ``{"cutoff": Å, "species": [atomic numbers]}``."""
@@ -48,13 +49,6 @@ class LoadedModel:
 
     module: nn.Module
     source: str
-
-
-def is_factory_spec(spec: str) -> bool:
-    """Whether ``spec`` reads as ``package.module:factory`` or ``file.py:factory``."""
-    module, colon, name = spec.rpartition(":")
-    dotted = all(part.isidentifier() for part in module.split("."))
-    return bool(colon) and name.isidentifier() and (dotted or module.endswith(".py"))
 
 
 def load_model(spec: str | Path, *, weights: str | Path | None = None, model_kwargs: Mapping | None = None) -> LoadedModel:

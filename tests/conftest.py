@@ -1,14 +1,37 @@
-"""Shared fixtures: small deterministic models and structures the physics tests run on."""
+"""Shared fixtures: small deterministic models and structures the physics tests run on, and the
+small model's ONNX export, made once per test run.
+
+The README's test command runs the files on several processes (pytest-xdist, ``-n auto --dist
+loadfile``): each worker uses one torch thread, and what every worker needs (the export) is built
+by the first worker that asks, under a file lock, and read by the others.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk, molecule
+from filelock import FileLock
 
 from mlff_export.model import PaiNN, PaiNNConfig
+
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def pytest_configure(config):
+    """One torch thread per pytest-xdist worker: as many workers as cores already fill the
+    machine, and OpenMP threads that wait for a core another worker holds made eager calls 5-9x
+    slower on the 2-core CI machine."""
+    if XDIST_WORKER:
+        torch.set_num_threads(1)
 
 
 def make_small_painn(seed: int = 0) -> PaiNN:
@@ -68,6 +91,36 @@ def structure_zoo() -> dict[str, Atoms]:
         "triclinic": triclinic_cell(),
         "mixed-pbc-slab": slab,
     }
+
+
+def run_folder(tmp_path_factory) -> Path:
+    """The temporary folder of the whole test run (shared by all pytest-xdist workers)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if XDIST_WORKER else base
+
+
+@pytest.fixture(scope="session")
+def small_painn_export(tmp_path_factory) -> dict:
+    """``make_small_painn()`` saved as a checkpoint and exported by ``mlff-export export`` (both
+    precisions, parity checked), once per test run. Returns ``{"checkpoint": card path,
+    "onnx": {precision: path}, "exit_code": int, "stdout": str}``."""
+    folder = run_folder(tmp_path_factory) / "small-painn-export"
+    summary = folder / "summary.json"
+    with FileLock(str(folder) + ".lock"):
+        if not summary.is_file():
+            from mlff_export.checkpoint import save_checkpoint
+            from mlff_export.cli import main
+
+            card = save_checkpoint(make_small_painn(), folder / "small-painn.json")
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                exit_code = main(["export", "--checkpoint", str(card), "--out", str(folder / "onnx")])
+            onnx = {precision: str(folder / "onnx" / f"small-painn.{precision}.onnx") for precision in ("fp32", "fp16")}
+            summary.write_text(json.dumps({"checkpoint": str(card), "onnx": onnx, "exit_code": exit_code, "stdout": printed.getvalue()}))
+    result = json.loads(summary.read_text())
+    result["checkpoint"] = Path(result["checkpoint"])
+    result["onnx"] = {precision: Path(path) for precision, path in result["onnx"].items()}
+    return result
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,16 +5,21 @@ architectures from PyPI (MACE from mace-torch, HIP-NN-TS from hippynn, TensorNet
 behind the adapters in ``examples/byom/``) are marked ``third_party``: `.ci/run` installs their
 packages and runs them after the README's test command (`pytest -m third_party`).
 
-For each model: export through ``to_onnx``; no scatter with a reduction in the graph; ONNX Runtime
-with 1 and 4 intra-op threads against the module's own eager output, within the export
-tolerances; forces against finite differences of the exported energy; the virial against the
-strain derivative.
+For each model: export through the CLI (``mlff-export export --model FILE.py:FACTORY``; the
+Python ``to_onnx`` route is exercised by the FP16, ``.pt2`` and fallback tests); no scatter with a
+reduction in the graph, as the CLI reports; ONNX Runtime with 1 and 4 intra-op threads against the
+module's own eager output, within the export tolerances; forces against finite differences of the
+exported energy; the virial against the strain derivative; ``mlff-export validate --reference``
+the model passes, and fails for the same model with one weight scaled by 1.01.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +41,7 @@ from conftest import rattled, structure_zoo
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from mlff_export.cli import main  # noqa: E402
 from mlff_export.export import ExportError, ScatterGraphWarning, read_metadata, to_onnx  # noqa: E402
 from mlff_export.export.energy_program import save_energy_program  # noqa: E402
 from mlff_export.export.onnx_export import scatters_with_reduction  # noqa: E402
@@ -46,6 +52,7 @@ from mlff_export.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: 
 from mlff_export.runtime.parity import compare_with_eager  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "byom"
+STUDENT = f"{Path(__file__).resolve().parent / 'byom_models.py'}:make_student"
 THIRD_PARTY = {  # adapter file -> the PyPI package it needs
     "mace_model.py": "mace",
     "hippynn_hipnn.py": "hippynn",
@@ -55,10 +62,13 @@ ZOO = structure_zoo()
 PARITY_SET = [ZOO["H2O"], ZOO["benzene"], ZOO["diamond-primitive"], ZOO["triclinic"], ZOO["mixed-pbc-slab"]]
 
 
-def third_party_model(adapter: str):
-    if importlib.util.find_spec(THIRD_PARTY[adapter]) is None:
-        pytest.skip(f"{THIRD_PARTY[adapter]} is not installed (pip install -e '.[byom-examples]')")
-    return load_model(f"{EXAMPLES / adapter}:make_model").module
+def model_spec(name: str) -> str:
+    """The ``--model`` of a model of :data:`MODELS` (skips where its package is not installed)."""
+    if name == "student":
+        return STUDENT
+    if importlib.util.find_spec(THIRD_PARTY[name]) is None:
+        pytest.skip(f"{THIRD_PARTY[name]} is not installed (pip install -e '.[byom-examples]')")
+    return f"{EXAMPLES / name}:make_model"
 
 
 MODELS = [pytest.param("student", id="student")] + [
@@ -66,16 +76,28 @@ MODELS = [pytest.param("student", id="student")] + [
 ]
 
 
+@dataclass
+class Exported:
+    model: torch.nn.Module
+    path: Path
+    spec: str
+    printed: str
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """model name -> (module, exported fp32 path), each exported once."""
+    """model name -> :class:`Exported`, each exported once, by ``mlff-export export --model``."""
     cache = {}
 
-    def get(name: str):
+    def get(name: str) -> Exported:
         if name not in cache:
-            model = make_student() if name == "student" else third_party_model(name)
-            path = to_onnx(model, tmp_path_factory.mktemp("byom") / f"{name}.fp32.onnx")
-            cache[name] = (model, path)
+            spec, out = model_spec(name), tmp_path_factory.mktemp("byom")
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                code = main(["export", "--model", spec, "--precision", "fp32", "--out", str(out)])
+            assert code == 0, printed.getvalue()
+            stem = Path(spec.rpartition(":")[0]).stem
+            cache[name] = Exported(load_model(spec).module, out / f"{stem}.fp32.onnx", spec, printed.getvalue())
         return cache[name]
 
     return get
@@ -88,15 +110,32 @@ def assert_parity(backend, model, structures, precision):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_export_is_scatter_free_on_the_neighbor_table(exported, name):
-    _, path = exported(name)
+    path = exported(name).path
     assert scatters_with_reduction(onnx.load(str(path))) == []
     assert read_metadata(path).input_layout == "neighbor_table"
+    assert "layout neighbor_table, 0 scatters with a reduction" in exported(name).printed
+    assert read_metadata(path).model_source.startswith(f"factory {exported(name).spec}")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_validate_passes_against_the_model_and_fails_with_one_weight_off_by_one_percent(exported, name, tmp_path, capsys):
+    model, path, spec = exported(name).model, exported(name).path, exported(name).spec
+    assert main(["validate", str(path), "--reference", spec, "--nve-steps", "0"]) == 0, capsys.readouterr().out
+    capsys.readouterr()
+    state = model.state_dict()
+    weight = next(key for key, parameter in model.named_parameters() if parameter.numel() > 1)
+    state[weight] = state[weight] * 1.01
+    torch.save(state, tmp_path / "scaled.pt")
+    code = main(["validate", str(path), "--reference", spec, "--weights", str(tmp_path / "scaled.pt"), "--nve-steps", "0"])
+    printed = capsys.readouterr().out
+    assert code == 1 and printed.rstrip().endswith("FAILED")
+    assert "weights match the reference" in printed, printed
 
 
 @pytest.mark.parametrize("threads", [1, 4])
 @pytest.mark.parametrize("name", MODELS)
 def test_onnxruntime_matches_the_modules_own_eager_output(exported, name, threads):
-    model, path = exported(name)
+    model, path = exported(name).model, exported(name).path
     backend = OnnxRuntimeBackend(path, intra_op_threads=threads)
     assert_parity(backend, model, PARITY_SET, "fp32")  # one batched call of molecules and cells
     assert_parity(backend, model, [ZOO["CH4"]], "fp32")  # one structure
@@ -113,7 +152,7 @@ def hydrogen_only(atoms: Atoms) -> Atoms:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_exported_forces_are_minus_the_gradient_of_the_exported_energy(exported, name):
-    _, path = exported(name)
+    path = exported(name).path
     atoms = hydrogen_only(rattled(molecule("CH4"), stdev=0.1, seed=4))
     atoms.calc = load_calculator(path)
     forces = atoms.get_forces()
@@ -134,7 +173,7 @@ def test_exported_forces_are_minus_the_gradient_of_the_exported_energy(exported,
 @pytest.mark.parametrize("name", MODELS)
 def test_exported_stress_is_the_strain_derivative_of_the_exported_energy(exported, name):
     """The virial of the strain route (every user model takes it) against energies of strained cells."""
-    _, path = exported(name)
+    path = exported(name).path
     atoms = hydrogen_only(ZOO["triclinic"])
     atoms.calc = load_calculator(path)
     stress = atoms.get_stress(voigt=False)

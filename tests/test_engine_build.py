@@ -1,14 +1,12 @@
-"""Building engines: the CLI without TensorRT, our builder logic around TensorRT, and (where
-TensorRT and a GPU exist) the real engine against the eager model.
+"""Building engines: our builder logic around TensorRT, and (where TensorRT and a GPU exist) the
+real engine against the eager model. The CLI's argument checks and its advice without TensorRT are
+in tests/test_cli.py.
 
 ``FakeTensorRTForTests`` (tests/fake_tensorrt.py) stands in for the missing TensorRT library ONLY
 to test our code around it (flags, profiles, caches, files written); it builds nothing.
 """
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,7 +16,6 @@ from mlff_export.export import engine_builder
 from mlff_export.export.engine_builder import BuilderSettings, EngineBuildError, OnnxParseError, build_engine
 from mlff_export.export.engine_profiles import profile_from_ranges, select_profiles
 from mlff_export.export.engine_sidecar import check_engine
-from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
 from mlff_export.export.metadata import ArtifactMetadata
 from mlff_export.export.tensorrt_compat import (
     TensorRTLibrary,
@@ -49,15 +46,6 @@ def without_gpu_or_graph(monkeypatch):
     """The builder's two contacts with the machine and the ONNX file, replaced by fixed answers."""
     monkeypatch.setattr(engine_builder, "current_gpu", lambda: ("NVIDIA GeForce RTX 3080 Ti", "8.6"))
     monkeypatch.setattr(engine_builder, "read_metadata", lambda path: graph_metadata())
-
-
-@pytest.mark.skipif(tensorrt_here() is not None, reason="TensorRT is installed here")
-def test_build_engine_without_tensorrt_is_one_line_naming_the_install():
-    command = [sys.executable, "-m", "mlff_export.cli", "build-engine", "--onnx", "x.onnx", "--precision", "fp32"]
-    result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and 'pip install "mlff-export[trt]"' in lines[0] and "Traceback" not in result.stderr
 
 
 def build(tmp_path, library, profiles=("medium",), settings=BuilderSettings(), report=lambda line: None):

@@ -1,6 +1,8 @@
 """ONNX export: parity with eager PyTorch through ONNX Runtime, dynamic sizes, graph checks, metadata.
 
-Each model is exported once per module (export takes seconds); the tests share the files.
+Each model is exported once (export takes tens of seconds on a 2-core CPU) and the tests share the
+files: the small PaiNN once per test run by ``mlff-export export`` (conftest.py), the others once
+per module.
 """
 
 from __future__ import annotations
@@ -48,10 +50,10 @@ def painn():
 
 
 @pytest.fixture(scope="module")
-def painn_onnx(painn, tmp_path_factory):
-    """precision -> path of the exported small PaiNN."""
-    folder = tmp_path_factory.mktemp("painn")
-    return {precision: to_onnx(painn, folder / f"painn.{precision}.onnx", precision=precision) for precision in ("fp32", "fp16")}
+def painn_onnx(small_painn_export):
+    """precision -> path of the exported small PaiNN (the ``painn`` fixture's weights; exported
+    once per test run by ``mlff-export export``, see conftest.py)."""
+    return small_painn_export["onnx"]
 
 
 def inputs_for(structures, cutoff):
@@ -271,15 +273,12 @@ def test_cuda_graph_sessions_match_eager_across_replays(painn, painn_onnx, preci
     assert_parity(calc.backend, painn, list(ZOO.values()), precision)
 
 
-def test_cli_exports_a_checkpoint_and_checks_parity(tmp_path, capsys):
-    from mlff_export.checkpoint import save_checkpoint
-    from mlff_export.cli import main
-
-    card = save_checkpoint(make_small_painn(), tmp_path / "small.json")
-    assert main(["export", "--checkpoint", str(card), "--out", str(tmp_path / "out"), "--precision", "fp32"]) == 0
-    out = capsys.readouterr().out
-    assert (tmp_path / "out" / "small.fp32.onnx").is_file() and not (tmp_path / "out" / "small.fp16.onnx").exists()
-    assert "nodes" in out and "initializers" in out and out.rstrip().endswith("PASSED")
+def test_cli_exports_a_checkpoint_and_checks_parity(small_painn_export):
+    """``mlff-export export`` of a checkpoint card (run once per test run, in conftest.py)."""
+    out = small_painn_export["stdout"]
+    assert small_painn_export["exit_code"] == 0, out
+    assert all(path.is_file() for path in small_painn_export["onnx"].values())
+    assert out.count("nodes") == 2 and "initializers" in out and out.rstrip().endswith("PASSED")
 
 
 def test_cli_refuses_an_unknown_precision_in_one_line(tmp_path, capsys):

@@ -2,6 +2,7 @@
 # The GPU checks of the project, run on the lent H100 (see README.md beside this file).
 # Usage: bash bench/device/gpu_checks.sh STEP...
 #   steps: install tests ort-parity trt-rtx validate profile bench-quick bench-full bench-full-uncompiled bench-full-compiled
+#          byom-student byom-mace byom-hippynn (users' models: needs the byom-examples wheels for mace, hippynn)
 #          screening-scale (two GPUs and Ray: nvidia-h200-x2)
 # Results collect in /tmp/gpu-checks (kept while the machine stays warm); every call ends by packing
 # that folder into $OUT/gpu-checks.tar.gz (the device returns at most 8 files).
@@ -34,9 +35,20 @@ for step in "$@"; do
     bench-quick|bench-full)
       (cd /tmp && timeout 560 $cli bench --suite "${step#bench-}" --device cuda --out "$out/$step") > "$out/$step.log" 2>&1 ;;
     bench-full-uncompiled|bench-full-compiled)  # the full suite in two calls of < 10 min, eager in both
-      backends=eager,eager-fp16-autocast,torchscript,cuda-graphs,onnxruntime,tensorrt
+      backends=eager,eager-fp16-autocast,torchscript,cuda-graphs,onnxruntime
+      python3 -c "import tensorrt" 2>/dev/null && backends=$backends,tensorrt  # bench refuses a backend it cannot run
       [ "$step" = bench-full-compiled ] && backends=eager,compile,compile-reduce-overhead,compile-max-autotune
       (cd /tmp && TORCH_LOGS=perf_hints timeout 560 $cli bench --suite full --backends $backends --device cuda --out "$out/$step") > "$out/$step.log" 2>&1 ;;
+    byom-student|byom-mace|byom-hippynn)  # a user's model (docs/bring-your-own-model.md) against its own eager
+      case ${step#byom-} in
+        student) spec="$repo/tests/byom_models.py:make_student"; stem=byom_models ;;
+        mace) spec="$repo/examples/byom/mace_model.py:make_model"; stem=mace_model ;;
+        hippynn) spec="$repo/examples/byom/hippynn_hipnn.py:make_model"; stem=hippynn_hipnn ;;
+      esac
+      (cd /tmp && $cli export --model "$spec" --precision fp32 --out "/tmp/byom/$step" \
+        && timeout 480 $cli bench --model "$spec" --suite models --precision fp32 --device cuda \
+             --backends eager,onnxruntime,compile-reduce-overhead,compile-max-autotune \
+             --onnx "/tmp/byom/$step/$stem.fp32.onnx" --out "$out/$step") > "$out/$step.log" 2>&1 ;;
     screening-scale)  # 100k molecules through mlff-export predict: one Ray worker, two, then in-process
       (cd /tmp && timeout 560 python3 "$repo/bench/screening_scale.py" --out "$out/screening-scale" --work /tmp/screening-work) > "$out/$step.log" 2>&1 ;;
     *) echo "unknown step $step"; status=2; continue ;;

@@ -63,7 +63,7 @@ def compare_onnx_runtimes(path: str | Path, feeds: dict[str, np.ndarray], *, ato
         from polygraphy.comparator import Comparator, CompareFunc
         from polygraphy.logger import G_LOGGER
     except ImportError as error:
-        return RuntimeComparison(skipped=f"needs polygraphy and onnxruntime ({error.name} missing): pip install polygraphy onnxruntime (extras 'trt', 'test')")
+        return RuntimeComparison(skipped=f"needs polygraphy and onnxruntime ({error.name} missing): pip install polygraphy onnxruntime (extras 'ort', 'trt', 'test')")
 
     path = str(path)
     runners = [

@@ -14,8 +14,8 @@ finite differences     rtol 1e-2          rtol 1e-1          of the force norm, 
                                                              noise floor (see .physics)
 NVE drift excess       1e-4               2e-3               eV/atom over the run, beyond the
                                                              reference model's own drift
-cross-runtime (ONNX)   atol 1e-4,         atol 1e-3,         output units (energy in eV)
-                       rtol 1e-5          rtol 1e-4
+cross-runtime (ONNX)   atol 1e-4,         atol 5e-3,         output units (energy in eV); FP16 rtol
+                       rtol 1e-5          rtol 2e-3          is two float16 epsilons
 =====================  =================  =================  ====================================
 """
 
@@ -105,8 +105,8 @@ DEFAULT_TOLERANCES = {
         },
         finite_difference_rtol=1e-1,
         nve_drift_excess=2e-3,
-        runtime_atol=1e-3,
-        runtime_rtol=1e-4,
+        runtime_atol=5e-3,  # 4x the largest difference measured (virial, 1.2e-3 eV; docs/validation.md)
+        runtime_rtol=2e-3,  # two float16 epsilons: fused and unfused kernels round the FP16 body differently
     ),
 }
 

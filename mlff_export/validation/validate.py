@@ -16,7 +16,7 @@ from ase.build import molecule
 from torch import nn
 
 from mlff_export import REFERENCE_CHECKPOINT
-from mlff_export.checkpoint import load_checkpoint
+from mlff_export.model_intake import LoadedModel, load_model
 from mlff_export.runtime import load_calculator
 from mlff_export.validation.comparison import compare_predictions
 from mlff_export.validation.physics import check_forces_by_finite_differences, compare_nve
@@ -41,7 +41,7 @@ def artifact_precision(calculator) -> str:
 def validate_artifact(
     artifact: str | Path,
     *,
-    reference: str | Path | nn.Module = REFERENCE_CHECKPOINT,
+    reference: str | Path | nn.Module | LoadedModel = REFERENCE_CHECKPOINT,
     structures: str | Path | None = None,
     precision: str | None = None,
     device: str = "cpu",
@@ -52,7 +52,8 @@ def validate_artifact(
     report_dir: str | Path | None = None,
 ) -> ValidationReport:
     """Validate ``artifact`` (anything :func:`~mlff_export.runtime.load_calculator` runs, e.g. an
-    exported ``.onnx``) against ``reference`` (checkpoint card or interface module).
+    exported ``.onnx``) against ``reference``: a model specification (checkpoint card, factory, ``.pt2``:
+    :func:`~mlff_export.model_intake.load_model`), a loaded model, or an interface module (copied).
 
     Args:
         structures: a file ASE reads (all its structures), or None for the built-in set.
@@ -73,7 +74,11 @@ def validate_artifact(
     if isinstance(nve_steps, bool) or not isinstance(nve_steps, int) or nve_steps < 0:
         raise ValueError(f"nve_steps | received {nve_steps!r} | expected a number of steps >= 0 (0: no NVE check)")
     artifact_calculator = load_calculator(artifact, device=device, backend=backend)
-    reference_model = copy.deepcopy(reference if isinstance(reference, nn.Module) else load_checkpoint(reference))
+    if isinstance(reference, nn.Module):
+        reference = LoadedModel(copy.deepcopy(reference), f"<{type(reference).__name__} module>")
+    elif not isinstance(reference, LoadedModel):
+        reference = load_model(reference)
+    reference_model = reference.module
     provenance = check_provenance(artifact, reference_model)
     reference_calculator = load_calculator(reference_model, device=device, dtype="float64")
     precision = precision or artifact_precision(artifact_calculator)
@@ -126,7 +131,7 @@ def validate_artifact(
 
     report = ValidationReport(
         artifact=str(artifact),
-        reference=f"<{type(reference).__name__} module>" if isinstance(reference, nn.Module) else str(reference),
+        reference=reference.source,
         precision=precision,
         device=str(device),
         backend=artifact_calculator.backend.name,

@@ -6,8 +6,11 @@ Every force route and model family is held to it:
 * ``strain``: a user's model written with ``index_add`` (the distilled student of
   ``byom_models.py``), forces and virial by the strain route, eager float64;
 * exported graphs of both (the student's rewritten from the pair list to the neighbor table),
-  run by ONNX Runtime in float32. Finite differences of the exported student's energy are in
-  ``test_bring_your_own_model.py``; the exported PaiNN's are here.
+  run by ONNX Runtime in float32: invariances and extensivity here; finite differences of the
+  exported energies (forces, and stress by the strain derivative) in
+  ``test_bring_your_own_model.py``, parametrized over the PaiNN and the users' models.
+
+``test_force_routes.py`` holds the fast float64 checks of each route on both pair layouts.
 """
 
 from __future__ import annotations

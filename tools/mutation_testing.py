@@ -2,6 +2,7 @@
 
     python tools/mutation_testing.py                   # every module in MODULES, in order
     python tools/mutation_testing.py mlff_export/forces.py runtime/domains.py
+    python tools/mutation_testing.py --jobs 8          # eight modules at a time (a many-core machine)
     python tools/mutation_testing.py --report          # the score table of what has run so far
 
 Needs the ``mutation`` extra (``pip install -e '.[test,mutation]'``). Slow (each mutant runs its
@@ -9,11 +10,12 @@ module's test selection in a fresh Python): run on demand, never in CI. docs/tes
 scores and the triage of every surviving mutant.
 
 How it works, per module: the repository's files (as git sees them, committed or not) are copied
-to ``.mutation/tree`` (with the ``mlff_export.export``/``runtime``/... package mapping of
+to ``.mutation/trees/<module>`` (with the ``mlff_export.export``/``runtime``/... package mapping of
 pyproject.toml laid out as links, so the copy imports as itself); cosmic-ray mutates files there,
-never in your checkout, so an interrupted run leaves nothing behind. The session database
+never in your checkout, so an interrupted run leaves nothing behind, and modules run side by side
+(``--jobs``) without seeing each other's mutants. The session database
 ``.mutation/sessions/<module>.sqlite`` keeps the results: running again resumes where it stopped
-(``--fresh`` starts over). Each mutant runs the module's own fast test selection (:data:`MODULES`).
+(``--fresh`` starts over; needed after the module's source changed, since mutants are positions). Each mutant runs the module's own fast test selection (:data:`MODULES`).
 
 Operators: cosmic-ray's core set without the operator replacements that only produce type errors
 on floats and tensors (``|``, ``&``, ``^``, ``<<``, ``>>``, ``%``, ``//``, ``**`` as replacements,
@@ -30,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +47,7 @@ MODULES = {
     "runtime/shape_buckets.py": "tests/test_engine_shape_buckets.py",
     "runtime/domains.py": "tests/test_calculator.py -k domains",
     "export/metadata.py": "tests/test_export.py -k 'metadata or reader or load_calculator_runs'",
-    "mlff_export/validation/tolerances.py": "tests/test_validate.py -k 'tolerances or forces]'",
+    "mlff_export/validation/tolerances.py": "tests/test_validate.py -k 'tolerances or nan'",
     "mlff_export/validation/comparison.py": "tests/test_validate.py -k 'nan or correct or adversarial'",
     "mlff_export/validation/provenance.py": "tests/test_validate.py -k 'provenance or integrity or correct'",
     "mlff_export/validation/physics.py": "tests/test_validate.py -k 'finite or NVE or negated or correct'",
@@ -69,9 +72,10 @@ def session_name(module: str) -> str:
     return module.replace("/", ".").removesuffix(".py")
 
 
-def copy_tree() -> Path:
-    """The repository's files in ``.mutation/tree``, importable as the package (see module docstring)."""
-    tree = WORK / "tree"
+def copy_tree(module: str) -> Path:
+    """The repository's files in ``.mutation/trees/<module>``, importable as the package (see the
+    module docstring)."""
+    tree = WORK / "trees" / session_name(module)
     if tree.exists():
         shutil.rmtree(tree)
     listed = subprocess.run(
@@ -90,7 +94,7 @@ def copy_tree() -> Path:
     return tree
 
 
-def config_file(module: str, tree: Path) -> Path:
+def config_file(module: str) -> Path:
     lines = [
         "[cosmic-ray]",
         f'module-path = "{module}"',
@@ -110,10 +114,11 @@ def config_file(module: str, tree: Path) -> Path:
     return path
 
 
-def run_module(module: str, tree: Path, fresh: bool) -> None:
+def run_module(module: str, fresh: bool) -> None:
+    tree = copy_tree(module)
     session = WORK / "sessions" / f"{session_name(module)}.sqlite"
     session.parent.mkdir(parents=True, exist_ok=True)
-    config = config_file(module, tree)
+    config = config_file(module)
     environment = {**os.environ, "PYTHONPATH": str(tree)}
     tools = Path(sys.executable).parent
 
@@ -177,6 +182,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help=f"modules to mutate (default: all of {list(MODULES)})")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results of these modules")
+    parser.add_argument("--jobs", type=int, default=1, help="modules mutated at the same time (default 1)")
     parser.add_argument("--report", action="store_true", help="only print the score table")
     args = parser.parse_args()
     unknown = sorted(set(args.modules) - set(MODULES))
@@ -184,9 +190,8 @@ def main() -> None:
         parser.error(f"unknown module(s) {unknown}; known: {list(MODULES)}")
     modules = args.modules or list(MODULES)
     if not args.report:
-        tree = copy_tree()
-        for module in modules:
-            run_module(module, tree, args.fresh)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each module's work is its own processes
+            list(pool.map(lambda module: run_module(module, args.fresh), modules))
     report(modules)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from mlff_export.checkpoint import file_sha256
 from mlff_export.export.engine_profiles import ShapeProfile
 from mlff_export.export.engine_sidecar import EngineSidecar, write_atomically, write_sidecar
+from mlff_export.export.float32_for_tensorrt import float32_onnx_file
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
 from mlff_export.export.metadata import read_metadata
 from mlff_export.export.tensorrt_compat import (
@@ -106,11 +107,14 @@ def default_timing_cache(plan_path: Path, library: TensorRTLibrary, compute_capa
 
 
 def parse_onnx(library: TensorRTLibrary, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
-    """(network, parser) for ``onnx_path``; keep the parser alive until the build ends (it owns the weights)."""
+    """(network, parser) for ``onnx_path`` (its float32 copy: TensorRT has no float64, see
+    :mod:`~mlff_export.export.float32_for_tensorrt`); keep the parser alive until the build ends
+    (it owns the weights)."""
     network = create_strongly_typed_network(library, builder)
     parser = library.module.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        raise OnnxParseError(onnx_path, [str(parser.get_error(index)) for index in range(parser.num_errors)])
+    with float32_onnx_file(onnx_path) as float32_path:
+        if not parser.parse_from_file(str(float32_path)):
+            raise OnnxParseError(onnx_path, [str(parser.get_error(index)) for index in range(parser.num_errors)])
     return network, parser
 
 

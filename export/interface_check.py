@@ -22,11 +22,11 @@ def check_declares_interface(model: nn.Module) -> None:
         raise ExportError(f"model {type(model).__name__}: {problem}")
 
 
-def check_interface_outputs(model: nn.Module) -> None:
-    """Raise :class:`ExportError` unless ``model`` (on the CPU, float32 inputs) returns energy [B]
+def check_interface_outputs(model: nn.Module, device: torch.device | str = "cpu") -> None:
+    """Raise :class:`ExportError` unless ``model`` (on ``device``, float32 inputs) returns energy [B]
     for interface inputs, with finite forces [N, 3] and virial [B, 3, 3]."""
     name = type(model).__name__
-    inputs = example_inputs(tuple(model.species))
+    inputs = example_inputs(tuple(model.species)).to(device)
     n, b = inputs.num_atoms, inputs.num_structures
     try:
         outputs = energy_forces_virial(model, inputs)
@@ -63,8 +63,8 @@ FAR_PAIR_TOLERANCE = 1e-6
 
 def _energy_change_from_far_pairs(model: nn.Module, inputs: AtomicInputs, energy: torch.Tensor) -> float:
     """Largest |energy change| (eV) when every atom gets its own image 1.5 cutoffs away, both ways."""
-    atoms = torch.arange(inputs.num_atoms)
-    away = torch.zeros(inputs.num_atoms, 3, dtype=inputs.pair_shifts.dtype)
+    atoms = torch.arange(inputs.num_atoms, device=inputs.pair_index.device)
+    away = torch.zeros(inputs.num_atoms, 3, dtype=inputs.pair_shifts.dtype, device=inputs.pair_shifts.device)
     away[:, 0] = 1.5 * float(model.cutoff)
     with_far_pairs = AtomicInputs(
         inputs.positions,

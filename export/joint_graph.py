@@ -68,7 +68,7 @@ def trace_pair_list_graph(model: nn.Module, device: torch.device | str = "cpu") 
     model is written, and the example inputs it was traced with. The module is checked against
     the interface first (:func:`~.interface_check.check_interface_outputs`)."""
     with frozen(model):
-        check_interface_outputs(model)
+        check_interface_outputs(model, device)
     args = tuple(PAIR_LIST.feeds(example_inputs(tuple(model.species)).to(device)).values())
     return _trace(model, PAIR_LIST, args, weighted=False), args
 

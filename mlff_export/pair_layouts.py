@@ -15,7 +15,8 @@ Both expose the same per-pair tensors, flat over ``E`` pair slots (``E = N * K``
 * ``gather_centers(x)`` / ``gather_neighbors(x)``: ``[N, ...] -> [E, ...]``;
 * ``sum_to_centers(m)`` / ``sum_to_neighbors(m)``: ``[E, ...] -> [N, ...]``;
 * ``mask_pairs(m)``: zero the padding slots (identity for a pair list);
-* ``sum_to_structures(x, structure_index, num_structures)``: ``[N, ...] -> [B, ...]``.
+* ``sum_to_structures(x, structure_index, num_structures)``: ``[N, ...] -> [B, ...]``, accumulated
+  in float64 and returned in ``x``'s dtype (see :data:`STRUCTURE_SUM_DTYPE`).
 
 Per-pair values a model sums onto atoms must be zero on padding slots (``mask_pairs`` does it).
 """
@@ -28,6 +29,14 @@ from dataclasses import dataclass
 import torch
 
 from mlff_export.interface import InterfaceError
+
+
+STRUCTURE_SUM_DTYPE = torch.float64
+"""Structure sums (energies, virials) accumulate in float64: 10,125 float32 per-atom energies of
+water summed in float32 land up to 1 eV from the float64 total (one float32 rounding of the
+result, 0.03 eV at -4.6e5 eV, is all that is left). Exported graphs keep these float64 sums for
+ONNX Runtime (double ReduceSum on CPU and CUDA); TensorRT has no float64 and builds its engines from
+a float32 copy (:mod:`mlff_export.export.float32_for_tensorrt`)."""
 
 
 def _broadcast_rows(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -72,7 +81,8 @@ class PairList:
 
     @staticmethod
     def sum_to_structures(x: torch.Tensor, structure_index: torch.Tensor, num_structures: int) -> torch.Tensor:
-        return x.new_zeros((num_structures,) + x.shape[1:]).index_add(0, structure_index, x)
+        wide = x.to(STRUCTURE_SUM_DTYPE)
+        return wide.new_zeros((num_structures,) + x.shape[1:]).index_add(0, structure_index, wide).to(x.dtype)
 
 
 # Both functions take the table as (neighbor_index [N, K], flat reverse [N*K], flat mask [N*K]).
@@ -184,10 +194,10 @@ class NeighborTable:
     def sum_to_structures(x: torch.Tensor, structure_index: torch.Tensor, num_structures: int) -> torch.Tensor:
         # One-hot multiply and reduce (no scatter, no matmul: TF32 or FusedMatMul would cost digits).
         structures = torch.arange(num_structures, device=x.device)
-        one_hot = (structure_index.unsqueeze(0) == structures.unsqueeze(1)).to(x.dtype)
-        flat = x.reshape(x.shape[0], -1)
+        one_hot = (structure_index.unsqueeze(0) == structures.unsqueeze(1)).to(STRUCTURE_SUM_DTYPE)
+        flat = x.reshape(x.shape[0], -1).to(STRUCTURE_SUM_DTYPE)
         summed = (one_hot.unsqueeze(2) * flat.unsqueeze(0)).sum(1)
-        return summed.reshape((num_structures,) + x.shape[1:])
+        return summed.reshape((num_structures,) + x.shape[1:]).to(x.dtype)
 
     @classmethod
     def from_pair_list(

@@ -1,22 +1,33 @@
-"""mlff-export validate: a correct export passes; broken artifacts fail, naming what broke."""
+"""mlff-export validate: a correct export passes; broken artifacts fail, naming what broke.
+
+Each check has an adversarial artifact: the exported graph, edited to be wrong in exactly the way
+that check exists to catch and right otherwise (the graph hash re-recorded, as an exporter bug
+would leave it), and the test asserts that this check and only it fails.
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from ase.build import molecule
 from ase.io import write
 from conftest import make_small_painn
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
+from mlff_export.export import ArtifactMetadataError
 from mlff_export.checkpoint import save_checkpoint
 from mlff_export.cli import main
 from mlff_export.validation.comparison import OutputValues, compare_output
 from mlff_export.validation.provenance import check_provenance
-from mlff_export.validation.tolerances import OutputTolerance, default_tolerances
+from mlff_export.validation.tolerances import OVERRIDABLE, OutputTolerance, default_tolerances
 from mlff_export.validation.validate import validate_artifact
 
 FAST = {"nve_steps": 0, "compare_runtimes": False}
@@ -59,11 +70,136 @@ def scale_largest_weight(model_proto, factor: float = 1.01) -> None:
     initializer.CopyFrom(numpy_helper.from_array((weight * factor).astype(weight.dtype), initializer.name))
 
 
-def negate_forces(model_proto) -> None:
+def rewire_output(model_proto, output: str, nodes: list, constants: dict[str, np.ndarray] | None = None) -> None:
+    """Let graph output ``output`` be computed by ``nodes`` from ``"<output>_as_exported"`` (its
+    exported value) and the graph inputs; ``constants`` become initializers."""
     graph = model_proto.graph
     for node in graph.node:
-        node.output[:] = ["forces_before_negation" if name == "forces" else name for name in node.output]
-    graph.node.append(onnx.helper.make_node("Neg", ["forces_before_negation"], ["forces"]))
+        node.output[:] = [f"{output}_as_exported" if name == output else name for name in node.output]
+    graph.node.extend(nodes)
+    graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in (constants or {}).items())
+
+
+def negate_forces(model_proto) -> None:
+    rewire_output(model_proto, "forces", [helper.make_node("Neg", ["forces_as_exported"], ["forces"])])
+
+
+def offset(output: str, value) -> callable:
+    """An edit adding ``value`` (broadcast) to ``output``."""
+
+    def edit(model_proto) -> None:
+        constants = {f"{output}_offset": np.asarray(value, dtype=np.float32)}
+        rewire_output(model_proto, output, [helper.make_node("Add", [f"{output}_as_exported", f"{output}_offset"], [output])], constants)
+
+    return edit
+
+
+def energy_off_when_alone(model_proto) -> None:
+    """+0.01 eV on the energy when the call holds a single structure (B = 1): right in a batch."""
+    nodes = [
+        helper.make_node("Shape", ["cell"], ["cell_shape"]),
+        helper.make_node("Gather", ["cell_shape", "zero"], ["num_structures"]),
+        helper.make_node("Equal", ["num_structures", "one"], ["alone"]),
+        helper.make_node("Cast", ["alone"], ["alone_float"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["alone_float", "alone_offset"], ["energy_shift"]),
+        helper.make_node("Add", ["energy_as_exported", "energy_shift"], ["energy"]),
+    ]
+    constants = {"zero": np.array(0, np.int64), "one": np.array(1, np.int64), "alone_offset": np.array(0.01, np.float32)}
+    rewire_output(model_proto, "energy", nodes, constants)
+
+
+def energy_with_a_field_the_forces_lack(model_proto) -> None:
+    """``E_b += g · sum_{i in b} x_i`` (g = 1 eV/Å per axis) with forces left as they are: forces
+    that are not minus the gradient of the energy. The term vanishes for a structure centred on
+    the origin, so there energy and forces still equal the reference's."""
+    nodes = [
+        helper.make_node("MatMul", ["positions", "field"], ["field_energy_per_atom"]),
+        helper.make_node("Shape", ["cell"], ["cell_shape"]),
+        helper.make_node("Gather", ["cell_shape", "zero"], ["num_structures"]),
+        helper.make_node("Range", ["zero", "num_structures", "one"], ["structures"]),
+        helper.make_node("Unsqueeze", ["structures", "axis_one"], ["structure_column"]),
+        helper.make_node("Unsqueeze", ["structure_index", "axis_zero"], ["structure_row"]),
+        helper.make_node("Equal", ["structure_column", "structure_row"], ["membership"]),
+        helper.make_node("Cast", ["membership"], ["membership_float"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["membership_float", "field_energy_per_atom"], ["field_energy"]),
+        helper.make_node("Add", ["energy_as_exported", "field_energy"], ["energy"]),
+    ]
+    constants = {
+        "field": np.ones(3, np.float32),
+        "zero": np.array(0, np.int64),
+        "one": np.array(1, np.int64),
+        "axis_zero": np.array([0], np.int64),
+        "axis_one": np.array([1], np.int64),
+    }
+    rewire_output(model_proto, "energy", nodes, constants)
+
+
+def molecule_virial_through_a_miscomputed_fusion(model_proto) -> None:
+    """Virials of non-periodic structures (cell all zero) plus ``sum(X^T v)``, which is exactly 0
+    (rows 0 and 1 of ``X`` are equal, ``v = a (1, -1, 0)``; ``X`` and ``v`` are scaled by ``a``
+    from the inputs, so nothing folds them away), written as ``MatMul(Transpose(X), v)`` with a 1-D ``v``: ONNX Runtime's
+    optimiser fuses that into a FusedMatMul that miscomputes it, so the optimised CPU session
+    disagrees with the unoptimised one. A runtime bug where no other check looks (validate
+    compares the stress of 3-D periodic cells only)."""
+    nodes = [
+        helper.make_node("Abs", ["cell"], ["cell_abs"]),
+        helper.make_node("ReduceSum", ["cell_abs", "cell_axes"], ["cell_size"], keepdims=0),
+        helper.make_node("Equal", ["cell_size", "zero_float"], ["no_cell"]),
+        helper.make_node("Cast", ["no_cell"], ["no_cell_float"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["no_cell_float", "cell_axes"], ["molecule_mask"]),
+        helper.make_node("ReduceSum", ["cell_abs"], ["cell_total"], keepdims=0),
+        helper.make_node("Add", ["cell_total", "one_float"], ["scale"]),
+        helper.make_node("Mul", ["scale", "difference"], ["vector"]),
+        helper.make_node("Mul", ["scale", "equal_rows"], ["matrix"]),
+        helper.make_node("Transpose", ["matrix"], ["matrix_transposed"], perm=[1, 0]),
+        helper.make_node("MatMul", ["matrix_transposed", "vector"], ["zero_vector"]),
+        helper.make_node("ReduceSum", ["zero_vector"], ["zero_scalar"], keepdims=0),
+        helper.make_node("Mul", ["molecule_mask", "zero_scalar"], ["molecule_term"]),
+        helper.make_node("Add", ["virial_as_exported", "molecule_term"], ["virial"]),
+    ]
+    constants = {
+        "cell_axes": np.array([1, 2], np.int64),
+        "zero_float": np.array(0.0, np.float32),
+        "one_float": np.array(1.0, np.float32),
+        "difference": np.array([1.0, -1.0, 0.0], np.float32),
+        "equal_rows": np.array([[0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]], np.float32),
+    }
+    rewire_output(model_proto, "virial", nodes, constants)
+
+
+def onnxruntime_miscomputes_the_fusion() -> bool:
+    """Whether this ONNX Runtime's optimised CPU session still gets ``MatMul(Transpose(X), v)``
+    with a 1-D ``v`` wrong (seen up to onnxruntime 1.32)."""
+    import onnxruntime
+
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0]), helper.make_node("MatMul", ["xt", "v"], ["y"])],
+        "fusion",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4]), helper.make_tensor_value_info("v", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+    )
+    model_bytes = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
+    feeds = {"x": np.arange(12, dtype=np.float32).reshape(3, 4), "v": np.array([1.0, -2.0, 3.0], np.float32)}
+    session = onnxruntime.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    return not np.allclose(session.run(None, feeds)[0], feeds["x"].T @ feeds["v"])
+
+
+def renamed_first_node(model_proto) -> None:
+    model_proto.graph.node[0].name = "renamed_after_export"
+
+
+def failed_checks(report) -> set[str]:
+    """The checks of ``report`` that failed, one name each."""
+    failed = {f"provenance: {check.name}" for check in report.provenance if not check.passed}
+    failed |= {f"{c.label}: {c.output}" for c in report.comparisons if not c.passed}
+    if not all(check.passed for check in report.finite_differences):
+        failed.add("finite differences")
+    if report.nve is not None and not report.nve.passed:
+        failed.add("NVE")
+    if report.runtimes is not None and not report.runtimes.passed:
+        failed.add("runtimes")
+    assert len(report.failures()) >= len(failed) and report.passed == (not failed)
+    return failed
 
 
 def test_correct_export_passes_with_report(exported, model, tmp_path, capsys):
@@ -133,3 +269,106 @@ def test_tolerances_are_per_precision_and_overridable():
         fp32.overridden({"force.atol": 1.0})
     with pytest.raises(ValueError, match="precision must be one of"):
         default_tolerances("int8")
+
+
+def centred_molecules(path: Path) -> Path:
+    """Molecules (rattled) each centred on the origin: the field term of
+    :func:`energy_with_a_field_the_forces_lack` is zero there."""
+    structures = []
+    for seed, name in enumerate(["H2O", "CH4", "NH3", "C6H6", "CH3OH"]):
+        atoms = molecule(name)
+        atoms.rattle(0.05, seed=seed)
+        atoms.positions -= atoms.positions.mean(axis=0)
+        structures.append(atoms)
+    write(path, structures)
+    return path
+
+
+# check -> (graph edit, validate options)
+NVE_STEPS = 200  # 100 fs (validate's default): the energy a net force adds grows with the square of the time
+ADVERSARIES = {
+    "artifact vs reference: energy_per_atom": (offset("energy", 1e-3), {}),
+    # 3e-4 eV/Å: three times the FP32 force tolerance (1e-4), so a tolerance loosened 100x lets it pass.
+    "artifact vs reference: forces": (offset("forces", 3e-4), {}),
+    "artifact vs reference: stress": (offset("virial", 0.01 * np.eye(3)), {}),
+    "artifact batched vs one by one: energy_per_atom": (energy_off_when_alone, {}),
+    "finite differences": (energy_with_a_field_the_forces_lack, {"structures": "centred"}),
+    # A net force of 0.015 eV/Å per component (within the FP16 force tolerance, 2e-2) on every atom:
+    # benzene's centre of mass accelerates and the total energy grows by ~5e-3 eV/atom in 100 fs.
+    "NVE": (offset("forces", [0.015, 0.015, 0.015]), {"precision": "fp16", "nve_steps": NVE_STEPS}),
+    "runtimes": (molecule_virial_through_a_miscomputed_fusion, {"compare_runtimes": True}),
+    "provenance: graph integrity": (renamed_first_node, {"keep_hash": False}),
+}
+
+
+@pytest.mark.parametrize("check", [pytest.param(check, marks=[pytest.mark.slow] if check == "NVE" else []) for check in ADVERSARIES])
+def test_each_check_alone_fails_its_adversarial_artifact(check, exported, model, tmp_path):
+    edit, options = ADVERSARIES[check]
+    if check == "runtimes" and not onnxruntime_miscomputes_the_fusion():
+        pytest.skip("this onnxruntime computes the fused Transpose + 1-D MatMul correctly: no runtime bug to build on")
+    options = {**FAST, **options}
+    if options.pop("structures", None) == "centred":
+        options["structures"] = centred_molecules(tmp_path / "centred.extxyz")
+    if options.pop("keep_hash", True):
+        artifact = edited_graph(exported, tmp_path / "adversary.onnx", edit)
+    else:  # edited after export: the recorded hash no longer matches
+        model_proto = onnx.load(str(exported))
+        edit(model_proto)
+        artifact = tmp_path / "adversary.onnx"
+        onnx.save(model_proto, str(artifact))
+    if check == "provenance: graph integrity":  # every load checks the seal: refused before any number exists
+        with pytest.raises(ArtifactMetadataError, match="modified after export"):
+            validate_artifact(artifact, reference=model, **options)
+        return
+    report = validate_artifact(artifact, reference=model, **options)
+    assert failed_checks(report) == {check}, report.failures()
+
+
+def reference_declaring(model, **changes):
+    """A copy of ``model`` that differs from the artifact's source only as ``changes`` say."""
+    reference = copy.deepcopy(model)
+    if "species" in changes:  # a declaration: the embedding (and every number) stays as it is
+        reference.config = dataclasses.replace(reference.config, species=changes["species"])
+    if "one_ulp" in changes:  # the largest weight moved by one float32 spacing: numbers within 1e-6
+        weight = max(reference.parameters(), key=lambda p: p.numel())
+        with torch.no_grad():
+            weight.view(-1)[0] = torch.nextafter(weight.view(-1)[0], torch.tensor(np.inf))
+    return reference
+
+
+@pytest.mark.parametrize(
+    ("changes", "check"),
+    [({"one_ulp": True}, "provenance: weights match the reference"), ({"species": (1, 6, 7, 8, 9)}, "provenance: species and cutoff match")],
+    ids=["other-weights", "other-species"],
+)
+def test_a_reference_that_is_not_the_source_fails_provenance_alone(exported, model, changes, check):
+    report = validate_artifact(exported, reference=reference_declaring(model, **changes), **FAST)
+    assert failed_checks(report) == {check}, report.failures()
+
+
+def documented_tolerances() -> dict[str, dict[str, float]]:
+    """precision -> tolerance key (``tolerances.OVERRIDABLE``) -> value, from docs/validation.md's table."""
+    by_cli_name = {key.replace(".", "-").replace("_", "-"): key for key in OVERRIDABLE}
+    table = {"fp32": {}, "fp16": {}}
+    text = (Path(__file__).resolve().parents[1] / "docs" / "validation.md").read_text()
+    for row in re.findall(r"^\| (`[a-z-]+`.*?) \| (.*?) \| (.*?) \| .*\|$", text, flags=re.MULTILINE):
+        names = re.findall(r"`([a-z-]+)`", row[0])
+        base = names[0].rsplit("-", 1)[0]
+        names = [base + name if name.startswith("-") else name for name in names]  # `-rtol` after `x-atol`
+        for precision, cell in zip(("fp32", "fp16"), row[1:]):
+            for name, value in zip(names, cell.split(", ")):
+                table[precision][by_cli_name[name]] = float(value)
+    return table
+
+
+def tolerance_value(tolerances, key: str) -> float:
+    output, _, kind = key.partition(".")
+    return getattr(tolerances.outputs[output], kind) if kind else getattr(tolerances, key)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_default_tolerances_are_the_documented_ones(precision):
+    documented = documented_tolerances()[precision]
+    assert set(documented) == set(OVERRIDABLE)
+    defaults = default_tolerances(precision)
+    assert {key: tolerance_value(defaults, key) for key in OVERRIDABLE} == documented

@@ -45,10 +45,11 @@ for step in "$@"; do
         mace) spec="$repo/examples/byom/mace_model.py:make_model"; stem=mace_model ;;
         hippynn) spec="$repo/examples/byom/hippynn_hipnn.py:make_model"; stem=hippynn_hipnn ;;
       esac
-      (cd /tmp && $cli export --model "$spec" --precision fp32 --out "/tmp/byom/$step" \
-        && timeout 480 $cli bench --model "$spec" --suite models --precision fp32 --device cuda \
+      graphs=${BYOM_ONNX:-/tmp/byom/$step}  # BYOM_ONNX: a folder of graphs exported elsewhere (mlff-export export --model)
+      ( [ -f "$graphs/$stem.fp32.onnx" ] || (cd /tmp && $cli export --model "$spec" --precision fp32 --out "$graphs") ) > "$out/$step.log" 2>&1 \
+        && (cd /tmp && timeout ${BYOM_SECONDS:-480} $cli bench --model "$spec" --suite models --precision fp32 --device cuda \
              --backends eager,onnxruntime,compile-reduce-overhead,compile-max-autotune \
-             --onnx "/tmp/byom/$step/$stem.fp32.onnx" --out "$out/$step") > "$out/$step.log" 2>&1 ;;
+             --onnx "$graphs/$stem.fp32.onnx" --out "$out/$step") >> "$out/$step.log" 2>&1 ;;
     screening-scale)  # 100k molecules through mlff-export predict: one Ray worker, two, then in-process
       (cd /tmp && timeout 560 python3 "$repo/bench/screening_scale.py" --out "$out/screening-scale" --work /tmp/screening-work) > "$out/$step.log" 2>&1 ;;
     *) echo "unknown step $step"; status=2; continue ;;

@@ -1,0 +1,199 @@
+"""Mutation testing of the physics-critical modules with cosmic-ray, one module at a time.
+
+    python tools/mutation_testing.py                   # every module in MODULES, in order
+    python tools/mutation_testing.py mlff_export/forces.py runtime/domains.py
+    python tools/mutation_testing.py --jobs 8          # eight modules at a time (a many-core machine)
+    python tools/mutation_testing.py --report          # the score table of what has run so far
+
+Needs the ``mutation`` extra (``pip install -e '.[test,mutation]'``). Slow (each mutant runs its
+module's test selection in a fresh Python): run on demand, never in CI. docs/testing.md has the
+scores and the triage of every surviving mutant.
+
+How it works, per module: the repository's files (as git sees them, committed or not) are copied
+to ``.mutation/trees/<module>`` (with the ``mlff_export.export``/``runtime``/... package mapping of
+pyproject.toml laid out as links, so the copy imports as itself); cosmic-ray mutates files there,
+never in your checkout, so an interrupted run leaves nothing behind, and modules run side by side
+(``--jobs``) without seeing each other's mutants. The session database
+``.mutation/sessions/<module>.sqlite`` keeps the results: running again resumes where it stopped
+(``--fresh`` starts over; needed after the module's source changed, since mutants are positions). Each mutant runs the module's own fast test selection (:data:`MODULES`).
+
+Operators: cosmic-ray's core set without the operator replacements that only produce type errors
+on floats and tensors (``|``, ``&``, ``^``, ``<<``, ``>>``, ``%``, ``//``, ``**`` as replacements,
+``is``/``in`` comparisons) and without ``VariableReplacer``/``VariableInserter`` (random names):
+each of those mutants dies on the first line it runs and says nothing about the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".mutation"
+PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider"
+
+MODULES = {
+    "mlff_export/forces.py": "tests/test_force_routes.py",
+    "mlff_export/pair_layouts.py": "tests/test_force_routes.py tests/test_pair_layouts.py "
+    "tests/test_structure_sums.py -k 'not onnxruntime and not tensorrt'",
+    "mlff_export/neighbors.py": "tests/test_neighbors.py tests/test_force_routes.py",
+    "runtime/shape_buckets.py": "tests/test_engine_shape_buckets.py",
+    "runtime/domains.py": "tests/test_calculator.py -k domains",
+    "export/metadata.py": "tests/test_export.py -k 'metadata or reader or load_calculator_runs'",
+    "mlff_export/validation/tolerances.py": "tests/test_validate.py -k 'tolerances or nan'",
+    "mlff_export/validation/comparison.py": "tests/test_validate.py -k 'nan or correct or adversarial'",
+    "mlff_export/validation/provenance.py": "tests/test_validate.py -k 'provenance or integrity or correct'",
+    "mlff_export/validation/physics.py": "tests/test_validate.py -k 'finite or NVE or negated or correct'",
+    "mlff_export/validation/validate.py": "tests/test_validate.py",
+    "export/table_rewrite.py": "tests/test_bring_your_own_model.py -k 'scatter_free or matches_the_modules or cannot'",
+}
+"""Module -> the pytest selection each of its mutants runs (arguments after ``pytest``)."""
+
+EXCLUDED_OPERATORS = [
+    r"core/ReplaceBinaryOperator_.*_(FloorDiv|Mod|Pow|RShift|LShift|BitOr|BitAnd|BitXor)$",
+    r"core/ReplaceBinaryOperator_(FloorDiv|Mod|Pow|RShift|LShift|BitOr|BitAnd|BitXor)_.*",
+    r"core/ReplaceComparisonOperator_.*_(Is|IsNot|In|NotIn)$",
+    r"core/ReplaceComparisonOperator_(Is|IsNot|In|NotIn)_.*",
+    r"core/ReplaceUnaryOperator_.*_(Invert|Not)$",
+    r"core/VariableReplacer",
+    r"core/VariableInserter",
+]
+TIMEOUT_SECONDS = 900.0
+
+
+def session_name(module: str) -> str:
+    return module.replace("/", ".").removesuffix(".py")
+
+
+def copy_tree(module: str) -> Path:
+    """The repository's files in ``.mutation/trees/<module>``, importable as the package (see the
+    module docstring)."""
+    tree = WORK / "trees" / session_name(module)
+    if tree.exists():
+        shutil.rmtree(tree)
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    for name in listed:
+        source = ROOT / name
+        if source.is_file():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, tree / name)
+    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for package, folder in package_dirs.items():
+        link = tree / package.replace(".", "/")
+        if not link.exists():
+            link.symlink_to(tree / folder, target_is_directory=True)
+    return tree
+
+
+def config_file(module: str) -> Path:
+    lines = [
+        "[cosmic-ray]",
+        f'module-path = "{module}"',
+        f"timeout = {TIMEOUT_SECONDS}",
+        "excluded-modules = []",
+        f"test-command = {json.dumps(PYTEST + ' ' + MODULES[module])}",
+        "",
+        "[cosmic-ray.distributor]",
+        'name = "local"',
+        "",
+        "[cosmic-ray.filters.operators-filter]",
+        f"exclude-operators = {json.dumps(EXCLUDED_OPERATORS)}",
+    ]
+    path = WORK / "configs" / f"{session_name(module)}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_module(module: str, fresh: bool) -> None:
+    tree = copy_tree(module)
+    session = WORK / "sessions" / f"{session_name(module)}.sqlite"
+    session.parent.mkdir(parents=True, exist_ok=True)
+    config = config_file(module)
+    environment = {**os.environ, "PYTHONPATH": str(tree)}
+    tools = Path(sys.executable).parent
+
+    def run(*command: str) -> None:
+        subprocess.run([str(tools / command[0]), *command[1:]], cwd=tree, env=environment, check=True)
+
+    if fresh or not session.exists():
+        session.unlink(missing_ok=True)
+        baseline = subprocess.run(f"{PYTEST} {MODULES[module]}", shell=True, cwd=tree, env=environment)
+        if baseline.returncode != 0:
+            sys.exit(f"{module}: its test selection fails on the unmutated code (exit {baseline.returncode}); fix that first")
+        run("cosmic-ray", "init", str(config), str(session))
+        run("cr-filter-operators", str(session), str(config))
+        run("cr-filter-pragma", str(session))
+    print(f"mutation testing {module}: {PYTEST} {MODULES[module]}", flush=True)
+    run("cosmic-ray", "exec", str(config), str(session))
+
+
+def module_results(module: str) -> dict | None:
+    """Counts and surviving mutants (with their diffs) of ``module``'s session, if it ran."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    session = WORK / "sessions" / f"{session_name(module)}.sqlite"
+    if not session.exists():
+        return None
+    counts = {"mutants": 0, "killed": 0, "survived": 0, "incompetent": 0, "pending": 0}
+    survivors = []
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        counts["pending"] = sum(1 for _ in db.pending_work_items)
+        for item, result in db.completed_work_items:
+            if result.worker_outcome == WorkerOutcome.SKIPPED:
+                continue
+            counts["mutants"] += 1
+            if result.test_outcome == TestOutcome.SURVIVED:
+                counts["survived"] += 1
+                mutation = item.mutations[0]
+                survivors.append({"job": item.job_id, "operator": mutation.operator_name, "line": mutation.start_pos[0], "diff": result.diff})
+            elif result.test_outcome == TestOutcome.INCOMPETENT:
+                counts["incompetent"] += 1
+            else:
+                counts["killed"] += 1
+    return {"module": module, **counts, "survivors": survivors}
+
+
+def report(modules: list[str]) -> None:
+    rows = [results for module in modules if (results := module_results(module)) is not None]
+    print(f"{'module':<40} {'mutants':>7} {'killed':>7} {'survived':>8} {'incompetent':>11} {'pending':>7} {'score':>6}")
+    for row in rows:
+        decided = row["killed"] + row["survived"]
+        score = f"{100 * row['killed'] / decided:5.1f}%" if decided else "-"
+        print(
+            f"{row['module']:<40} {row['mutants']:>7} {row['killed']:>7} {row['survived']:>8} "
+            f"{row['incompetent']:>11} {row['pending']:>7} {score:>6}"
+        )
+    (WORK / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"survivors with their diffs: {WORK / 'results.json'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", help=f"modules to mutate (default: all of {list(MODULES)})")
+    parser.add_argument("--fresh", action="store_true", help="forget earlier results of these modules")
+    parser.add_argument("--jobs", type=int, default=1, help="modules mutated at the same time (default 1)")
+    parser.add_argument("--report", action="store_true", help="only print the score table")
+    args = parser.parse_args()
+    unknown = sorted(set(args.modules) - set(MODULES))
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; known: {list(MODULES)}")
+    modules = args.modules or list(MODULES)
+    if not args.report:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each module's work is its own processes
+            list(pool.map(lambda module: run_module(module, args.fresh), modules))
+    report(modules)
+
+
+if __name__ == "__main__":
+    main()

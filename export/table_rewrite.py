@@ -60,9 +60,10 @@ def table_pair_index(neighbor_index: torch.Tensor) -> torch.Tensor:
 
 def table_pair_shifts(neighbor_shifts: torch.Tensor, neighbor_mask: torch.Tensor, padding_distance: float) -> torch.Tensor:
     """``pair_shifts`` [N*K, 3] in Å: the slots' shifts, padding slots moved ``padding_distance`` away."""
-    away = neighbor_shifts.new_tensor([padding_distance, 0.0, 0.0])
+    # Built from the inputs alone (no host-made tensor): a CUDA graph capture allows no host copies.
     padding = (1.0 - neighbor_mask).to(neighbor_shifts.dtype).unsqueeze(2)
-    return (neighbor_shifts + padding * away).reshape(-1, 3)
+    moved_x = neighbor_shifts[..., :1] + padding * padding_distance
+    return torch.cat([moved_x, neighbor_shifts[..., 1:]], dim=2).reshape(-1, 3)
 
 
 def sum_onto(

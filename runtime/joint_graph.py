@@ -156,7 +156,22 @@ class CompiledBackend(JointGraphBackend):
         self.closest_call = torch.compile(closest_distance, fullgraph=True, dynamic=False)
 
     def compiled(self, graph: torch.fx.GraphModule) -> Callable:
-        return torch.compile(graph, mode=self.inductor_mode, fullgraph=True, dynamic=False)
+        return torch.compile(with_numel_as_method(graph), mode=self.inductor_mode, fullgraph=True, dynamic=False)
+
+
+def _numel(tensor: torch.Tensor) -> int:
+    return tensor.numel()
+
+
+def with_numel_as_method(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``graph`` with its ``aten.sym_numel`` calls (a model's ``x.numel()``, traced with symbolic
+    sizes; MACE has them) made ``x.numel()`` calls again: Dynamo refuses a torch op returning an int
+    in a full graph, but takes the method. Same numbers; ``graph`` is changed in place."""
+    for node in graph.graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.aten.sym_numel.default:
+            node.target = _numel
+    graph.recompile()
+    return graph
 
 
 class CudaGraphBackend(JointGraphBackend):

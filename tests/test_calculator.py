@@ -260,3 +260,16 @@ def test_domains_refuse_a_budget_below_one_neighborhood(small_model):
     inputs = batch_inputs([atoms], [compute_pairs(atoms, small_model.cutoff)])
     with pytest.raises(ValueError, match="max_pairs"):
         EagerBackend(small_model, torch.device("cpu"), torch.float32, max_pairs=10).evaluate(inputs)
+
+
+def test_a_traced_numel_compiles_as_the_method():
+    """A model's ``x.numel()`` traced with symbolic sizes is ``aten.sym_numel``, which Dynamo
+    refuses in a full graph (MACE's graphs have them); the compile backend makes it the method."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from mlff_export.runtime.joint_graph import with_numel_as_method
+
+    graph = make_fx(lambda x: x * x.numel(), tracing_mode="symbolic")(torch.ones(3, 2))
+    assert any(node.target is torch.ops.aten.sym_numel.default for node in graph.graph.nodes)
+    compiled = torch.compile(with_numel_as_method(graph), fullgraph=True, dynamic=False, backend="eager")
+    assert torch.equal(compiled(torch.ones(4, 2)), torch.full((4, 2), 8.0))

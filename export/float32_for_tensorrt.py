@@ -17,6 +17,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import onnx
+
+from mlff_export.export.metadata import INTEGRITY_KEY, graph_sha256, sealed_model_bytes
+
 DOUBLE, FLOAT = 11, 1  # onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT
 
 
@@ -59,13 +63,22 @@ def float32_onnx_file(onnx_path: Path) -> Iterator[Path]:
     if not Path(onnx_path).is_file():
         yield onnx_path
         return
-    import onnx
-
     model_proto = onnx.load(str(onnx_path))
     if float32_graph(model_proto) == 0:
         yield onnx_path
         return
+    reseal(model_proto)
     with tempfile.TemporaryDirectory(prefix="mlff-export-float32-") as folder:
         path = Path(folder) / Path(onnx_path).name
-        onnx.save(model_proto, str(path))
+        path.write_bytes(sealed_model_bytes(model_proto))
         yield path
+
+
+def reseal(model_proto) -> None:
+    """Make the rewritten ``model_proto`` an artifact of its own: its ``model_sha256`` the new
+    graph's, the old seal dropped (:func:`~.metadata.sealed_model_bytes` seals it again), so the
+    copy loads like any export; the metadata keeps everything else (weights hash, provenance)."""
+    props = {prop.key: prop.value for prop in model_proto.metadata_props if prop.key != INTEGRITY_KEY}
+    props["model_sha256"] = graph_sha256(model_proto)
+    del model_proto.metadata_props[:]
+    onnx.helper.set_model_props(model_proto, props)

@@ -96,7 +96,7 @@ def to_onnx(
     check_declares_interface(model)
     export = export_graph(model, precision)
     graph = functionalized(export.graph, export.example_args)  # the ONNX exporter takes no in-place ops
-    model_proto = _to_model_proto(graph, export.example_args, export.layout, opset)
+    model_proto = traced_to_model_proto(graph, export.example_args, export.layout, opset)
     _check_axes(model_proto, export.layout)
     if export.layout.has_scatter:
         _warn_about_scatters(model_proto, type(model).__name__, export.refusal)
@@ -184,7 +184,7 @@ def scatters_with_reduction(model_proto) -> list[str]:
     ]
 
 
-def _to_model_proto(traced: torch.fx.GraphModule, args: tuple, layout: GraphLayout, opset: int):
+def traced_to_model_proto(traced: torch.fx.GraphModule, args: tuple, layout: GraphLayout, opset: int):
     """Convert the traced joint graph to an ONNX ModelProto (dynamic axes from ``layout``)."""
     with warnings.catch_warnings():
         # Notes of torch's exporter about its own internals, not about the user's model.

@@ -5,7 +5,8 @@
 
 Both graphs come from one trace of the same module (``--model``, default the distilled student of
 ``tests/byom_models.py``), are converted the way ``to_onnx`` converts, and run in ONNX Runtime
-sessions with one intra-op thread (the pair-list graph's scatters race with more). Writes
+sessions with one intra-op thread (the pair-list graph's scatters race with more), timed in
+turn call by call. Writes
 ``OUT_DIR/rewrite_speed.json`` (medians, quartiles, environment); exits 0.
 """
 
@@ -15,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,22 +35,26 @@ from mlff_export.neighbors import batch_inputs, compute_pairs
 STUDENT = f"{Path(__file__).resolve().parents[1] / 'tests' / 'byom_models.py'}:make_student"
 
 
-def median_ms(session: ort.InferenceSession, feeds: dict[str, np.ndarray], repeats: int) -> tuple[float, float, float]:
-    for _ in range(20):
-        session.run(None, feeds)
-    samples = []
+def interleaved_ms(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float, float]]:
+    """Median, first and third quartile (ms) of each run, timed in turn within every repeat so
+    that a change in machine load hits all of them alike."""
+    for run in runs.values():
+        for _ in range(20):
+            run()
+    samples: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        samples.append(time.perf_counter() - start)
-    return tuple(float(1e3 * q) for q in np.percentile(samples, [50, 25, 75]))
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            samples[name].append(time.perf_counter() - start)
+    return {name: tuple(float(1e3 * q) for q in np.percentile(times, [50, 25, 75])) for name, times in samples.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder for rewrite_speed.json")
     parser.add_argument("--model", default=STUDENT, help="model specification (default: the distilled student)")
-    parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=1000)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     model = ModelSpec(args.model).load().module
@@ -59,13 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     inputs = batch_inputs([atoms], [compute_pairs(atoms, float(model.cutoff))])
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    rows = {}
+    runs, protos = {}, {}
     for name, layout, graph, example in (("pair list", PAIR_LIST, pair_graph, pair_args),
                                          ("neighbor table", NEIGHBOR_TABLE, table_graph, table_args)):
-        proto = traced_to_model_proto(functionalized(graph, example), example, layout, DEFAULT_OPSET)
-        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        protos[name] = traced_to_model_proto(functionalized(graph, example), example, layout, DEFAULT_OPSET)
+        session = ort.InferenceSession(protos[name].SerializeToString(), options, providers=["CPUExecutionProvider"])
         feeds = {key: value.numpy() for key, value in layout.feeds(inputs).items()}
-        median, q1, q3 = median_ms(session, feeds, args.repeats)
+        runs[name] = lambda session=session, feeds=feeds: session.run(None, feeds)
+    rows = {}
+    for name, (median, q1, q3) in interleaved_ms(runs, args.repeats).items():
+        proto = protos[name]
         rows[name] = {"median_ms": median, "q1_ms": q1, "q3_ms": q3, "nodes": len(proto.graph.node),
                       "scatters_with_a_reduction": len(scatters_with_reduction(proto))}
         print(f"{name:<15} {median:.3f} ms (IQR {q1:.3f}-{q3:.3f})  {len(proto.graph.node)} nodes  "

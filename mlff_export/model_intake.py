@@ -144,7 +144,8 @@ def _from_factory(spec: str, kwargs: dict) -> LoadedModel:
 
 def load_weights(module: nn.Module, path: str | Path) -> None:
     """Load a state dict (safetensors, or ``torch.load`` with ``weights_only=True``) into
-    ``module``, strictly; a mismatch names the first tensor that does not fit."""
+    ``module``, strictly; a mismatch names the first tensor that does not fit. Entries named
+    ``*._extra_state`` may be plain data (what ``weights_only`` lets through)."""
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
@@ -155,21 +156,30 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unreadable or unsafe file: one line, no unpickling beyond tensors
         raise ModelIntakeError(f"--weights {path}: not a readable state dict ({type(error).__name__}: {str(error).splitlines()[0]})") from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) or _is_extra_state(k) for k, v in state.items()):
         raise ModelIntakeError(f"--weights {path}: expected a mapping of parameter names to tensors (a state dict)")
     expected = module.state_dict()
     for name in sorted(expected):
         if name not in state:
             raise ModelIntakeError(f"--weights {path}: tensor '{name}' of the model is missing from the file")
-        if tuple(state[name].shape) != tuple(expected[name].shape):
+        if not isinstance(expected[name], torch.Tensor):
+            continue  # a module's extra state (plain data: torch.load allowed nothing else)
+        if not isinstance(state[name], torch.Tensor) or tuple(state[name].shape) != tuple(expected[name].shape):
+            found = tuple(state[name].shape) if isinstance(state[name], torch.Tensor) else type(state[name]).__name__
             raise ModelIntakeError(
-                f"--weights {path}: tensor '{name}' has shape {tuple(state[name].shape)} in the file, "
+                f"--weights {path}: tensor '{name}' has shape {found} in the file, "
                 f"{tuple(expected[name].shape)} in the model"
             )
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise ModelIntakeError(f"--weights {path}: tensor '{unexpected[0]}' of the file is not in the model")
     module.load_state_dict(state, strict=True)
+
+
+def _is_extra_state(name: str) -> bool:
+    """Whether a state-dict entry is a module's ``get_extra_state()`` (hippynn, graph-pes keep
+    settings there), which may be plain data rather than a tensor."""
+    return name.rpartition(".")[2] == "_extra_state"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -339,3 +339,27 @@ def test_calculator_runs_a_user_model_from_its_specification():
     reference = atoms.copy()
     reference.calc = load_calculator(make_student())
     assert atoms.get_potential_energy() == pytest.approx(reference.get_potential_energy(), abs=1e-6)
+
+
+class StudentWithSettings(DistilledStudent):
+    """A student that keeps settings as a module's extra state (plain data, as hippynn and graph-pes do)."""
+
+    def get_extra_state(self):
+        return {"units": "eV", "layers": 2}
+
+    def set_extra_state(self, state):
+        self.loaded_settings = state
+
+
+def test_weights_with_a_modules_extra_state_load_and_a_non_tensor_weight_is_named(tmp_path):
+    from mlff_export.model_intake import load_weights
+
+    state = StudentWithSettings().state_dict()
+    torch.save(state, tmp_path / "with_settings.pt")
+    model = StudentWithSettings()
+    load_weights(model, tmp_path / "with_settings.pt")
+    assert model.loaded_settings == {"units": "eV", "layers": 2}
+    state["readout.2.weight"] = {"not": "a tensor"}
+    torch.save(state, tmp_path / "broken.pt")
+    with pytest.raises(ModelIntakeError, match="expected a mapping of parameter names to tensors"):
+        load_weights(StudentWithSettings(), tmp_path / "broken.pt")

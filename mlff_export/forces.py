@@ -76,8 +76,10 @@ def energy_forces_virial_by_strain(
         energy = model(
             strained_positions, inputs.species, inputs.pair_index, strained_shifts, inputs.structure_index, strained_cell
         )
+        if not energy.requires_grad:  # depends on no coordinate (a lone atom, no pairs): no force, no virial
+            return energy, torch.zeros_like(positions), torch.zeros_like(strain)
         position_gradients, strain_gradients = torch.autograd.grad(
-            energy.sum(), [positions, strain], create_graph=create_graph
+            energy.sum(), [positions, strain], create_graph=create_graph, allow_unused=True, materialize_grads=True
         )
     return energy, -position_gradients, -strain_gradients
 

@@ -75,6 +75,27 @@ def test_the_profile_with_fewest_pair_slots_wins():
     assert choose_bucket(300, 20, 1, [SMALL, LARGE]).profile_index == 1
 
 
+def fixed(atoms: str, neighbors: str) -> object:
+    """A profile of one bucket size per axis (MIN = OPT = MAX), up to two structures."""
+    return profile_from_ranges(f"{atoms}:{atoms}:{atoms}", f"{neighbors}:{neighbors}:{neighbors}", "1:1:2")
+
+
+def test_the_winner_has_the_fewest_pair_slots_not_the_smallest_sum_or_ratio_of_sides():
+    # (4 x 4 = 16 slots) against (2 x 16 = 32): fewer slots, but a larger difference and ratio of sides
+    assert choose_bucket(2, 4, 1, [fixed(4, 4), fixed(2, 16)]).profile_index == 0
+    assert choose_bucket(2, 4, 1, [fixed(2, 16), fixed(4, 4)]).profile_index == 1
+    # (2 x 64 = 128 slots) against (16 x 16 = 256): fewer slots, but a larger sum of sides
+    assert choose_bucket(2, 4, 1, [fixed(2, 64), fixed(16, 16)]).profile_index == 0
+
+
+def test_calls_exactly_at_a_profiles_limits_fit():
+    assert choose_bucket(64, 64, 1, [SMALL]) == ShapeBucket(profile_index=0, atoms=64, neighbors=64, structures=1)
+    # padding atoms needs one more structure: 3 + 1 is the profile's maximum of 4, so it still pads
+    assert choose_bucket(5, 7, 3, [SMALL]) == ShapeBucket(profile_index=0, atoms=8, neighbors=8, structures=4)
+    # 4 structures leave none for padding: exact atoms, no padding structure
+    assert choose_bucket(5, 7, 4, [SMALL]) == ShapeBucket(profile_index=0, atoms=5, neighbors=8, structures=4)
+
+
 def test_a_call_larger_than_every_profile_names_the_limits():
     with pytest.raises(ShapeOutOfRangeError, match=r"2000 atoms.*'large': atoms 32\.\.1024, neighbors per atom <= 64"):
         choose_bucket(2000, 10, 1, [SMALL, LARGE])

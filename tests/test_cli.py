@@ -213,6 +213,24 @@ def test_pipeline_validates_the_onnx_graphs_and_benchmarks_them_without_exportin
     assert all(argv[-2:] == ["--threads", "1"] for name, argv in threaded.items() if name != "export")
 
 
+def test_pipeline_passes_a_users_model_to_every_step(tmp_path):
+    """--model, --weights and --model-kwargs reach export and bench as given, and validate as its --reference."""
+    from mlff_export.cli import pipeline
+
+    weights = tmp_path / "student.safetensors"
+    weights.write_bytes(b"not read while planning")
+    spec = "my_models.student:make_student"
+    args = build_parser().parse_args(["pipeline", "--model", spec, "--weights", str(weights),
+                                      "--model-kwargs", '{"layers": 3}', "--out", str(tmp_path / "results")])
+    planned = dict(pipeline.steps(args, "cpu", tensorrt_here=False))
+    model = [spec, "--weights", str(weights), "--model-kwargs", '{"layers": 3}']
+    assert planned["export"][1:7] == ["--model", *model]
+    assert planned["bench"][1:7] == ["--model", *model]
+    validate = planned["validate fp32"]
+    assert validate[1] == str(tmp_path / "results" / "onnx" / "student.fp32.onnx")
+    assert validate[2:8] == ["--reference", *model]
+
+
 def test_threads_option_sets_torch_threads():
     from mlff_export.cli.options import apply_threads
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
+from onnx import numpy_helper
 
 from mlff_export.export.metadata import INTEGRITY_KEY, graph_sha256, sealed_model_bytes
 
@@ -26,8 +27,6 @@ DOUBLE, FLOAT = 11, 1  # onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT
 
 def _float32_tensor(tensor) -> None:
     """A double ``TensorProto`` rewritten in place as float32 (same name and shape)."""
-    from onnx import numpy_helper
-
     tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype("float32"), tensor.name))
 
 

@@ -20,6 +20,7 @@ def saved(tmp_path):
 
 
 def test_round_trip_keeps_weights_and_buffers(saved):
+    """Save and load copy the bytes: exact equality is the promise here (no arithmetic in between)."""
     model, card_path = saved
     loaded = load_checkpoint(card_path)
     for name, tensor in model.state_dict().items():

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from mlff_export.bench.availability import TENSORRT_ADVICE
-from mlff_export.cli.options import UsageError, input_file, json_object, model_spec, positive_int
+from mlff_export.cli.options import UsageError, add_model_options, input_file, model_spec, positive_int
 
 NAME = "build-engine"
 HELP = "build a TensorRT engine (NAME.plan + NAME.plan.json) from an exported ONNX graph or a checkpoint"
@@ -22,12 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("source (one of)").add_mutually_exclusive_group()
     source.add_argument("--onnx", metavar="FILE",
                         help="neighbor-table graph written by `mlff-export export` (of --precision)")
-    source.add_argument("--model", "--checkpoint", dest="model", metavar="SPEC",
-                        help="checkpoint card (.json), package.module:factory, file.py:factory or .pt2 program; exported "
-                        "to ONNX beside the engine first (default: the bundled reference model)")
-    parser.add_argument("--weights", metavar="FILE", help="weights for a factory's module (see `mlff-export export --help`)")
-    parser.add_argument("--model-kwargs", type=json_object, metavar="JSON", help="keyword arguments of the factory, a JSON object")
-    parser.set_defaults(model_flag="--model")
+    add_model_options(parser, role="the model to export to ONNX beside the engine first", model_group=source)
     parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                         help="the graph's precision (FP16 engines are built from the FP16 export; default: fp32)")
     shapes = parser.add_argument_group("shapes", "named profiles, or all three ranges of one custom profile")

@@ -73,14 +73,16 @@ def json_object(text: str) -> dict:
 
 
 def add_model_options(parser: argparse.ArgumentParser, flags: tuple[str, ...] = ("--model", "--checkpoint"),
-                      role: str = "the model") -> argparse._ArgumentGroup:
+                      role: str = "the model", model_group=None) -> argparse._ArgumentGroup:
     """The "model" group: which model a command works on (default: the bundled reference model).
 
     ``flags`` name the model option (the first is the one in messages); ``--weights`` and
-    ``--model-kwargs`` go with it (docs/bring-your-own-model.md). Read back with :func:`model_spec`.
+    ``--model-kwargs`` go with it (docs/bring-your-own-model.md). ``model_group``: where the model
+    option itself goes instead (e.g. a mutually exclusive group of sources). Read back with
+    :func:`model_spec`.
     """
     group = parser.add_argument_group("model")
-    group.add_argument(
+    (model_group or group).add_argument(
         *flags, dest="model", metavar="SPEC", default=None,
         help=f"{role}: a checkpoint card (.json), package.module:factory or file.py:factory (a callable returning an "
         "interface nn.Module), or a torch.export program (.pt2); default: the bundled reference model",

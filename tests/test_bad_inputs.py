@@ -51,6 +51,7 @@ from mlff_export.export.metadata import (  # noqa: E402
 )
 from mlff_export.export.onnx_export import _write_atomically  # noqa: E402
 from mlff_export.memory import InsufficientMemoryError  # noqa: E402
+from mlff_export.model_intake import ModelIntakeError, load_model  # noqa: E402
 from mlff_export.neighbors import StructureError, batch_inputs, compute_pairs  # noqa: E402
 from mlff_export.runtime import load_calculator  # noqa: E402
 from mlff_export.runtime.calculator import ConcurrentUseError, NonFiniteResultError  # noqa: E402
@@ -688,6 +689,104 @@ def _(engine):  # noqa: F811
     sidecar_path(engine).mkdir()
     with refused(EngineMismatchError, "is a folder"):
         check_engine(engine, **HERE)
+
+
+# ----------------------------------------------------------------------------------------------
+# users' models (--model, --weights, --model-kwargs; docs/bring-your-own-model.md)
+
+
+@case("model-factory-unimportable")
+def _():
+    with refused(ModelIntakeError, "cannot import module 'no_such_package.models'", "PYTHONPATH"):
+        load_model("no_such_package.models:make")
+
+
+@case("model-factory-returns-no-module")
+def _():
+    with refused(ModelIntakeError, "make_not_a_module() returned str", "expected a torch.nn.Module"):
+        load_model("byom_models:make_not_a_module")
+
+
+@case("model-kwargs-the-factory-refuses")
+def _():
+    with refused(ModelIntakeError, "make_student(**{'colour': 1}) failed", "TypeError"):
+        load_model("byom_models:make_student", model_kwargs={"colour": 1})
+
+
+@case("model-weights-of-another-shape")
+def _(tmp_path):
+    from byom_models import make_student
+
+    state = make_student().state_dict()
+    state["readout.2.weight"] = torch.zeros(2, 24)
+    torch.save(state, tmp_path / "other.pt")
+    with refused(ModelIntakeError, "'readout.2.weight' has shape (2, 24) in the file, (1, 24) in the model"):
+        load_model("byom_models:make_student", weights=tmp_path / "other.pt")
+
+
+@case("model-weights-with-a-pickled-object")
+def _(tmp_path):
+    torch.save({"embedding.weight": Atoms("H")}, tmp_path / "pickled.pt")
+    with refused(ModelIntakeError, "not a readable state dict"):
+        load_model("byom_models:make_student", weights=tmp_path / "pickled.pt")
+
+
+@case("model-weights-not-a-state-dict")
+def _(tmp_path):
+    torch.save([torch.zeros(3)], tmp_path / "list.pt")
+    with refused(ModelIntakeError, "expected a mapping of parameter names to tensors"):
+        load_model("byom_models:make_student", weights=tmp_path / "list.pt")
+
+
+@case("model-program-with-other-inputs")
+def _(tmp_path):
+    class TwoInputs(nn.Module):
+        def forward(self, positions, species):
+            return positions.sum().unsqueeze(0)
+
+    program = torch.export.export(TwoInputs(), (torch.ones(3, 3), torch.ones(3, dtype=torch.int64)))
+    torch.export.save(program, str(tmp_path / "two.pt2"), extra_files={"mlff-interface.json": '{"cutoff": 5.0, "species": [1]}'})
+    with refused(ModelIntakeError, "takes 2 inputs", "positions, species, pair_index, pair_shifts, structure_index, cell"):
+        load_model(tmp_path / "two.pt2")
+
+
+@case("model-pairs-beyond-the-cutoff-count")
+def _(tmp_path):
+    from byom_models import LeaksBeyondTheCutoff
+
+    with refused(ExportError, "pairs beyond its cutoff", "multiply every pair term by a cutoff function"):
+        to_onnx(LeaksBeyondTheCutoff(), tmp_path / "out" / "leaks.onnx")
+    assert not (tmp_path / "out").exists()
+
+
+@case("model-searches-its-own-neighbors")
+def _(tmp_path):
+    from byom_models import SearchesNeighbors
+
+    with refused(ExportError, "does it search for neighbors itself"):
+        to_onnx(SearchesNeighbors(), tmp_path / "out" / "searches.onnx")
+    assert not (tmp_path / "out").exists()
+
+
+@case("cli-weights-with-a-checkpoint-card")
+def _(tmp_path, capsys):
+    weights = written(tmp_path / "w.safetensors", b"not read")
+    one_line_cli_error(capsys, ["export", "--weights", str(weights), "--out", str(tmp_path / "out")], "--weights go with a factory")
+    assert not (tmp_path / "out").exists()
+
+
+@case("cli-model-of-an-unknown-kind")
+def _(tmp_path, capsys):
+    model = written(tmp_path / "model.pt", b"a pickle")
+    one_line_cli_error(capsys, ["export", "--model", str(model)], "expected a checkpoint card (.json) or a torch.export program (.pt2)")
+
+
+@case("cli-model-kwargs-not-json")
+def _(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", "--model", "byom_models:make_student", "--model-kwargs", "{channels: 8}"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and "expected a JSON object" in err, err
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -191,7 +191,7 @@ class MLFFCalculator(Calculator):
         """ASE results per structure; :class:`NonFiniteResultError` for any NaN or inf among them."""
         arrays = {name: _float64(outputs[name]) for name in OUTPUT_NAMES}
         results = _structure_results(structures, arrays)
-        if all(np.isfinite(array).all() for array in arrays.values()):  # stress = -virial / volume
+        if all_finite(arrays.values()):  # stress = -virial / volume
             return results
         for atoms, index, result in zip(structures, indices, results):
             bad = [name for name in ("energy", "forces", "stress") if name in result and not np.isfinite(result[name]).all()]
@@ -203,6 +203,12 @@ class MLFFCalculator(Calculator):
                     "structure, and `mlff-export validate` the model"
                 )
         return results
+
+
+def all_finite(arrays: Iterable[np.ndarray]) -> bool:
+    """Whether no array holds a NaN or inf. One pass per array: a sum is finite only if every term
+    is (a sum that overflows makes the caller look closer at finite numbers, nothing worse)."""
+    return math.isfinite(sum(float(np.add.reduce(array, axis=None)) for array in arrays))
 
 
 def _float64(value: torch.Tensor | np.ndarray) -> np.ndarray:

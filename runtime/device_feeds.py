@@ -61,8 +61,8 @@ def closest_distance(feeds: dict[str, torch.Tensor]) -> torch.Tensor:
     distance once the outputs are back (:mod:`mlff_export.structure_sanity`)."""
     positions = feeds["positions"]
     vectors = positions[feeds["neighbor_index"]] - positions.unsqueeze(1) + feeds["neighbor_shifts"]
-    squared = torch.where(feeds["neighbor_mask"] > 0, (vectors * vectors).sum(-1), torch.inf)
-    return squared.amin().sqrt().reshape(1)
+    distances = torch.linalg.vector_norm(vectors, dim=-1)  # few kernels: it runs in every captured call
+    return distances.masked_fill(feeds["neighbor_mask"] <= 0, torch.inf).amin().reshape(1)
 
 
 class CapturedClosestDistance:

@@ -12,6 +12,7 @@ from conftest import make_small_painn, structure_zoo
 from mlff_export.interface import AtomicInputs, InterfaceError
 from mlff_export.neighbors import StructureError
 from mlff_export.runtime import load_calculator
+from mlff_export.runtime.calculator import all_finite
 from mlff_export.runtime.eager import EagerBackend
 from mlff_export.runtime.shape_buckets import ShapeOutOfRangeError
 
@@ -273,3 +274,27 @@ def test_a_traced_numel_compiles_as_the_method():
     assert any(node.target is torch.ops.aten.sym_numel.default for node in graph.graph.nodes)
     compiled = torch.compile(with_numel_as_method(graph), fullgraph=True, dynamic=False, backend="eager")
     assert torch.equal(compiled(torch.ones(4, 2)), torch.full((4, 2), 8.0))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [[np.nan], [np.inf], [-np.inf], [np.inf, -np.inf]],  # the last sums to NaN, not inf
+    ids=["nan", "inf", "minus-inf", "inf-and-minus-inf"],
+)
+def test_all_finite_sees_any_non_finite_entry(bad):
+    forces = np.ones((5, 3))
+    forces.flat[: len(bad)] = bad
+    assert not all_finite([np.zeros(1), forces, np.zeros((1, 3, 3))])
+    assert all_finite([np.zeros(1), np.ones((5, 3)), np.zeros((1, 3, 3))])
+
+
+def test_finite_results_whose_sum_overflows_are_returned():
+    """all_finite's sum overflows for huge finite numbers; the calculator then looks closer and
+    returns them (refusing them would be another check's job), without a NonFiniteResultError."""
+    huge = np.full((2, 3), 1e308)
+    assert not all_finite([huge])
+    calc = load_calculator(make_small_painn())
+    atoms = molecule("H2")
+    outputs = {"energy": np.array([1e308]), "forces": huge, "virial": np.zeros((1, 3, 3))}
+    (result,) = calc._results([atoms], outputs, [None])
+    assert result["energy"] == 1e308 and np.array_equal(result["forces"], huge)

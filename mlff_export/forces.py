@@ -55,7 +55,7 @@ def energy_forces_virial_from_pairs(
         (pair_gradients,) = torch.autograd.grad(atom_energies.sum(), vectors, create_graph=create_graph)
     energy = layout.sum_to_structures(atom_energies, structure_index, num_structures)
     forces = layout.sum_to_centers(pair_gradients) - layout.sum_to_neighbors(pair_gradients)
-    atom_virials = -layout.sum_to_centers(vectors.unsqueeze(2) * pair_gradients.unsqueeze(1))
+    atom_virials = -layout.sum_to_centers(vectors.detach().unsqueeze(2) * pair_gradients.unsqueeze(1))  # no graph unless asked
     virial = layout.sum_to_structures(atom_virials, structure_index, num_structures)
     return energy, forces, virial
 

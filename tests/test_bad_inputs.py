@@ -1117,6 +1117,21 @@ def _(options_model):
         load_calculator(options_model, min_distance=-0.1)
 
 
+@case("option-min-distance-not-finite")
+def _(options_model):
+    for value in (math.nan, math.inf):
+        with refused(CalculatorSetupError, "min_distance", repr(value), "finite"):
+            load_calculator(options_model, min_distance=value)
+
+
+@case("option-min-distance-not-a-number")
+def _(options_model):
+    """A string or a bool (True would read as 1 Å) is refused, not converted."""
+    for value in ("0.5", True):
+        with refused(CalculatorSetupError, "min_distance", repr(value)):
+            load_calculator(options_model, min_distance=value)
+
+
 @case("option-memory-limit-zero")
 def _(options_model):
     with refused(CalculatorSetupError, "memory_limit_gb", "> 0"):

@@ -19,7 +19,7 @@ from byom_models import make_student
 from conftest import make_small_painn, rattled, triclinic_cell
 from torch import nn
 
-from mlff_export.forces import energy_forces_virial_by_strain, energy_forces_virial_from_pairs
+from mlff_export.forces import energy_forces_virial, energy_forces_virial_by_strain, energy_forces_virial_from_pairs
 from mlff_export.interface import AtomicInputs
 from mlff_export.neighbors import batch_inputs, compute_pairs
 from mlff_export.pair_layouts import NeighborTable, PairList
@@ -180,3 +180,44 @@ def test_atom_weights_give_the_outputs_of_the_weighted_energy(layout_name, model
     energies = [weighted(inputs.positions + sign * STEP * direction)[0].sum() for sign in (1.0, -1.0)]
     numeric = -(energies[0] - energies[1]) / (2 * STEP)
     assert float((forces * direction).sum()) == pytest.approx(float(numeric), abs=1e-6)
+
+
+@pytest.mark.parametrize("model_name", ["painn", "student"])
+def test_forces_and_virials_keep_no_graph_unless_asked(model_name, models, inputs):
+    """By default the derivatives are plain tensors (no autograd history kept alive: memory, and
+    a runtime's outputs must not carry it); ``create_graph=True`` keeps it, for training on forces."""
+    model = models[model_name]
+    for create_graph in (False, True):
+        _, forces, virial = energy_forces_virial(model, inputs, create_graph=create_graph)
+        assert forces.requires_grad == virial.requires_grad == create_graph
+    _, forces, virial = energy_forces_virial(model, inputs)
+    assert not forces.requires_grad and not virial.requires_grad
+    _, forces, virial = energy_forces_virial_by_strain(model, inputs)
+    assert not forces.requires_grad and not virial.requires_grad
+    if model_name == "painn":
+        layout = PairList(inputs.pair_index, inputs.pair_shifts, inputs.num_atoms)
+        _, forces, virial = energy_forces_virial_from_pairs(
+            model, inputs.positions, inputs.species, layout, inputs.structure_index, inputs.num_structures
+        )
+        assert not forces.requires_grad and not virial.requires_grad
+
+
+
+class VolumeTerm(nn.Module):
+    """A term that reads only the cell, ``0.05 eV/Å³ * det(cell)`` per structure (a p·V term):
+    positions take no part in its energy."""
+
+    cutoff, species = 3.0, [6]
+
+    def forward(self, positions, species, pair_index, pair_shifts, structure_index, cell):
+        return 0.05 * torch.linalg.det(cell)
+
+
+def test_an_energy_that_reads_only_the_cell():
+    """Zero forces (not an autograd error) and the virial of the volume term,
+    W = -dE/d(strain) = -0.05 eV/Å³ * V * I."""
+    atoms = bulk("C", "sc", a=10.0)
+    inputs = batch_inputs([atoms], [compute_pairs(atoms, VolumeTerm.cutoff)], dtype=torch.float64)
+    _, forces, virial = energy_forces_virial_by_strain(VolumeTerm(), inputs)
+    assert torch.equal(forces, torch.zeros_like(forces))
+    torch.testing.assert_close(virial[0], -0.05 * 1000.0 * torch.eye(3, dtype=torch.float64))

@@ -40,7 +40,9 @@ WORK = ROOT / ".mutation"
 PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider"
 
 MODULES = {
-    "mlff_export/forces.py": "tests/test_force_routes.py",
+    "mlff_export/forces.py": "tests/test_force_routes.py tests/test_physics.py -k 'routes or gradient or strain_derivative or batched'",
+    "mlff_export/structure_sanity.py": "tests/test_structure_sanity.py tests/test_bad_inputs.py "
+    "-k 'sanity or ((apart or threshold or legal or distance or image or collapsed or position or overlapping) and not validate)'",
     "mlff_export/pair_layouts.py": "tests/test_force_routes.py tests/test_pair_layouts.py "
     "tests/test_structure_sums.py -k 'not onnxruntime and not tensorrt'",
     "mlff_export/neighbors.py": "tests/test_neighbors.py tests/test_force_routes.py",

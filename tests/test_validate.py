@@ -329,6 +329,8 @@ def reference_declaring(model, **changes):
     reference = copy.deepcopy(model)
     if "species" in changes:  # a declaration: the embedding (and every number) stays as it is
         reference.config = dataclasses.replace(reference.config, species=changes["species"])
+    if "cutoff" in changes:  # a declaration too: the radial basis stays; numbers move by far less than any tolerance
+        reference.config = dataclasses.replace(reference.config, cutoff=changes["cutoff"])
     if "one_ulp" in changes:  # the largest weight moved by one float32 spacing: numbers within 1e-6
         weight = max(reference.parameters(), key=lambda p: p.numel())
         with torch.no_grad():
@@ -338,12 +340,27 @@ def reference_declaring(model, **changes):
 
 @pytest.mark.parametrize(
     ("changes", "check"),
-    [({"one_ulp": True}, "provenance: weights match the reference"), ({"species": (1, 6, 7, 8, 9)}, "provenance: species and cutoff match")],
-    ids=["other-weights", "other-species"],
+    [
+        ({"one_ulp": True}, "provenance: weights match the reference"),
+        ({"species": (1, 6, 7, 8, 9)}, "provenance: species and cutoff match"),
+        ({"cutoff": make_small_painn().cutoff + 1e-5}, "provenance: species and cutoff match"),
+    ],
+    ids=["other-weights", "other-species", "other-cutoff"],
 )
 def test_a_reference_that_is_not_the_source_fails_provenance_alone(exported, model, changes, check):
     report = validate_artifact(exported, reference=reference_declaring(model, **changes), **FAST)
     assert failed_checks(report) == {check}, report.failures()
+
+
+def test_provenance_details_say_what_was_found(exported, model):
+    """The weights check shows both hashes (12 hex digits) and, only when they differ, what to do."""
+    from mlff_export.export.precision import weights_sha256
+
+    digest = weights_sha256(model)[:12]
+    same = {check.name: check.detail for check in check_provenance(exported, model)}
+    assert same["weights match the reference"] == f"artifact exported from weights {digest}…, reference weights {digest}…"
+    other = {check.name: check.detail for check in check_provenance(exported, reference_declaring(model, one_ulp=True))}
+    assert other["weights match the reference"].endswith(": pass --reference the checkpoint it was exported from")
 
 
 def documented_tolerances() -> dict[str, dict[str, float]]:

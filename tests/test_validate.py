@@ -389,3 +389,34 @@ def test_default_tolerances_are_the_documented_ones(precision):
     assert set(documented) == set(OVERRIDABLE)
     defaults = default_tolerances(precision)
     assert {key: tolerance_value(defaults, key) for key in OVERRIDABLE} == documented
+
+
+def test_default_tolerances_cannot_be_changed_by_a_caller():
+    """A caller that edits what it was given (by mistake) changes nothing for the next validation."""
+    tolerances = default_tolerances("fp32")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tolerances.nve_drift_excess = 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tolerances.outputs["forces"].atol = 1.0
+    tolerances.outputs["forces"] = OutputTolerance(atol=1.0)
+    assert default_tolerances("fp32").outputs["forces"] == OutputTolerance(atol=1e-4)
+
+
+def test_weights_check_fails_for_any_other_weights(exported, model):
+    """Four references, each one float32 step away from the source in another weight or direction:
+    the check compares the hashes for equality (an ordering would pass some of them)."""
+    weight = max(model.parameters(), key=lambda p: p.numel())
+    for index in (0, 1):
+        for direction in (np.inf, -np.inf):
+            reference = copy.deepcopy(model)
+            moved = max(reference.parameters(), key=lambda p: p.numel())
+            with torch.no_grad():
+                moved.view(-1)[index] = torch.nextafter(weight.view(-1)[index], torch.tensor(direction))
+            checks = {check.name: check.passed for check in check_provenance(exported, reference)}
+            assert checks == {"graph integrity": True, "weights match the reference": False, "species and cutoff match": True}
+
+
+def test_artifacts_other_than_onnx_get_no_provenance_checks(model, tmp_path):
+    for name in ("model.plan", "model.engine", "model.pt2"):
+        assert check_provenance(tmp_path / name, model) == []
+

@@ -21,7 +21,7 @@ cross-runtime (ONNX)   atol 1e-4,         atol 5e-3,         output units (energ
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -47,11 +47,11 @@ class Tolerances:
         runtime_atol, runtime_rtol: cross-runtime ONNX comparison (polygraphy), all outputs.
     """
 
-    outputs: dict[str, OutputTolerance] = field(default_factory=dict)
-    finite_difference_rtol: float = 1e-2
-    nve_drift_excess: float = 1e-4
-    runtime_atol: float = 1e-4
-    runtime_rtol: float = 1e-5
+    outputs: dict[str, OutputTolerance]
+    finite_difference_rtol: float
+    nve_drift_excess: float
+    runtime_atol: float
+    runtime_rtol: float
 
     def overridden(self, values: dict[str, float]) -> Tolerances:
         """A copy with the tolerances named in ``values`` (keys of :data:`OVERRIDABLE`) replaced."""
@@ -112,7 +112,9 @@ DEFAULT_TOLERANCES = {
 
 
 def default_tolerances(precision: str) -> Tolerances:
-    """The documented defaults for ``precision`` (``"fp32"`` or ``"fp16"``)."""
+    """The documented defaults for ``precision`` (``"fp32"`` or ``"fp16"``): frozen, with an
+    ``outputs`` dict of the caller's own (changing it changes no one else's defaults)."""
     if precision not in DEFAULT_TOLERANCES:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    return DEFAULT_TOLERANCES[precision]
+    defaults = DEFAULT_TOLERANCES[precision]
+    return replace(defaults, outputs=dict(defaults.outputs))

@@ -356,8 +356,11 @@ def test_provenance_details_say_what_was_found(exported, model):
     """The weights check shows both hashes (12 hex digits) and, only when they differ, what to do."""
     from mlff_export.export.precision import weights_sha256
 
+    from mlff_export.export import read_metadata
+
     digest = weights_sha256(model)[:12]
     same = {check.name: check.detail for check in check_provenance(exported, model)}
+    assert same["graph integrity"].endswith(f"(graph {read_metadata(exported).model_sha256[:12]}…)")
     assert same["weights match the reference"] == f"artifact exported from weights {digest}…, reference weights {digest}…"
     other = {check.name: check.detail for check in check_provenance(exported, reference_declaring(model, one_ulp=True))}
     assert other["weights match the reference"].endswith(": pass --reference the checkpoint it was exported from")

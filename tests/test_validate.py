@@ -415,8 +415,11 @@ def test_weights_check_fails_for_any_other_weights(exported, model):
             moved = max(reference.parameters(), key=lambda p: p.numel())
             with torch.no_grad():
                 moved.view(-1)[index] = torch.nextafter(weight.view(-1)[index], torch.tensor(direction))
-            checks = {check.name: check.passed for check in check_provenance(exported, reference)}
-            assert checks == {"graph integrity": True, "weights match the reference": False, "species and cutoff match": True}
+            checks = {check.name: check for check in check_provenance(exported, reference)}
+            assert {name: check.passed for name, check in checks.items()} == {
+                "graph integrity": True, "weights match the reference": False, "species and cutoff match": True
+            }
+            assert checks["weights match the reference"].detail.endswith("pass --reference the checkpoint it was exported from")
 
 
 def test_artifacts_other_than_onnx_get_no_provenance_checks(model, tmp_path):

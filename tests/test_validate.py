@@ -271,6 +271,21 @@ def test_tolerances_are_per_precision_and_overridable():
         default_tolerances("int8")
 
 
+def test_tolerance_overrides_accept_zero_and_refuse_negative_or_nan():
+    fp32 = default_tolerances("fp32")
+    assert fp32.overridden({"forces.atol": 0.0, "runtime_rtol": 0.0}).outputs["forces"].atol == 0.0
+    for value in (-1e-9, -0.5, float("nan")):
+        with pytest.raises(ValueError, match="must be >= 0"):
+            fp32.overridden({"forces.atol": value})
+
+
+def test_species_check_compares_for_equality(exported, model):
+    """Fewer or more declared species both fail (an ordering of the tuples would pass one side)."""
+    for species in ((1, 6, 7), (1, 6, 7, 8, 9), (1, 6, 8, 7)):
+        checks = {check.name: check.passed for check in check_provenance(exported, reference_declaring(model, species=species))}
+        assert checks["species and cutoff match"] is False, species
+
+
 def centred_molecules(path: Path) -> Path:
     """Molecules (rattled) each centred on the origin: the field term of
     :func:`energy_with_a_field_the_forces_lack` is zero there."""

@@ -202,7 +202,6 @@ def test_forces_and_virials_keep_no_graph_unless_asked(model_name, models, input
         assert not forces.requires_grad and not virial.requires_grad
 
 
-
 class VolumeTerm(nn.Module):
     """A term that reads only the cell, ``0.05 eV/Å³ * det(cell)`` per structure (a p·V term):
     positions take no part in its energy."""

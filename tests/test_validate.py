@@ -346,17 +346,18 @@ def reference_declaring(model, **changes):
         reference.config = dataclasses.replace(reference.config, species=changes["species"])
     if "cutoff" in changes:  # a declaration too: the radial basis stays; numbers move by far less than any tolerance
         reference.config = dataclasses.replace(reference.config, cutoff=changes["cutoff"])
-    if "one_ulp" in changes:  # the largest weight moved by one float32 spacing: numbers within 1e-6
+    if "one_ulp" in changes:  # entry (index, toward) of the largest weight moved by one float32 spacing: numbers within 1e-6
+        index, toward = changes["one_ulp"]
         weight = max(reference.parameters(), key=lambda p: p.numel())
         with torch.no_grad():
-            weight.view(-1)[0] = torch.nextafter(weight.view(-1)[0], torch.tensor(np.inf))
+            weight.view(-1)[index] = torch.nextafter(weight.view(-1)[index], torch.tensor(toward))
     return reference
 
 
 @pytest.mark.parametrize(
     ("changes", "check"),
     [
-        ({"one_ulp": True}, "provenance: weights match the reference"),
+        ({"one_ulp": (0, np.inf)}, "provenance: weights match the reference"),
         ({"species": (1, 6, 7, 8, 9)}, "provenance: species and cutoff match"),
         ({"cutoff": make_small_painn().cutoff + 1e-5}, "provenance: species and cutoff match"),
     ],
@@ -369,15 +370,14 @@ def test_a_reference_that_is_not_the_source_fails_provenance_alone(exported, mod
 
 def test_provenance_details_say_what_was_found(exported, model):
     """The weights check shows both hashes (12 hex digits) and, only when they differ, what to do."""
-    from mlff_export.export.precision import weights_sha256
-
     from mlff_export.export import read_metadata
+    from mlff_export.export.precision import weights_sha256
 
     digest = weights_sha256(model)[:12]
     same = {check.name: check.detail for check in check_provenance(exported, model)}
     assert same["graph integrity"].endswith(f"(graph {read_metadata(exported).model_sha256[:12]}…)")
     assert same["weights match the reference"] == f"artifact exported from weights {digest}…, reference weights {digest}…"
-    other = {check.name: check.detail for check in check_provenance(exported, reference_declaring(model, one_ulp=True))}
+    other = {check.name: check.detail for check in check_provenance(exported, reference_declaring(model, one_ulp=(0, np.inf)))}
     assert other["weights match the reference"].endswith(": pass --reference the checkpoint it was exported from")
 
 
@@ -423,13 +423,9 @@ def test_default_tolerances_cannot_be_changed_by_a_caller():
 def test_weights_check_fails_for_any_other_weights(exported, model):
     """Four references, each one float32 step away from the source in another weight or direction:
     the check compares the hashes for equality (an ordering would pass some of them)."""
-    weight = max(model.parameters(), key=lambda p: p.numel())
     for index in (0, 1):
         for direction in (np.inf, -np.inf):
-            reference = copy.deepcopy(model)
-            moved = max(reference.parameters(), key=lambda p: p.numel())
-            with torch.no_grad():
-                moved.view(-1)[index] = torch.nextafter(weight.view(-1)[index], torch.tensor(direction))
+            reference = reference_declaring(model, one_ulp=(index, direction))
             checks = {check.name: check for check in check_provenance(exported, reference)}
             assert {name: check.passed for name, check in checks.items()} == {
                 "graph integrity": True, "weights match the reference": False, "species and cutoff match": True

@@ -313,7 +313,9 @@ def _artifact_backend(path: Path, device: torch.device, memory: MemoryBudget):
     return onnxruntime_backend(path, device, memory)
 
 
-def _module_backend(module: nn.Module, name: str, device: torch.device, dtype: torch.dtype, memory: MemoryBudget):
+def _module_backend(
+    module: nn.Module, name: str, device: torch.device, dtype: torch.dtype, memory: MemoryBudget, compile_cache: Path | None
+):
     if name == "eager":
         return EagerBackend(module, device, dtype, memory=memory)
     if dtype != torch.float32:
@@ -324,7 +326,28 @@ def _module_backend(module: nn.Module, name: str, device: torch.device, dtype: t
 
     if name == "cuda-graphs":
         return CudaGraphBackend(module, device, memory=memory)
-    return CompiledBackend(module, device, mode=COMPILE_BACKENDS[name], memory=memory)
+    return CompiledBackend(module, device, mode=COMPILE_BACKENDS[name], memory=memory, cache_folder=compile_cache)
+
+
+def _compile_cache_folder(compile_cache: str | Path | bool, backend: str | None) -> Path | None:
+    """The folder compiled kernels are kept in (``None``: not kept) for ``load_calculator``'s option."""
+    if compile_cache is True:
+        from mlff_export.runtime.compile_cache import default_cache_folder
+
+        return default_cache_folder()
+    if compile_cache is False or compile_cache is None:
+        return None
+    if not isinstance(compile_cache, (str, Path)) or not str(compile_cache):
+        raise CalculatorSetupError(f"compile_cache | received {compile_cache!r} | expected True, False or a folder path")
+    if backend not in COMPILE_BACKENDS:
+        raise CalculatorSetupError(
+            f"compile_cache={str(compile_cache)!r} keeps compiled kernels of the backends {list(COMPILE_BACKENDS)}; "
+            f"backend {backend or 'eager'!r} compiles nothing"
+        )
+    folder = Path(compile_cache).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise CalculatorSetupError(f"compile_cache {folder} is a file; expected a folder (created if missing)")
+    return folder
 
 
 def load_calculator(
@@ -336,6 +359,7 @@ def load_calculator(
     skin: float = 0.0,
     min_distance: float = DEFAULT_MIN_DISTANCE,
     memory_limit_gb: float | None = None,
+    compile_cache: str | Path | bool = True,
 ) -> MLFFCalculator:
     """An ASE calculator for ``model``, in one line.
 
@@ -360,11 +384,16 @@ def load_calculator(
             are refused (:mod:`mlff_export.structure_sanity`; default 0.5 Å, 0: no check).
         memory_limit_gb: at most this much memory per call, GB (default: 80 % of what the device
             has free); larger calls are split or refused before they run (:mod:`mlff_export.memory`).
+        compile_cache: the compile backends keep their compiled kernels in this folder, one file
+            set per model, torch/Triton version, device model and mode, and load them in the next
+            process (:mod:`mlff_export.runtime.compile_cache`); ``True`` (default): the folder
+            ``$MLFF_EXPORT_COMPILE_CACHE`` or ``~/.cache/mlff-export/compiled``; ``False``: not kept.
 
     The chosen backend is logged (logger ``mlff_export``) and kept as ``calc.backend.name``.
     Out-of-range options raise ``CalculatorSetupError`` before anything is loaded.
     """
     _checked_options(skin, min_distance, memory_limit_gb)
+    cache_folder = _compile_cache_folder(compile_cache, backend)
     if dtype not in DTYPES:
         raise CalculatorSetupError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if backend is not None and backend not in BACKENDS:
@@ -388,7 +417,7 @@ def load_calculator(
                 "load the .onnx) or build an engine (mlff-export build-engine, then load the .plan)"
             )
         module = _resolve_model(model)
-        engine = _module_backend(module, name, resolved_device, DTYPES[dtype], memory)
+        engine = _module_backend(module, name, resolved_device, DTYPES[dtype], memory, cache_folder)
         cutoff, species = float(module.cutoff), tuple(module.species)
     logger.info("mlff-export: backend '%s' on %s", engine.name, resolved_device)
     return MLFFCalculator(

@@ -23,6 +23,7 @@ through a second trace of the graph with per-atom energy weights.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -32,6 +33,7 @@ from mlff_export.export.joint_graph import trace_joint_graph
 from mlff_export.export.precision import model_for_precision
 from mlff_export.interface import OUTPUT_NAMES, AtomicInputs
 from mlff_export.memory import MemoryBudget, model_bytes_per_pair
+from mlff_export.runtime.compile_cache import CompileCache, CompileCacheKey
 from mlff_export.runtime.device_feeds import PAIRS_BUILT_ON_DEVICE, closest_distance
 from mlff_export.runtime.domains import DomainSplitter
 from mlff_export.runtime.padded_table import PaddedTableBackend
@@ -121,17 +123,24 @@ class JointGraphBackend(PaddedTableBackend):
         padded_weights = feeds["positions"].new_zeros(feeds["positions"].shape[0])
         padded_weights[: inputs.num_atoms] = weights.to(self.device, torch.float32)
         energy, forces, virial = self._weighted_call(*feeds.values(), padded_weights)
+        self.bucket_ran(("weighted", *(tuple(tensor.shape) for tensor in feeds.values())))
         return energy[:1], forces[: inputs.num_atoms], virial[:1]
 
     def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         num_atoms, width, _ = table_sizes(feeds)
-        if not self.capture or num_atoms * width > CAPTURE_MAX_PAIR_SLOTS:
-            return dict(zip(OUTPUT_NAMES, self.call(*feeds.values())))
         key = tuple(tuple(tensor.shape) for tensor in feeds.values())
+        if not self.capture or num_atoms * width > CAPTURE_MAX_PAIR_SLOTS:
+            outputs = dict(zip(OUTPUT_NAMES, self.call(*feeds.values())))
+            self.bucket_ran(key)
+            return outputs
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = _CapturedBucket(self.call, feeds, self.closest_call)
+            self.bucket_ran(key)
         return bucket.replay(feeds)
+
+    def bucket_ran(self, bucket: tuple) -> None:
+        """Called after a bucket (a tuple of input shapes) ran; compiled backends keep its kernels."""
 
 
 class CompiledBackend(JointGraphBackend):
@@ -142,7 +151,12 @@ class CompiledBackend(JointGraphBackend):
     The first call of a new bucket compiles (seconds; minutes with ``max-autotune``).
     """
 
-    def __init__(self, model: nn.Module, device: torch.device, mode: str = "default", memory: MemoryBudget | None = None):
+    def __init__(
+        self, model: nn.Module, device: torch.device, mode: str = "default", memory: MemoryBudget | None = None,
+        cache_folder: str | Path | None = None,
+    ):
+        """``cache_folder``: where compiled kernels are kept across processes
+        (:mod:`~mlff_export.runtime.compile_cache`; ``None``: nowhere but Inductor's own cache)."""
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {list(COMPILE_MODES)}, got {mode!r}")
         inductor_mode, capture = COMPILE_MODES[mode]
@@ -150,10 +164,19 @@ class CompiledBackend(JointGraphBackend):
         self.name = "compile" if mode == "default" else f"compile-{mode}"
         self.mode = mode
         self.inductor_mode = inductor_mode
+        self.compile_cache = None if cache_folder is None else CompileCache(cache_folder, CompileCacheKey.of(self.graph, device, mode))
+        if self.compile_cache is not None:
+            self.compile_cache.load()  # before anything compiles
+        self._ran_buckets: set[tuple] = set()
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, MAX_COMPILED_BUCKETS)
         self.call = self.compiled(self.graph)
         # Fused into one or two kernels (seven tiny ones uncompiled) inside each bucket's CUDA graph.
         self.closest_call = torch.compile(closest_distance, fullgraph=True, dynamic=False)
+
+    def bucket_ran(self, bucket: tuple) -> None:
+        if self.compile_cache is not None and bucket not in self._ran_buckets:
+            self._ran_buckets.add(bucket)
+            self.compile_cache.add(bucket)
 
     def compiled(self, graph: torch.fx.GraphModule) -> Callable:
         return torch.compile(with_numel_as_method(graph), mode=self.inductor_mode, fullgraph=True, dynamic=False)

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ def pytest_configure(config):
     slower on the 2-core CI machine."""
     if XDIST_WORKER:
         torch.set_num_threads(1)
+    # Compiled kernels of the tests go to a temporary folder, not the user's ~/.cache.
+    os.environ.setdefault("MLFF_EXPORT_COMPILE_CACHE", tempfile.mkdtemp(prefix="mlff-export-test-compile-cache-"))
 
 
 def make_small_painn(seed: int = 0) -> PaiNN:

@@ -240,3 +240,45 @@ def test_threads_option_sets_torch_threads():
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+TINY_MODEL_FACTORY = """
+import torch
+from mlff_export.model import PaiNN, PaiNNConfig
+
+def make():
+    torch.manual_seed(0)
+    return PaiNN(PaiNNConfig(num_features=8, num_interactions=1, num_radial=4, cutoff=4.0)).eval()
+"""
+
+
+@pytest.mark.slow
+def test_compile_keeps_the_buckets_and_the_next_run_finds_them(tmp_path, capsys):
+    from ase.build import molecule
+    from ase.io import write
+
+    (tmp_path / "tiny.py").write_text(TINY_MODEL_FACTORY)
+    write(tmp_path / "water.xyz", [molecule("H2O")])
+    argv = ["compile", "--model", f"{tmp_path / 'tiny.py'}:make", "--backend", "compile", "--device", "cpu",
+            "--structures", str(tmp_path / "water.xyz"), "--cache", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "compiled 16 atoms x" in first and "(H2O alone)" in first
+    assert "1 buckets compiled" in first and "0 were in the cache" in first
+    assert main(argv) == 0
+    assert "0 buckets compiled" in capsys.readouterr().out.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["compile", "--batch-sizes", "16,x"], "--batch-sizes must be comma-separated integers >= 1"),
+        (["compile", "--batch-sizes", "0"], "--batch-sizes must be comma-separated integers >= 1"),
+        (["compile", "--structures", "{tmp}/missing.xyz"], "--structures {tmp}/missing.xyz is not a file"),
+        (["compile", "--cache", "{tmp}/file"], "--cache {tmp}/file is a file"),
+    ],
+)
+def test_compile_checks_its_arguments_first(tmp_path, capsys, argv, expected):
+    (tmp_path / "file").write_text("")
+    assert main([arg.format(tmp=tmp_path) for arg in argv]) == 1
+    assert expected.format(tmp=tmp_path) in one_error_line(capsys)

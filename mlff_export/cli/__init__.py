@@ -20,9 +20,9 @@ import os
 import sys
 
 import mlff_export
-from mlff_export.cli import bench, build_engine, demo, export, info, pipeline, predict, validate
+from mlff_export.cli import bench, build_engine, compile_kernels, demo, export, info, pipeline, predict, validate
 
-SUBCOMMANDS = (info, demo, export, build_engine, validate, bench, pipeline, predict)
+SUBCOMMANDS = (info, demo, export, build_engine, compile_kernels, validate, bench, pipeline, predict)
 """Subcommand modules, in the order ``--help`` lists them."""
 
 

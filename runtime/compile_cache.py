@@ -1,0 +1,171 @@
+"""Compiled kernels kept across processes: a new process reaches warm speed without compiling again.
+
+``torch.compile`` of the joint graph costs seconds per shape bucket (minutes with max-autotune),
+and Inductor's own cache lives in a temporary folder of one machine. A :class:`CompileCache` keeps
+what Inductor produced (``torch.compiler.save_cache_artifacts``: compiled graphs, Triton kernels,
+autotuning results) in a folder the user chooses, one file per :class:`CompileCacheKey`, and hands
+it back to Inductor (``load_cache_artifacts``) before anything compiles.
+
+A stale cache is never used: the file name is the digest of the key — the compiled graph and its
+weights (:func:`graph_fingerprint`), torch and Triton versions, the device model and the compile
+mode — and the key is stored inside and compared on load, with a SHA-256 over the payload. The
+shape buckets compiled so far are listed in the file (Inductor's own keys decide, per bucket,
+whether a kernel matches). A damaged or foreign file is ignored with a warning and rewritten.
+
+A cache holds executable kernels and Python pickles: it is read only from a folder owned by the
+user and writable by no one else, like any cache of compiled code (use caches you made).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import stat
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger("mlff_export")
+
+CACHE_ENV = "MLFF_EXPORT_COMPILE_CACHE"
+"""Environment variable: the default cache folder (else ``$XDG_CACHE_HOME/mlff-export/compiled``)."""
+FORMAT = "mlff-export-compile-cache/1"
+
+
+def default_cache_folder() -> Path:
+    """``$MLFF_EXPORT_COMPILE_CACHE``, else ``$XDG_CACHE_HOME`` (or ``~/.cache``) ``/mlff-export/compiled``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "mlff-export" / "compiled"
+
+
+def graph_fingerprint(graph: torch.fx.GraphModule) -> str:
+    """SHA-256 over a traced graph's code and the names, shapes, dtypes and bytes of its weights."""
+    digest = hashlib.sha256(graph.code.encode())
+    for name, tensor in sorted({**dict(graph.named_parameters()), **dict(graph.named_buffers())}.items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def device_model(device: torch.device) -> str:
+    """What compiled kernels depend on: the GPU model and compute capability, or the CPU's
+    architecture and vector instruction set."""
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        return f"{properties.name} sm_{properties.major}{properties.minor}"
+    return f"cpu {platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
+
+
+def triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+@dataclass(frozen=True)
+class CompileCacheKey:
+    """Everything a compiled kernel depends on besides the shape bucket."""
+
+    graph: str
+    """:func:`graph_fingerprint` of the compiled graph (architecture and weights)."""
+    torch: str
+    triton: str | None
+    device: str
+    """:func:`device_model`"""
+    mode: str
+    """the backend's compile mode (``default``, ``reduce-overhead``, ``max-autotune``)"""
+
+    @classmethod
+    def of(cls, graph: torch.fx.GraphModule, device: torch.device, mode: str) -> CompileCacheKey:
+        return cls(graph_fingerprint(graph), torch.__version__, triton_version(), device_model(device), mode)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:32]
+
+
+class CompileCache:
+    """One key's compiled kernels under ``folder/<key digest>/``: per process that compiled
+    something new, ``<stamp>.bin`` (Inductor's artifacts) and ``<stamp>.json`` (the key, the
+    payload's SHA-256 and the buckets it holds). Each process writes only its own pair, so
+    processes sharing a folder never overwrite each other."""
+
+    def __init__(self, folder: str | Path, key: CompileCacheKey):
+        self.folder = Path(folder).expanduser() / key.digest
+        self.key = key
+        stamp = f"{time.time_ns()}-{os.getpid()}"
+        self.payload_path = self.folder / f"{stamp}.bin"
+        self.manifest_path = self.folder / f"{stamp}.json"
+        self.buckets: list[list] = []
+        """Buckets compiled before (loaded) or in this process."""
+        self._written: list[list] = []  # buckets this process compiled: listed in its own manifest
+
+    def load(self) -> int:
+        """Hand every usable stored payload to Inductor; returns how many were loaded. Unusable
+        ones (damaged, edited, foreign, unsafe permissions) are skipped with a logged reason."""
+        loaded = 0
+        for manifest_path in sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []:
+            payload_path = manifest_path.with_suffix(".bin")
+            manifest, problem = self._read(manifest_path, payload_path)
+            if problem is not None:
+                logger.warning("mlff-export: compile cache %s not used: %s", manifest_path, problem)
+                continue
+            if torch.compiler.load_cache_artifacts(payload_path.read_bytes()) is None:
+                logger.warning("mlff-export: compile cache %s not used: torch cannot read its payload", payload_path)
+                continue
+            self.buckets += [bucket for bucket in manifest["buckets"] if bucket not in self.buckets]
+            loaded += 1
+        if loaded:
+            logger.info("mlff-export: compile cache %s: %d buckets from %d files", self.folder, len(self.buckets), loaded)
+        return loaded
+
+    def _read(self, manifest_path: Path, payload_path: Path) -> tuple[dict | None, str | None]:
+        """(manifest, None) for a usable pair of files, else (None, why not)."""
+        for path in (self.folder, manifest_path, payload_path):
+            if not path.exists():
+                return None, f"{path.name} is missing"
+            status = path.stat()
+            if status.st_uid != os.getuid() or status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                return None, f"{path} is not owned by this user or is writable by others (a cache holds executable code)"
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            return None, f"its manifest cannot be read ({error})"
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("key") != asdict(self.key):
+            return None, "it was made for another graph, torch, Triton, device or compile mode"
+        if hashlib.sha256(payload_path.read_bytes()).hexdigest() != manifest.get("payload_sha256"):
+            return None, "its payload does not match the SHA-256 in its manifest (damaged or edited)"
+        return manifest, None
+
+    def add(self, bucket: tuple) -> None:
+        """Record ``bucket`` (a tuple of input shapes) as compiled; if it is new, save everything
+        Inductor has produced or reused in this process (written to a temporary file, renamed)."""
+        entry = json.loads(json.dumps(bucket))  # tuples as lists, as they come back from a file
+        if entry in self.buckets:
+            return
+        self.buckets.append(entry)
+        saved = torch.compiler.save_cache_artifacts()
+        if saved is None:
+            return
+        self._written.append(entry)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        manifest = {"format": FORMAT, "key": asdict(self.key), "payload_sha256": hashlib.sha256(saved[0]).hexdigest(),
+                    "buckets": self._written}
+        _write_atomically(self.payload_path, saved[0])
+        _write_atomically(self.manifest_path, json.dumps(manifest, indent=1).encode())
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(data)
+    os.chmod(temporary, 0o600)
+    os.replace(temporary, path)

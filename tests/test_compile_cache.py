@@ -1,0 +1,156 @@
+"""Compiled kernels kept across processes (runtime/compile_cache.py): a second process reuses them,
+and a cache made for anything else — another model, weights, torch, Triton, device, mode — or a
+damaged, edited or unsafe one is never used."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ase.calculators.calculator import CalculatorSetupError
+
+from mlff_export.export.joint_graph import trace_joint_graph
+from mlff_export.model import PaiNN, PaiNNConfig
+from mlff_export.runtime import load_calculator
+from mlff_export.runtime.compile_cache import FORMAT, CompileCache, CompileCacheKey, graph_fingerprint
+
+TESTS = Path(__file__).parent
+
+CHILD = """
+import json, sys, torch
+from ase.build import molecule
+from torch._dynamo.utils import counters
+from mlff_export.model import PaiNN, PaiNNConfig
+from mlff_export.runtime import load_calculator
+torch.manual_seed(0)
+model = PaiNN(PaiNNConfig(num_features=8, num_interactions=1, num_radial=4, cutoff=4.0)).eval()
+atoms = molecule("C6H6")
+atoms.calc = load_calculator(model, backend="compile", compile_cache=sys.argv[1])
+energy = atoms.get_potential_energy()
+print(json.dumps({"energy": energy, "hits": counters["inductor"]["fxgraph_cache_hit"],
+                  "misses": counters["inductor"]["fxgraph_cache_miss"]}))
+"""
+
+
+def tiny_graph(seed: int = 0, **config) -> torch.fx.GraphModule:
+    torch.manual_seed(seed)
+    model = PaiNN(PaiNNConfig(**{"num_features": 8, "num_interactions": 1, "num_radial": 4, "cutoff": 4.0, **config})).eval()
+    return trace_joint_graph(model)[0]
+
+
+def run_child(cache: Path, inductor_cache: Path) -> dict:
+    """One fresh process compiling benzene's bucket, with its own (empty) Inductor cache."""
+    environment = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(inductor_cache), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", CHILD, str(cache)], capture_output=True, text=True, env=environment, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_new_process_uses_the_kernels_the_first_one_compiled(tmp_path):
+    first = run_child(tmp_path / "cache", tmp_path / "inductor-1")
+    assert first["misses"] >= 1 and first["hits"] == 0
+    (folder,) = (tmp_path / "cache").iterdir()
+    (manifest,) = folder.glob("*.json")
+    assert json.loads(manifest.read_text())["buckets"], "the compiled bucket is listed"
+    assert oct(manifest.stat().st_mode & 0o777) == oct(0o600)
+    second = run_child(tmp_path / "cache", tmp_path / "inductor-2")  # nothing in Inductor's own cache
+    assert second["hits"] >= 1 and second["misses"] == 0
+    assert second["energy"] == pytest.approx(first["energy"], abs=1e-5)
+
+
+def test_the_key_changes_with_everything_a_kernel_depends_on():
+    graph = tiny_graph()
+    key = CompileCacheKey.of(graph, torch.device("cpu"), "default")
+    changed = {
+        "weights": CompileCacheKey.of(tiny_graph(seed=1), torch.device("cpu"), "default"),
+        "architecture": CompileCacheKey.of(tiny_graph(num_interactions=2), torch.device("cpu"), "default"),
+        "cutoff": CompileCacheKey.of(tiny_graph(cutoff=5.0), torch.device("cpu"), "default"),
+        "mode": CompileCacheKey.of(graph, torch.device("cpu"), "max-autotune"),
+        "torch": dataclasses.replace(key, torch="2.11.0"),
+        "triton": dataclasses.replace(key, triton="3.6.0"),
+        "device": dataclasses.replace(key, device="NVIDIA H200 sm_90"),
+    }
+    assert CompileCacheKey.of(tiny_graph(), torch.device("cpu"), "default").digest == key.digest  # same model, same key
+    for what, other in changed.items():
+        assert other.digest != key.digest, what
+
+
+def test_one_weight_moved_by_one_float32_step_changes_the_fingerprint():
+    graph = tiny_graph()
+    before = graph_fingerprint(graph)
+    name, weight = next(iter(graph.named_parameters()))
+    with torch.no_grad():
+        weight.view(-1)[0] = torch.nextafter(weight.view(-1)[0], torch.tensor(float("inf")))
+    assert graph_fingerprint(graph) != before, name
+
+
+def stored_cache(tmp_path: Path, cache_key: CompileCacheKey, payload: bytes = b"payload", **manifest_changes) -> CompileCache:
+    """A cache folder holding one payload and its manifest, written by hand (``manifest_changes``
+    replace its entries)."""
+    cache = CompileCache(tmp_path, cache_key)
+    cache.folder.mkdir(mode=0o700)
+    cache.payload_path.write_bytes(payload)
+    manifest = {"format": FORMAT, "key": dataclasses.asdict(cache_key), "buckets": [[[16, 3]]],
+                "payload_sha256": hashlib.sha256(payload).hexdigest(), **manifest_changes}
+    cache.manifest_path.write_text(json.dumps(manifest))
+    for path in (cache.payload_path, cache.manifest_path):
+        path.chmod(0o600)
+    return cache
+
+
+KEY = CompileCacheKey(graph="g" * 64, torch="2.13.0", triton=None, device="cpu x86_64 AVX2", mode="default")
+
+
+@pytest.mark.parametrize(
+    ("spoil", "reason"),
+    [
+        (lambda cache: cache.payload_path.write_bytes(b"payloaD"), "does not match the SHA-256"),
+        (lambda cache: cache.manifest_path.write_text("{not json"), "cannot be read"),
+        (lambda cache: cache.payload_path.chmod(0o666), "writable by others"),
+        (lambda cache: cache.folder.chmod(0o777), "writable by others"),
+        (lambda cache: cache.payload_path.unlink(), "is missing"),
+    ],
+    ids=["edited-payload", "broken-manifest", "payload-writable-by-others", "folder-writable-by-others", "payload-missing"],
+)
+def test_a_damaged_or_unsafe_cache_is_not_used(tmp_path, caplog, spoil, reason):
+    cache = stored_cache(tmp_path, KEY)
+    spoil(cache)
+    with caplog.at_level(logging.WARNING, logger="mlff_export"):
+        assert CompileCache(tmp_path, KEY).load() == 0
+    assert reason in caplog.text
+
+
+def test_a_payload_torch_cannot_read_is_not_used(tmp_path, caplog):
+    stored_cache(tmp_path, KEY, payload=b"not what save_cache_artifacts writes")
+    with caplog.at_level(logging.WARNING, logger="mlff_export"):
+        assert CompileCache(tmp_path, KEY).load() == 0
+    assert "torch cannot read its payload" in caplog.text
+
+
+@pytest.mark.parametrize("field", ["graph", "torch", "device", "mode"])
+def test_a_manifest_made_for_another_key_is_not_used(tmp_path, caplog, field):
+    """A file under this key's folder whose manifest names another key (copied or renamed by hand)."""
+    other = dataclasses.replace(KEY, **{field: "other"})
+    stored_cache(tmp_path, KEY, key=dataclasses.asdict(other))
+    with caplog.at_level(logging.WARNING, logger="mlff_export"):
+        assert CompileCache(tmp_path, KEY).load() == 0
+    assert "made for another" in caplog.text
+
+
+def test_the_calculator_refuses_a_cache_folder_it_cannot_use(small_model, tmp_path):
+    with pytest.raises(CalculatorSetupError, match="compiles nothing"):
+        load_calculator(small_model, compile_cache=tmp_path)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CalculatorSetupError, match="is a file"):
+        load_calculator(small_model, backend="compile", compile_cache=tmp_path / "file")
+    with pytest.raises(CalculatorSetupError, match="expected True, False or a folder"):
+        load_calculator(small_model, backend="compile", compile_cache=3)

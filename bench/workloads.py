@@ -48,3 +48,22 @@ def water_box(target_atoms: int, seed: int = 0) -> Atoms:
         cell=np.eye(3) * per_side * WATER_SPACING,
         pbc=True,
     )
+
+
+def water_cluster(molecules: int) -> Atoms:
+    """The first ``molecules`` water molecules of a liquid-density box, without periodicity."""
+    cluster = water_box(3 * 1000)[: 3 * molecules]
+    cluster.pbc = False
+    cluster.cell = np.zeros((3, 3))
+    return cluster
+
+
+def many_molecules() -> list[Atoms]:
+    """About 100 structures of varying size, as a user screening different molecules sends them:
+    the 85 g2 molecules of H, C, N, O (2-14 atoms), water clusters of 24-150 atoms, C60 and
+    periodic water boxes of 81-375 atoms (many shape buckets: what cold start must compile)."""
+    names = sorted(name for name in g2.names if set(g2[name].get_chemical_symbols()) <= {"H", "C", "N", "O"})
+    structures = [molecule(name) for name in names]
+    structures += [water_cluster(count) for count in (8, 12, 16, 20, 30, 50)]
+    structures += [molecule(LARGER_MOLECULE)] + [water_box(atoms) for atoms in (81, 192, 375)]
+    return structures

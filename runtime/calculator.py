@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -157,16 +158,29 @@ class MLFFCalculator(Calculator):
         if not structures:
             return []
         with self._one_caller:
-            pairs = []
             for index, atoms in enumerate(structures):
-                try:
+                with _numbered(index):
                     check_structure(atoms, self.species)
                     check_density(atoms)
-                    pairs.append(compute_pairs(atoms, self.neighbor_list.cutoff, self.search_memory))
-                    check_closest_pair(atoms, pairs[-1], self.min_distance)
-                except StructureError as error:
-                    raise StructureError(f"structure {index}: {error}") from None
-            return self._evaluate(structures, pairs, list(range(len(structures))))
+            # Backends that build a batch of small molecules on the GPU skip the CPU neighbor lists.
+            launch_batch = getattr(self.backend, "launch_batch", None)
+            finish = launch_batch(structures) if launch_batch is not None else None
+            if finish is not None:
+                outputs = finish()
+                if outputs["closest_distance"][0] < self.min_distance:  # float32 on the device: find which, here
+                    self._pairs_checked(structures)
+                return self._results(structures, outputs, list(range(len(structures))))
+            return self._evaluate(structures, self._pairs_checked(structures), list(range(len(structures))))
+
+    def _pairs_checked(self, structures: list[Atoms]) -> list[Pairs]:
+        """Each structure's pairs, after its closest-pair check (:class:`StructureError` naming the
+        structure's index for the first that fails)."""
+        pairs = []
+        for index, atoms in enumerate(structures):
+            with _numbered(index):
+                pairs.append(compute_pairs(atoms, self.neighbor_list.cutoff, self.search_memory))
+                check_closest_pair(atoms, pairs[-1], self.min_distance)
+        return pairs
 
     def _evaluate(self, structures: list[Atoms], pairs: list[Pairs], indices: list[int | None]) -> list[dict[str, float | np.ndarray]]:
         """Results of ``structures`` (``indices``: their positions in the caller's list, for messages)."""
@@ -203,6 +217,15 @@ class MLFFCalculator(Calculator):
                     "structure, and `mlff-export validate` the model"
                 )
         return results
+
+
+@contextmanager
+def _numbered(index: int) -> Iterator[None]:
+    """A :class:`StructureError` raised inside names the structure: ``structure <index>: ...``."""
+    try:
+        yield
+    except StructureError as error:
+        raise StructureError(f"structure {index}: {error}") from None
 
 
 def all_finite(arrays: Iterable[np.ndarray]) -> bool:

@@ -104,6 +104,39 @@ def dense_molecule_table(num_atoms: int, bucket_atoms: int, device: torch.device
     }
 
 
+def dense_batch_table(sizes: tuple[int, ...], padding_species: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every-atom neighbor table of molecules of ``sizes`` atoms, one after the other, padded to
+    their bucket in :data:`UNBOUNDED` (positions and species left out: they change every call).
+
+    Atom ``i`` (local index ``l`` in a molecule of ``n`` atoms starting at row ``s``) holds in slot
+    ``k < n - 1`` the atom ``s + (l + 1 + k) mod n``, whose reverse slot is ``n - 2 - k``; its
+    other slots are padding (mask 0, its own row, its own slot). Structure ``m`` is molecule ``m``.
+    """
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"need at least one molecule of at least one atom; got sizes {sizes}")
+    counts = torch.tensor(sizes, device=device)
+    molecule = torch.repeat_interleave(torch.arange(len(sizes), device=device), counts)
+    start = (torch.cumsum(counts, 0) - counts)[molecule]
+    size = counts[molecule].unsqueeze(1)
+    rows = torch.arange(molecule.numel(), device=device).unsqueeze(1)
+    width = max(max(sizes) - 1, 1)
+    slots = torch.arange(width, device=device).unsqueeze(0)
+    real = slots < size - 1
+    neighbor_index = torch.where(real, start.unsqueeze(1) + (rows - start.unsqueeze(1) + 1 + slots) % size, rows)
+    table = {
+        "positions": torch.zeros((rows.numel(), 3), device=device),
+        "species": torch.full((rows.numel(),), int(padding_species), device=device),
+        "neighbor_index": neighbor_index,
+        "neighbor_shifts": torch.zeros((rows.numel(), width, 3), device=device),
+        "neighbor_mask": real.float(),
+        "reverse_index": torch.where(real, neighbor_index * width + size - 2 - slots, rows * width + slots),
+        "structure_index": molecule,
+        "cell": torch.zeros((len(sizes), 3, 3), device=device),
+    }
+    padded = pad_table_feeds(table, choose_bucket(*table_sizes(table), [UNBOUNDED]), padding_species)
+    return {name: padded[name] for name in NEIGHBOR_TABLE.input_names if name not in ("positions", "species")}
+
+
 class DeviceFeeds:
     """Padded neighbor-table feeds of one ASE structure, built on a CUDA ``device``.
 
@@ -121,6 +154,7 @@ class DeviceFeeds:
         self._tables: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self._species: dict[tuple[int, bytes], torch.Tensor] = {}
         self._staging: dict[int, torch.Tensor] = {}
+        self._batch_table: tuple[tuple[int, ...], dict[str, torch.Tensor]] | None = None
         self._search = None
         if has_vesin_torch():
             from vesin_torch import NeighborList
@@ -136,6 +170,37 @@ class DeviceFeeds:
             return self._searched(atoms, max_pairs)
         return None
 
+    def batch(self, structures: list[Atoms], max_pairs: int | None = None) -> dict[str, torch.Tensor] | None:
+        """Feeds of many molecules in one table (:func:`dense_batch_table`), or ``None`` unless
+        every structure is non-periodic with at most :data:`DENSE_MAX_ATOMS` atoms and the table
+        has at most ``max_pairs`` slots. Same validity as ``__call__``'s feeds."""
+        if any(atoms.pbc.any() or len(atoms) > DENSE_MAX_ATOMS for atoms in structures):
+            return None
+        sizes = tuple(len(atoms) for atoms in structures)
+        if self._batch_table is None or self._batch_table[0] != sizes:  # the last batch's table: repeated batches reuse it
+            self._batch_table = (sizes, dense_batch_table(sizes, self.padding_species, self.device))
+        table = self._batch_table[1]
+        bucket_atoms, width = table["neighbor_index"].shape
+        if max_pairs is not None and bucket_atoms * width > max_pairs:
+            return None
+        numbers = np.full(bucket_atoms, self.padding_species, dtype=np.int64)
+        numbers[: sum(sizes)] = np.concatenate([atoms.numbers for atoms in structures])
+        species = torch.from_numpy(numbers).to(self.device, non_blocking=True)
+        positions = self._moved_positions(np.concatenate([atoms.positions for atoms in structures]), bucket_atoms)
+        feeds = {"positions": positions, "species": species, **table}
+        return {name: feeds[name] for name in NEIGHBOR_TABLE.input_names}
+
+    def _moved_positions(self, positions: np.ndarray, bucket_atoms: int) -> torch.Tensor:
+        """``positions`` [n, 3] padded with zero rows to ``bucket_atoms``, on the device (through a
+        reused pinned buffer, zero beyond the real rows)."""
+        staging = self._staging.get(bucket_atoms)
+        if staging is None:
+            pinned = self.device.type == "cuda"
+            staging = self._staging[bucket_atoms] = torch.zeros((bucket_atoms, 3), pin_memory=pinned)
+        staging.numpy()[: len(positions)] = positions
+        staging.numpy()[len(positions) :] = 0.0
+        return staging.to(self.device, non_blocking=True) if self.device.type == "cuda" else staging.clone()
+
     def _dense(self, atoms: Atoms) -> dict[str, torch.Tensor]:
         num_atoms = len(atoms)
         bucket_atoms = bucket_size(num_atoms, UNBOUNDED.atoms)
@@ -148,12 +213,7 @@ class DeviceFeeds:
             padded = np.full(bucket_atoms, self.padding_species, dtype=np.int64)
             padded[:num_atoms] = atoms.numbers
             species = self._species[species_key] = torch.from_numpy(padded).to(self.device)
-        staging = self._staging.get(bucket_atoms)
-        if staging is None:
-            pinned = self.device.type == "cuda"
-            staging = self._staging[bucket_atoms] = torch.zeros((bucket_atoms, 3), pin_memory=pinned)
-        staging.numpy()[:num_atoms] = atoms.positions
-        positions = staging.to(self.device, non_blocking=True) if self.device.type == "cuda" else staging.clone()
+        positions = self._moved_positions(atoms.positions, bucket_atoms)
         feeds = {"positions": positions, "species": species, **table}
         return {name: feeds[name] for name in NEIGHBOR_TABLE.input_names}
 

@@ -14,7 +14,7 @@ with CUDA graphs) the same two entry points around one ``run(feeds)``:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -69,27 +69,37 @@ class PaddedTableBackend:
         between the two; results stay valid until the next launch.
         """
         feeds = self.device_feeds(atoms, self.device_pair_limit()) if self.device_feeds is not None else None
-        if feeds is None:
-            return None
+        return None if feeds is None else self._launch(feeds, len(atoms), 1)
+
+    def launch_batch(self, structures: Sequence[Atoms]) -> Callable[[], dict[str, np.ndarray]] | None:
+        """As :meth:`launch_atoms` for many molecules in one call (feeds built on the device:
+        :meth:`DeviceFeeds.batch`): energy [B], forces [N, 3] (structures in order), virial
+        [B, 3, 3], closest_distance [1] (the shortest pair of them all). ``None`` unless every
+        structure is a small non-periodic molecule and the call fits :meth:`device_pair_limit`."""
+        feeds = self.device_feeds.batch(list(structures), self.device_pair_limit()) if self.device_feeds is not None else None
+        return None if feeds is None else self._launch(feeds, sum(len(atoms) for atoms in structures), len(structures))
+
+    def _launch(self, feeds: dict[str, torch.Tensor], num_atoms: int, num_structures: int) -> Callable[[], dict[str, np.ndarray]]:
         padded_outputs = self.run(feeds)
         closest = padded_outputs.get("closest_distance")
         closest = closest_distance(feeds) if closest is None else closest
-        outputs = strip_padding(padded_outputs, len(atoms), 1)
+        outputs = strip_padding(padded_outputs, num_atoms, num_structures)
         packed = torch.cat([outputs[name].reshape(-1) for name in OUTPUT_NAMES] + [closest])
         host = self._host_outputs.get(packed.numel())
         if host is None:
             host = self._host_outputs[packed.numel()] = torch.empty(packed.numel(), pin_memory=True)
-        host.copy_(packed, non_blocking=True)  # one device-to-host copy for all three outputs
+        host.copy_(packed, non_blocking=True)  # one device-to-host copy for all outputs
         done = torch.cuda.Event()
         done.record()
+        forces_end = num_structures + 3 * num_atoms
 
         def finish() -> dict[str, np.ndarray]:
             done.synchronize()
             values = host.numpy().astype(np.float64)
             return {
-                "energy": values[:1],
-                "forces": values[1:-10].reshape(-1, 3),
-                "virial": values[-10:-1].reshape(1, 3, 3),
+                "energy": values[:num_structures],
+                "forces": values[num_structures:forces_end].reshape(-1, 3),
+                "virial": values[forces_end:-1].reshape(num_structures, 3, 3),
                 "closest_distance": values[-1:],
             }
 

@@ -16,12 +16,30 @@ from conftest import rattled, structure_zoo
 
 from mlff_export.neighbors import batch_inputs, compute_pairs
 from mlff_export.runtime import load_calculator
-from mlff_export.runtime.device_feeds import DENSE_MAX_ATOMS, DeviceFeeds, dense_molecule_table, has_vesin_torch
+from mlff_export.runtime.device_feeds import (
+    DENSE_MAX_ATOMS,
+    DeviceFeeds,
+    dense_batch_table,
+    dense_molecule_table,
+    has_vesin_torch,
+)
 from mlff_export.runtime.joint_graph import JointGraphBackend
 from mlff_export.runtime.shape_buckets import strip_padding
 from mlff_export.runtime.static_feeds import StaticFeeds
 
 CPU = torch.device("cpu")
+
+
+def assert_consistent_table(table: dict[str, torch.Tensor]) -> None:
+    """Every real slot's reverse slot points back to it (an involution over all slots), with the
+    same mask; padding slots point to their own row and slot."""
+    index, mask, reverse = table["neighbor_index"], table["neighbor_mask"], table["reverse_index"]
+    rows = torch.arange(index.shape[0]).unsqueeze(1).expand_as(index)
+    flat_reverse = reverse.reshape(-1)
+    assert torch.equal(flat_reverse[flat_reverse], torch.arange(index.numel())), "reverse is an involution"
+    assert torch.equal(index.reshape(-1)[flat_reverse], rows.reshape(-1)), "the reverse slot points back"
+    assert torch.equal(mask.reshape(-1)[flat_reverse], mask.reshape(-1))
+    assert ((index != rows) == (mask > 0)).all(), "real slots hold another atom, padding slots the row's own"
 
 
 @pytest.mark.parametrize(("num_atoms", "bucket_atoms"), [(1, 16), (12, 16), (16, 16), (33, 64)])
@@ -38,6 +56,49 @@ def test_dense_table_is_a_consistent_neighbor_table(num_atoms, bucket_atoms):
     assert torch.equal(mask.reshape(-1)[flat_reverse], mask.reshape(-1))
     assert int(mask.sum()) == num_atoms * (num_atoms - 1)
     assert int(table["structure_index"].sum()) == bucket_atoms - num_atoms
+
+
+@pytest.mark.parametrize("sizes", [(3,), (1, 2, 5), (12, 1, 3, 64, 2), (16,) * 5])
+def test_dense_batch_table_holds_every_pair_of_each_molecule_once(sizes):
+    table = dense_batch_table(sizes, 1, CPU)
+    assert_consistent_table(table)
+    index, mask, structure = table["neighbor_index"], table["neighbor_mask"] > 0, table["structure_index"]
+    pairs = {(int(i), int(j)) for i, j in zip(*torch.nonzero(mask, as_tuple=True)) for j in [index[i, j]]}
+    assert len(pairs) == int(mask.sum()), "no pair twice"
+    starts = np.cumsum((0,) + sizes)
+    expected = {(s + a, s + b) for s, n in zip(starts, sizes) for a in range(n) for b in range(n) if a != b}
+    assert pairs == expected, "exactly the ordered pairs inside each molecule"
+    assert structure[: sum(sizes)].tolist() == [m for m, n in enumerate(sizes) for _ in range(n)]
+    assert (structure[sum(sizes) :] == len(sizes)).all(), "padding atoms form one structure after the real ones"
+
+
+def test_a_batch_on_the_device_path_gives_each_molecules_own_numbers(reference_graph):
+    """Molecules of different sizes (one beyond the cutoff from itself: the distant pair) in one
+    table, through the joint graph: the numbers of each molecule alone through the CPU list."""
+    model, backend = reference_graph
+    structures = [structure_zoo()[name] for name in ("H2", "benzene")] + [_two_distant_molecules(), rattled(molecule("NH3"))]
+    device_feeds = DeviceFeeds(model.cutoff, model.species[0], CPU)
+    device_feeds.batch([molecule("C2H6")] * 3)  # a larger batch before: the staging buffer is reused
+    feeds = device_feeds.batch(structures)
+    outputs = strip_padding(backend.run(feeds), sum(len(a) for a in structures), len(structures))
+    forces = np.split(outputs["forces"].double().numpy(), np.cumsum([len(a) for a in structures])[:-1])
+    for index, atoms in enumerate(structures):
+        want = _expected(atoms)
+        assert float(outputs["energy"][index]) == pytest.approx(want["energy"], rel=1e-6, abs=2e-4), index
+        np.testing.assert_allclose(forces[index], want["forces"], atol=1e-4)
+        alone = _run(backend, DeviceFeeds(model.cutoff, model.species[0], CPU)(atoms), atoms)  # the single-structure table
+        np.testing.assert_allclose(outputs["virial"][index].double().numpy(), alone["virial"][0], atol=1e-4)
+
+
+def test_a_batch_the_device_cannot_build_is_left_to_the_caller():
+    device_feeds = DeviceFeeds(4.0, 1, CPU)
+    chain = Atoms("C" * (DENSE_MAX_ATOMS + 1), positions=[[1.4 * i, 0.0, 0.0] for i in range(DENSE_MAX_ATOMS + 1)])
+    assert device_feeds.batch([molecule("H2O"), structure_zoo()["triclinic"]]) is None, "periodic"
+    assert device_feeds.batch([molecule("H2O"), chain]) is None, "more atoms than DENSE_MAX_ATOMS"
+    feeds = device_feeds.batch([molecule("H2O"), molecule("CH4")])
+    slots = feeds["neighbor_index"].numel()
+    assert device_feeds.batch([molecule("H2O"), molecule("CH4")], max_pairs=slots - 1) is None, "above max_pairs"
+    assert device_feeds.batch([molecule("H2O"), molecule("CH4")], max_pairs=slots) is not None
 
 
 def _two_distant_molecules() -> Atoms:

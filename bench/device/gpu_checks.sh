@@ -4,6 +4,7 @@
 #   steps: install tests ort-parity trt-rtx validate profile bench-quick bench-full bench-full-uncompiled bench-full-compiled
 #          byom-student byom-mace byom-hippynn (users' models: needs the byom-examples wheels for mace, hippynn)
 #          screening-scale (two GPUs and Ray: nvidia-h200-x2)
+#          cold-start cold-start-autotune (after validate, which exports the ONNX graph) bench-batch bench-c6h6
 # Results collect in /tmp/gpu-checks (kept while the machine stays warm); every call ends by packing
 # that folder into $OUT/gpu-checks.tar.gz (the device returns at most 8 files).
 # Commands run from /tmp: `python -m` in the checkout would import its unmapped mlff_export/.
@@ -50,6 +51,17 @@ for step in "$@"; do
         && (cd /tmp && timeout ${BYOM_SECONDS:-480} $cli bench --model "$spec" --suite models --precision fp32 --device cuda \
              --backends eager,onnxruntime,compile-reduce-overhead,compile-max-autotune \
              --onnx "$graphs/$stem.fp32.onnx" --out "$out/$step") >> "$out/$step.log" 2>&1 ;;
+    cold-start|cold-start-autotune)  # a new process's first answer and ~100 molecules, empty caches vs the compile cache kept
+      backends=eager,cuda-graphs,compile-reduce-overhead; onnx=(--onnx /tmp/onnx/painn-hcno.fp32.onnx); seconds=150
+      [ "$step" = cold-start-autotune ] && backends=compile-max-autotune && onnx=() && seconds=270
+      (cd /tmp && python3 -m mlff_export.bench.cold_start --out "$out/$step" --backends $backends "${onnx[@]}" --timeout $seconds) > "$out/$step.log" 2>&1 ;;
+    bench-batch)  # batches of 1-1024 molecules and the loop of 1024 single eager calls, every GPU backend
+      for only in batch loop; do
+        (cd /tmp && timeout 280 $cli bench --suite full --only "$only" --backends eager,cuda-graphs,onnxruntime,compile-reduce-overhead \
+          --device cuda --out "$out/$step-$only"); done > "$out/$step.log" 2>&1 ;;
+    bench-c6h6)  # benzene through the calculator, the model call alone and MD, every GPU backend
+      (cd /tmp && timeout 500 $cli bench --suite full --only C6H6 --device cuda --out "$out/$step" \
+        --backends eager,cuda-graphs,onnxruntime,compile-reduce-overhead,compile-max-autotune) > "$out/$step.log" 2>&1 ;;
     screening-scale)  # 100k molecules through mlff-export predict: one Ray worker, two, then in-process
       (cd /tmp && timeout 560 python3 "$repo/bench/screening_scale.py" --out "$out/screening-scale" --work /tmp/screening-work) > "$out/$step.log" 2>&1 ;;
     *) echo "unknown step $step"; status=2; continue ;;

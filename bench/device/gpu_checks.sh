@@ -22,7 +22,9 @@ for step in "$@"; do
         && (cd /tmp && python3 -c "import mlff_export.runtime, mlff_export.bench; print('mlff_export installed')") ;;
     tests)
       nvidia-smi > "$out/tests.log" 2>&1
-      (cd /tmp && python3 -m pytest -m gpu -q -p no:cacheprovider --rootdir "$repo" "$repo/tests") >> "$out/tests.log" 2>&1 ;;
+      # GPU_TESTS: test files or node ids under tests/ (default: all); GPU_TESTS_K: a -k selection
+      (cd /tmp && python3 -m pytest -m gpu -q -p no:cacheprovider --rootdir "$repo" ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} \
+        $(for t in ${GPU_TESTS:-.}; do echo "$repo/tests/$t"; done)) >> "$out/tests.log" 2>&1 ;;
     ort-parity)
       python3 bench/ort_cuda_parity.py --out "$out" > "$out/ort-parity.log" 2>&1 ;;
     trt-rtx)

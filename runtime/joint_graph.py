@@ -7,8 +7,9 @@ of aten ops on the scatter-free neighbor table, with no autograd at run time. In
 shape buckets (:mod:`mlff_export.runtime.shape_buckets`; padding contributes exactly zero), so only
 a handful of shapes are ever compiled or captured.
 
-* :class:`CompiledBackend`: ``torch.compile`` (Inductor) of the graph, one static compile per
-  bucket; modes ``reduce-overhead`` and ``max-autotune`` also capture each bucket as a CUDA graph;
+* :class:`CompiledBackend`: ``torch.compile`` (Inductor) of the graph, compiled at most twice
+  (static sizes for the first bucket, symbolic sizes for all others); modes ``reduce-overhead``
+  and ``max-autotune`` also capture each bucket as a CUDA graph;
 * :class:`CudaGraphBackend`: the graph as traced, captured once per bucket with
   ``torch.cuda.CUDAGraph`` and replayed (no compilation: ready in a second).
 
@@ -146,9 +147,12 @@ class JointGraphBackend(PaddedTableBackend):
 class CompiledBackend(JointGraphBackend):
     """``torch.compile`` of the joint graph (mode: a key of :data:`COMPILE_MODES`).
 
-    Each bucket is compiled for its static shape (``dynamic=False``): static kernels are the
-    fastest, and a CUDA graph per bucket needs fixed shapes anyway; buckets keep the count small.
-    The first call of a new bucket compiles (seconds; minutes with ``max-autotune``).
+    Compiles at most twice, however many buckets a workload needs (Inductor's automatic dynamic
+    shapes, ``dynamic=None``): the first bucket gets static kernels (the fastest: an MD run or a
+    single-structure workload lives in one bucket), the second new shape one more compile with
+    symbolic sizes, which serves every later bucket without compiling. Each bucket is still
+    captured as its own CUDA graph. A compile takes seconds to a minute (minutes with
+    ``max-autotune``); the compile cache keeps them for the next process.
     """
 
     def __init__(
@@ -171,7 +175,7 @@ class CompiledBackend(JointGraphBackend):
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, MAX_COMPILED_BUCKETS)
         self.call = self.compiled(self.graph)
         # Fused into one or two kernels (seven tiny ones uncompiled) inside each bucket's CUDA graph.
-        self.closest_call = torch.compile(closest_distance, fullgraph=True, dynamic=False)
+        self.closest_call = torch.compile(closest_distance, fullgraph=True)
 
     def bucket_ran(self, bucket: tuple) -> None:
         if self.compile_cache is not None and bucket not in self._ran_buckets:
@@ -179,7 +183,7 @@ class CompiledBackend(JointGraphBackend):
             self.compile_cache.add(bucket)
 
     def compiled(self, graph: torch.fx.GraphModule) -> Callable:
-        return torch.compile(with_numel_as_method(graph), mode=self.inductor_mode, fullgraph=True, dynamic=False)
+        return torch.compile(with_numel_as_method(graph), mode=self.inductor_mode, fullgraph=True, dynamic=None)
 
 
 def _numel(tensor: torch.Tensor) -> int:

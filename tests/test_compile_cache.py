@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from ase.calculators.calculator import CalculatorSetupError
@@ -154,3 +155,24 @@ def test_the_calculator_refuses_a_cache_folder_it_cannot_use(small_model, tmp_pa
         load_calculator(small_model, backend="compile", compile_cache=tmp_path / "file")
     with pytest.raises(CalculatorSetupError, match="expected True, False or a folder"):
         load_calculator(small_model, backend="compile", compile_cache=3)
+
+
+@pytest.mark.slow
+def test_the_compile_backend_compiles_twice_for_any_number_of_buckets(tmp_path):
+    """Three batches in three buckets: a static compile, a dynamic one, then no more; every
+    bucket gives the eager numbers."""
+    from torch._dynamo.utils import counters
+
+    from mlff_export.bench.workloads import small_molecule_batch
+
+    torch.manual_seed(0)
+    model = PaiNN(PaiNNConfig(num_features=8, num_interactions=1, num_radial=4, cutoff=4.0)).eval()
+    compiled = load_calculator(model, backend="compile", compile_cache=False)
+    eager = load_calculator(model)
+    before = counters["stats"]["unique_graphs"]
+    for size in (1, 6, 20):
+        structures = small_molecule_batch(size, seed=size)
+        for want, have in zip(eager.predict(structures), compiled.predict(structures)):
+            assert have["energy"] == pytest.approx(want["energy"], abs=1e-4)
+            np.testing.assert_allclose(have["forces"], want["forces"], atol=1e-4)
+    assert counters["stats"]["unique_graphs"] - before == 2

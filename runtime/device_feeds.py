@@ -65,6 +65,16 @@ def closest_distance(feeds: dict[str, torch.Tensor]) -> torch.Tensor:
     return distances.masked_fill(feeds["neighbor_mask"] <= 0, torch.inf).amin().reshape(1)
 
 
+def closest_pair_distance(inputs: AtomicInputs) -> torch.Tensor:
+    """:func:`closest_distance` of a pair list: the shortest pair (Å), a [1] float32 tensor on the
+    inputs' device (inf without pairs)."""
+    if inputs.num_pairs == 0:
+        return torch.full((1,), torch.inf, device=inputs.positions.device)
+    centers, neighbors = inputs.pair_index
+    vectors = inputs.positions[neighbors] - inputs.positions[centers] + inputs.pair_shifts
+    return torch.linalg.vector_norm(vectors, dim=-1).amin().reshape(1).float()
+
+
 class CapturedClosestDistance:
     """:func:`closest_distance` of fixed feed buffers captured as one CUDA graph: a single launch
     per call, for backends whose own graph cannot hold it (ONNX Runtime's CUDA graphs)."""
@@ -163,12 +173,18 @@ class DeviceFeeds:
 
     def __call__(self, atoms: Atoms, max_pairs: int | None = None) -> dict[str, torch.Tensor] | None:
         """``max_pairs``: return ``None`` for a searched structure with more pairs (the caller
-        evaluates it another way, e.g. in domains)."""
-        if not atoms.pbc.any() and len(atoms) <= DENSE_MAX_ATOMS:
+        evaluates it another way, e.g. in domains: :meth:`search` gives its pair list)."""
+        if self.takes_dense(atoms):
             return self._dense(atoms)
-        if self._search is not None:
-            return self._searched(atoms, max_pairs)
-        return None
+        inputs = self.search(atoms)
+        if inputs is None or (max_pairs is not None and inputs.num_pairs > max_pairs):
+            return None
+        return table_feeds(inputs, self.device, self.padding_species)
+
+    @staticmethod
+    def takes_dense(atoms: Atoms) -> bool:
+        """Whether ``atoms`` gets the every-atom table (a small molecule) rather than a search."""
+        return not atoms.pbc.any() and len(atoms) <= DENSE_MAX_ATOMS
 
     def batch(self, structures: list[Atoms], max_pairs: int | None = None) -> dict[str, torch.Tensor] | None:
         """Feeds of many molecules in one table (:func:`dense_batch_table`), or ``None`` unless
@@ -217,15 +233,17 @@ class DeviceFeeds:
         feeds = {"positions": positions, "species": species, **table}
         return {name: feeds[name] for name in NEIGHBOR_TABLE.input_names}
 
-    def _searched(self, atoms: Atoms, max_pairs: int | None) -> dict[str, torch.Tensor] | None:
+    def search(self, atoms: Atoms) -> AtomicInputs | None:
+        """``atoms`` as interface inputs (float32) with their pair list, searched on the device by
+        vesin-torch; ``None`` without vesin-torch."""
+        if self._search is None:
+            return None
         periodic = atoms.pbc.tolist()
         cell = atoms.cell.array if any(periodic) else np.zeros((3, 3))
         positions = torch.from_numpy(atoms.positions).to(self.device)
         box = torch.from_numpy(np.ascontiguousarray(cell)).to(self.device)
         pairs, shifts = self._search.compute(positions, box, torch.tensor(periodic, device=self.device), quantities="PS")
-        if max_pairs is not None and pairs.shape[0] > max_pairs:
-            return None
-        inputs = AtomicInputs(
+        return AtomicInputs(
             positions=positions.float(),
             species=torch.from_numpy(atoms.numbers.astype(np.int64)).to(self.device),
             pair_index=pairs.T.long(),
@@ -233,4 +251,3 @@ class DeviceFeeds:
             structure_index=torch.zeros(len(atoms), dtype=torch.int64, device=self.device),
             cell=box.float().unsqueeze(0),
         )
-        return table_feeds(inputs, self.device, self.padding_species)

@@ -8,8 +8,10 @@ of its ``L``-hop neighborhood (all pairs between those atoms, periodic shifts ke
 * forces and virial = sums over domains of the gradients of those core energies (linear in E),
 
 which :func:`evaluate_in_domains` computes domain by domain, never holding more than ``max_pairs``
-pairs' activations at once. Cores are equal-count slabs along the longest lattice vector; the halo
-comes from the pair graph itself, so periodic images and cells of any shape need no special case.
+pairs' activations at once. Cores are the cells of a grid over the fractional coordinates (slabs
+while the halo is wide against the structure, columns and near-cubes as it grows: 1M atoms need
+cubes); the halo comes from the pair graph itself, so periodic images and cells of any shape need
+no special case.
 """
 
 from __future__ import annotations
@@ -39,50 +41,70 @@ class Domain:
     core_weights: torch.Tensor
 
 
-def _slab_order(inputs: AtomicInputs) -> torch.Tensor:
-    """Atoms sorted by their fractional coordinate along the longest lattice vector (by the
-    Cartesian axis of largest extent for a non-periodic structure)."""
+def _grid_coordinates(inputs: AtomicInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each atom's coordinates in [0, 1) along three axes ([N, 3]), and the structure's width (Å)
+    along each: fractional coordinates and the distances between opposite cell faces for a cell,
+    the bounding box for a structure without one. Any assignment of cores is exact; this one only
+    decides how much halo the domains carry."""
     cell = inputs.cell[0].double()
     positions = inputs.positions.double()
-    lengths = cell.norm(dim=1)
-    if bool((lengths > 0).all()):
-        axis = int(lengths.argmax())
-        coordinate = torch.linalg.solve(cell.T, positions.T)[axis] % 1.0
-    else:
-        coordinate = positions[:, int((positions.max(0).values - positions.min(0).values).argmax())]
-    return torch.argsort(coordinate)
+    if bool((cell.norm(dim=1) > 0).all()):
+        coordinates = torch.linalg.solve(cell.T, positions.T).T % 1.0
+        face_areas = torch.linalg.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]).norm(dim=1)
+        return coordinates, torch.linalg.det(cell).abs() / face_areas
+    low, high = positions.min(0).values, positions.max(0).values
+    extent = (high - low).clamp_min(1e-6)
+    return ((positions - low) / extent).clamp(max=1 - 1e-9), extent
 
 
-def _domain_masks(
-    inputs: AtomicInputs, order: torch.Tensor, hops: int, num_domains: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(core, core + halo) atom masks of each of ``num_domains`` slabs of the atoms in ``order``."""
+def _grid_shape(num_domains: int, widths: torch.Tensor, halo: float) -> tuple[int, int, int]:
+    """Cores per axis, powers of two with product ``num_domains`` (a power of two), chosen so
+    that a domain (core plus ``halo`` Å on both sides, at most the whole width) is smallest:
+    slabs where the halo is wide against the structure, near-cubes in large ones."""
+    exponent = num_domains.bit_length() - 1
+    width = [float(w) for w in widths]
+
+    def domain_volume(split: tuple[int, int, int]) -> float:
+        return math.prod(min(w, w / 2**e + 2 * halo) for w, e in zip(width, split))
+
+    splits = [(a, b, exponent - a - b) for a in range(exponent + 1) for b in range(exponent + 1 - a)]
+    best = min(splits, key=lambda split: (domain_volume(split), [-e for e in split]))  # ties: the first axes
+    return tuple(2**e for e in best)
+
+
+def _core_ids(coordinates: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """The grid cell (domain index) of each atom."""
+    counts = torch.tensor(shape, device=coordinates.device)
+    cells = torch.minimum((coordinates * counts).long(), counts - 1)
+    return (cells[:, 0] * shape[1] + cells[:, 1]) * shape[2] + cells[:, 2]
+
+
+def _domain_masks(inputs: AtomicInputs, core_ids: torch.Tensor, hops: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(core, core + halo) atom masks of each non-empty domain."""
     centers, neighbors = inputs.pair_index
-    for core_atoms in torch.tensor_split(order, num_domains):
-        core = torch.zeros(inputs.num_atoms, dtype=torch.bool, device=order.device)
-        core[core_atoms] = True
+    for domain in torch.unique(core_ids).tolist():
+        core = core_ids == domain
         extended = core.clone()
         for _ in range(hops):  # a full list: i is one hop from the set if some pair (i, j) has j in it
             extended[centers[extended[neighbors]]] = True
         yield core, extended
 
 
-def _largest_domain(inputs: AtomicInputs, order: torch.Tensor, hops: int, num_domains: int, max_pairs: int) -> int:
+def _largest_domain(inputs: AtomicInputs, core_ids: torch.Tensor, hops: int, max_pairs: int) -> int:
     """Pairs of the largest domain, stopping at the first above ``max_pairs``."""
     centers, neighbors = inputs.pair_index
     largest = 0
-    for _, extended in _domain_masks(inputs, order, hops, num_domains):
+    for _, extended in _domain_masks(inputs, core_ids, hops):
         largest = max(largest, int((extended[centers] & extended[neighbors]).sum()))
         if largest > max_pairs:
             break
     return largest
 
 
-def _domains(inputs: AtomicInputs, order: torch.Tensor, hops: int, num_domains: int) -> Iterator[Domain]:
-    """``num_domains`` slab cores of the atoms in ``order``, each with its ``hops``-hop halo,
-    built one at a time."""
+def _domains(inputs: AtomicInputs, core_ids: torch.Tensor, hops: int) -> Iterator[Domain]:
+    """The domains of ``core_ids``, each core with its ``hops``-hop halo, built one at a time."""
     centers, neighbors = inputs.pair_index
-    for core, extended in _domain_masks(inputs, order, hops, num_domains):
+    for core, extended in _domain_masks(inputs, core_ids, hops):
         kept_pairs = extended[centers] & extended[neighbors]
         atom_ids = torch.nonzero(extended).squeeze(1)
         new_index = torch.cumsum(extended, 0) - 1
@@ -100,6 +122,12 @@ def _domains(inputs: AtomicInputs, order: torch.Tensor, hops: int, num_domains: 
         )
 
 
+def _longest_pair(inputs: AtomicInputs) -> float:
+    """The longest pair distance (Å): one hop's reach, at most the cutoff."""
+    vectors = inputs.positions[inputs.pair_index[1]] - inputs.positions[inputs.pair_index[0]] + inputs.pair_shifts
+    return float(torch.linalg.vector_norm(vectors, dim=1).max()) if inputs.num_pairs else 0.0
+
+
 WeightedEvaluate = Callable[[AtomicInputs, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
@@ -109,26 +137,34 @@ def evaluate_in_domains(
     """Energy [1], forces [N, 3], virial [1, 3, 3] of one structure, domain by domain.
 
     ``evaluate(sub_inputs, core_weights)`` returns energy, forces and virial of the weighted
-    energy ``sum_i w_i E_i`` of a sub-structure. The number of domains starts at
-    ``ceil(E / max_pairs)`` and doubles until every domain (core + halo) has at most ``max_pairs``
-    pairs. Raises ``ValueError`` when thinner slabs stop helping (the halo alone is too large).
+    energy ``sum_i w_i E_i`` of a sub-structure. Cores are the cells of a grid
+    (:func:`_grid_shape`: slabs, columns or near-cubes, whichever carries the least halo); their
+    number starts at the power of two at or above ``E / max_pairs`` and doubles until every
+    domain (core + halo) has at most ``max_pairs`` pairs. Raises ``ValueError`` when smaller cores
+    stop helping (the halo alone is too large).
     """
     if inputs.num_structures != 1:
         raise ValueError(f"domains split one structure; got {inputs.num_structures}")
-    order = _slab_order(inputs)
-    num_domains = max(1, math.ceil(inputs.num_pairs / max_pairs))
+    coordinates, widths = _grid_coordinates(inputs)
+    halo = hops * _longest_pair(inputs)
+    num_domains = 1 << max(0, math.ceil(inputs.num_pairs / max_pairs) - 1).bit_length()
     previous = None
-    while (largest := _largest_domain(inputs, order, hops, num_domains, max_pairs)) > max_pairs:
+    while True:
+        core_ids = _core_ids(coordinates, _grid_shape(num_domains, widths, halo))
+        if (largest := _largest_domain(inputs, core_ids, hops, max_pairs)) <= max_pairs:
+            break
         if num_domains >= inputs.num_atoms or (previous is not None and largest > 0.99 * previous):
             raise ValueError(
                 f"a domain's {hops}-hop halo alone holds about {largest} pairs, more than max_pairs={max_pairs}: "
                 "give the evaluation more memory (a larger max_pairs) or use a smaller cutoff"
             )
-        previous, num_domains = largest, min(2 * num_domains, inputs.num_atoms)
+        previous, num_domains = largest, 2 * num_domains
+    logger.info("mlff-export: %d atoms in %d domains of <= %d pairs (grid %s)", inputs.num_atoms,
+                int(torch.unique(core_ids).numel()), largest, _grid_shape(num_domains, widths, halo))
     energy = inputs.positions.new_zeros(1)
     forces = torch.zeros_like(inputs.positions)
     virial = inputs.positions.new_zeros((1, 3, 3))
-    for part in _domains(inputs, order, hops, num_domains):
+    for part in _domains(inputs, core_ids, hops):
         part_energy, part_forces, part_virial = evaluate(part.inputs, part.core_weights)
         energy += part_energy.detach()
         forces.index_add_(0, part.atom_ids, part_forces.detach())

@@ -35,7 +35,7 @@ from mlff_export.export.precision import model_for_precision
 from mlff_export.interface import OUTPUT_NAMES, AtomicInputs
 from mlff_export.memory import MemoryBudget, model_bytes_per_pair
 from mlff_export.runtime.compile_cache import CompileCache, CompileCacheKey
-from mlff_export.runtime.device_feeds import PAIRS_BUILT_ON_DEVICE, closest_distance
+from mlff_export.runtime.device_feeds import PAIRS_BUILT_ON_DEVICE, closest_distance, closest_pair_distance
 from mlff_export.runtime.domains import DomainSplitter
 from mlff_export.runtime.padded_table import PaddedTableBackend
 from mlff_export.runtime.shape_buckets import table_sizes
@@ -114,6 +114,12 @@ class JointGraphBackend(PaddedTableBackend):
         if inputs.num_pairs >= PAIRS_BUILT_ON_DEVICE:  # large: split and build tables on the device
             inputs = inputs.to(self.device)
         return self.domains.evaluate(inputs, hops, super().evaluate, self.evaluate_weighted)
+
+    def launch_large(self, inputs: AtomicInputs):
+        """A structure above the pair limit, searched on the device: evaluated in domains there
+        (no CPU neighbor list for 100k or 1M atoms), its closest pair measured on its pair list."""
+        outputs = self.evaluate(inputs)
+        return self._copied_back(outputs, closest_pair_distance(inputs))
 
     def evaluate_weighted(self, inputs: AtomicInputs, weights: torch.Tensor):
         """Energy [1], forces [N, 3], virial [1, 3, 3] of ``sum_i w_i E_i`` for one structure."""

@@ -68,8 +68,22 @@ class PaddedTableBackend:
         ``None`` where the feeds cannot be built on the device. The caller may do other CPU work
         between the two; results stay valid until the next launch.
         """
-        feeds = self.device_feeds(atoms, self.device_pair_limit()) if self.device_feeds is not None else None
-        return None if feeds is None else self._launch(feeds, len(atoms), 1)
+        if self.device_feeds is None:
+            return None
+        if self.device_feeds.takes_dense(atoms):
+            return self._launch(self.device_feeds(atoms), len(atoms), 1)
+        inputs = self.device_feeds.search(atoms)
+        if inputs is None:
+            return None
+        limit = self.device_pair_limit()
+        if limit is not None and inputs.num_pairs > limit:
+            return self.launch_large(inputs)
+        return self._launch(table_feeds(inputs, self.device, self.species[0]), len(atoms), 1)
+
+    def launch_large(self, inputs: AtomicInputs) -> Callable[[], dict[str, np.ndarray]] | None:
+        """As :meth:`launch_atoms` for one structure above :meth:`device_pair_limit` whose pair
+        list was searched on the device (``inputs``); ``None`` here: the calculator's CPU path."""
+        return None
 
     def launch_batch(self, structures: Sequence[Atoms]) -> Callable[[], dict[str, np.ndarray]] | None:
         """As :meth:`launch_atoms` for many molecules in one call (feeds built on the device:
@@ -83,7 +97,11 @@ class PaddedTableBackend:
         padded_outputs = self.run(feeds)
         closest = padded_outputs.get("closest_distance")
         closest = closest_distance(feeds) if closest is None else closest
-        outputs = strip_padding(padded_outputs, num_atoms, num_structures)
+        return self._copied_back(strip_padding(padded_outputs, num_atoms, num_structures), closest)
+
+    def _copied_back(self, outputs: dict[str, torch.Tensor], closest: torch.Tensor) -> Callable[[], dict[str, np.ndarray]]:
+        """``finish`` of :meth:`launch_atoms` for unpadded outputs on the device."""
+        num_structures, num_atoms = outputs["energy"].shape[0], outputs["forces"].shape[0]
         packed = torch.cat([outputs[name].reshape(-1) for name in OUTPUT_NAMES] + [closest])
         host = self._host_outputs.get(packed.numel())
         if host is None:

@@ -10,6 +10,7 @@ from ase.calculators.calculator import CalculatorSetupError, PropertyNotImplemen
 from conftest import make_small_painn, structure_zoo
 
 from mlff_export.interface import AtomicInputs, InterfaceError
+from mlff_export.model import PaiNN, PaiNNConfig
 from mlff_export.neighbors import StructureError
 from mlff_export.runtime import load_calculator
 from mlff_export.runtime.calculator import all_finite
@@ -231,6 +232,43 @@ def test_domain_decomposition_gives_whole_structure_results():
     np.testing.assert_allclose(split["virial"].numpy(), whole["virial"].numpy(), atol=1e-8)
     short_halo = evaluate_in_domains(backend.evaluate_weighted, inputs, model.receptive_hops - 1, budget)
     assert np.abs(short_halo["forces"].numpy() - whole["forces"].numpy()).max() > 1e-4
+
+
+@pytest.mark.parametrize(
+    ("num_domains", "widths", "halo", "expected"),
+    [
+        (8, (21.7, 21.7, 21.7), 8.0, (8, 1, 1)),  # the halo spans most of the box: slabs
+        (8, (100.0, 100.0, 100.0), 10.0, (4, 2, 1)),  # 100k-atom water: 45 x 70 x 100 Å beats cubes of 70 Å
+        (64, (215.0, 215.0, 215.0), 10.0, (4, 4, 4)),  # a 1M-atom water box: slabs would be all halo
+        (4, (200.0, 50.0, 50.0), 10.0, (4, 1, 1)),  # a long box: across its length
+        (1, (30.0, 30.0, 30.0), 5.0, (1, 1, 1)),
+    ],
+)
+def test_domain_grids_carry_the_least_halo(num_domains, widths, halo, expected):
+    from mlff_export.runtime.domains import _grid_shape
+
+    assert _grid_shape(num_domains, torch.tensor(widths), halo) == expected
+
+
+def test_cube_domains_give_whole_structure_results():
+    """A box several halos wide splits into a 3-D grid of cores (not slabs) and still gives the
+    whole-structure numbers."""
+    from mlff_export.bench.workloads import water_box
+    from mlff_export.neighbors import batch_inputs, compute_pairs
+    from mlff_export.runtime.domains import _grid_coordinates, _grid_shape, evaluate_in_domains
+    from mlff_export.runtime.eager import EagerBackend
+
+    torch.manual_seed(0)
+    model = PaiNN(PaiNNConfig(num_features=16, num_interactions=1, num_radial=4, cutoff=2.5)).double().eval()
+    atoms = water_box(2700)
+    inputs = batch_inputs([atoms], [compute_pairs(atoms, model.cutoff)], dtype=torch.float64)
+    backend = EagerBackend(model, torch.device("cpu"), torch.float64)
+    whole = backend.evaluate(inputs)
+    split = evaluate_in_domains(backend.evaluate_weighted, inputs, model.receptive_hops, int(0.1 * inputs.num_pairs))
+    assert min(_grid_shape(64, _grid_coordinates(inputs)[1], 2.5)) > 1, "cores are cubes here, not slabs"
+    assert split["energy"].item() == pytest.approx(whole["energy"].item(), abs=1e-8)
+    np.testing.assert_allclose(split["forces"].numpy(), whole["forces"].numpy(), atol=1e-9)
+    np.testing.assert_allclose(split["virial"].numpy(), whole["virial"].numpy(), atol=1e-8)
 
 
 def test_joint_graph_domains_give_whole_structure_results():

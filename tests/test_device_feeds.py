@@ -14,7 +14,7 @@ from ase import Atoms
 from ase.build import molecule
 from conftest import rattled, structure_zoo
 
-from mlff_export.neighbors import batch_inputs, compute_pairs
+from mlff_export.neighbors import StructureError, batch_inputs, compute_pairs
 from mlff_export.runtime import load_calculator
 from mlff_export.runtime.device_feeds import (
     DENSE_MAX_ATOMS,
@@ -167,3 +167,18 @@ def test_static_feeds_copy_new_tensors_and_skip_the_ones_already_loaded():
     assert (static.buffers["cached"] == -1.0).all(), "the same cached tensor is not copied again"
     static.load({"cached": torch.arange(4.0), "positions": new_positions})
     assert torch.equal(static.buffers["cached"], torch.arange(4.0)), "a new tensor object is copied"
+
+
+@pytest.mark.parametrize("name", ["benzene", "triclinic", "diamond-primitive"])
+def test_closest_pair_of_a_pair_list_is_where_the_cpu_check_draws_the_line(name):
+    """The device check's number for a pair list: the CPU check passes at exactly that distance
+    and refuses just above it (periodic images included)."""
+    from mlff_export.runtime.device_feeds import closest_pair_distance
+    from mlff_export.structure_sanity import check_closest_pair
+
+    atoms = structure_zoo()[name]
+    pairs = compute_pairs(atoms, 4.0)
+    closest = float(closest_pair_distance(batch_inputs([atoms], [pairs], dtype=torch.float64))[0])
+    check_closest_pair(atoms, pairs, closest * (1 - 1e-6))
+    with pytest.raises(StructureError):
+        check_closest_pair(atoms, pairs, closest * (1 + 1e-6))

@@ -115,3 +115,24 @@ def test_a_batch_of_molecules_is_built_on_the_gpu_and_matches_eager(backend, tmp
     squeezed.positions[1] = squeezed.positions[0] + [0.1, 0.0, 0.0]
     with pytest.raises(StructureError, match="structure 2:"):
         calc.predict([molecule("CH4"), molecule("NH3"), squeezed])
+
+
+@pytest.mark.parametrize("backend", ["cuda-graphs", "compile-reduce-overhead"])
+def test_a_structure_above_the_pair_limit_is_searched_and_split_on_the_gpu(backend):
+    """Above the backend's pair limit, a structure's pair list comes from vesin-torch on the GPU
+    and it is evaluated in domains there (the Verlet list on the CPU never builds): eager's numbers."""
+    from mlff_export.bench.workloads import water_box
+    from mlff_export.runtime.device_feeds import has_vesin_torch
+
+    if not has_vesin_torch():
+        pytest.skip("vesin-torch is not installed")
+    atoms = water_box(3000)
+    expected = load_calculator(REFERENCE_CHECKPOINT, device="cuda").predict([atoms])[0]
+    calc = load_calculator(REFERENCE_CHECKPOINT, device="cuda", backend=backend)
+    calc.backend.domains.max_pairs = 40_000  # ~150k pairs: domains
+    atoms.calc = calc
+    np.testing.assert_allclose(atoms.get_forces(), expected["forces"], atol=1e-4)
+    assert atoms.get_potential_energy() == pytest.approx(expected["energy"], rel=1e-6)
+    np.testing.assert_allclose(atoms.get_stress(), expected["stress"], atol=1e-6)
+    assert calc.backend._weighted_call is not None, "the domain path ran"
+    assert calc.neighbor_list.builds == 0, "no CPU neighbor list was built"

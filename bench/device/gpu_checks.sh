@@ -4,7 +4,7 @@
 #   steps: install tests ort-parity trt-rtx validate profile bench-quick bench-full bench-full-uncompiled bench-full-compiled
 #          byom-student byom-mace byom-hippynn (users' models: needs the byom-examples wheels for mace, hippynn)
 #          screening-scale (two GPUs and Ray: nvidia-h200-x2)
-#          cold-start cold-start-autotune (after validate, which exports the ONNX graph) bench-batch bench-c6h6
+#          cold-start cold-start-autotune (after validate, which exports the ONNX graph) bench-batch bench-c6h6 large-systems
 # Results collect in /tmp/gpu-checks (kept while the machine stays warm); every call ends by packing
 # that folder into $OUT/gpu-checks.tar.gz (the device returns at most 8 files).
 # Commands run from /tmp: `python -m` in the checkout would import its unmapped mlff_export/.
@@ -64,6 +64,9 @@ for step in "$@"; do
     bench-c6h6)  # benzene through the calculator, the model call alone and MD, every GPU backend
       (cd /tmp && timeout 500 $cli bench --suite full --only C6H6 --device cuda --out "$out/$step" \
         --backends eager,cuda-graphs,onnxruntime,compile-reduce-overhead,compile-max-autotune) > "$out/$step.log" 2>&1 ;;
+    large-systems)  # periodic water of 10k, 100k and 1M atoms: GPU search, domains, memory (bench/large_systems.py)
+      (cd /tmp && timeout ${LARGE_SECONDS:-560} python3 -m mlff_export.bench.large_systems --out "$out/$step" \
+        --backends ${LARGE_BACKENDS:-compile-reduce-overhead}) > "$out/$step.log" 2>&1 ;;
     screening-scale)  # 100k molecules through mlff-export predict: one Ray worker, two, then in-process
       (cd /tmp && timeout 560 python3 "$repo/bench/screening_scale.py" --out "$out/screening-scale" --work /tmp/screening-work) > "$out/$step.log" 2>&1 ;;
     *) echo "unknown step $step"; status=2; continue ;;

@@ -1,0 +1,100 @@
+"""Large systems: periodic water of 10k, 100k and 1M atoms through the calculator on one GPU.
+
+    python3 -m mlff_export.bench.large_systems --out DIR [--backends compile-reduce-overhead,cuda-graphs]
+        [--sizes 10000,100000,1000000] [--parity-up-to 100000] [--repeats 3]
+
+For each backend and size, in one process: the first call (neighbor search on the GPU, domains,
+compilation or capture: ``first_call_s``), then the median of ``--repeats`` calls with a new
+geometry each (``median_s``), the peak of torch's GPU memory (``peak_gpu_gib``), the energy per
+atom, and, up to ``--parity-up-to`` atoms, the largest force and energy-per-atom differences from
+eager FP32 on the same structure. Writes ``DIR/large_systems.jsonl`` (a line per row, as it is
+measured) and ``DIR/large_systems.json`` (rows, the 100k/10k and 1M/100k time ratios, environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlff_export import REFERENCE_CHECKPOINT
+from mlff_export.bench.environment import describe_environment
+from mlff_export.bench.workloads import water_box
+from mlff_export.runtime import load_calculator
+
+
+def measure(backend: str, atoms, repeats: int, reference: dict | None) -> dict:
+    """One row: first call, median of ``repeats`` calls, peak memory, parity with ``reference``."""
+    device = torch.device("cuda")
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    calc = load_calculator(REFERENCE_CHECKPOINT, device="cuda", backend=backend)
+    atoms = atoms.copy()
+    atoms.calc = calc
+    start = time.perf_counter()
+    forces = atoms.get_forces()
+    first = time.perf_counter() - start
+    energy = atoms.get_potential_energy()
+    seconds = []
+    for step in range(repeats):
+        atoms.positions[0, 0] += 1e-4 * (-1) ** step
+        start = time.perf_counter()
+        atoms.get_forces()
+        seconds.append(time.perf_counter() - start)
+    row = {"backend": backend, "atoms": len(atoms), "first_call_s": first, "median_s": float(np.median(seconds)),
+           "samples_s": seconds, "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+           "energy_per_atom_ev": energy / len(atoms), "domain_max_pairs": getattr(getattr(calc.backend, "domains", None), "max_pairs", None)}
+    if reference is not None:
+        row["max_abs_force_error_ev_per_a"] = float(np.abs(forces - reference["forces"]).max())
+        row["energy_per_atom_error_ev"] = abs(energy - reference["energy"]) / len(atoms)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--backends", default="compile-reduce-overhead,cuda-graphs")
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--parity-up-to", type=int, default=100_000, help="compare with eager FP32 up to this many atoms")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the domain grid of each call is logged
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for size in (int(text) for text in args.sizes.split(",")):
+        atoms = water_box(size)
+        reference = None
+        if len(atoms) <= args.parity_up_to:
+            reference = load_calculator(REFERENCE_CHECKPOINT, device="cuda").predict([atoms])[0]
+        for backend in args.backends.split(","):
+            try:
+                row = measure(backend, atoms, args.repeats, reference)
+            except Exception as error:  # noqa: BLE001 - reported as the row, the others still run
+                row = {"backend": backend, "atoms": len(atoms), "error": f"{type(error).__name__}: {str(error)[:300]}"}
+            rows.append(row)
+            with open(args.out / "large_systems.jsonl", "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            print(json.dumps({key: value for key, value in row.items() if key != "samples_s"}), flush=True)
+    document = {"rows": rows, "ratios": time_ratios(rows), "environment": describe_environment(torch.device("cuda"))}
+    (args.out / "large_systems.json").write_text(json.dumps(document, indent=1))
+    print(json.dumps(document["ratios"]))
+    return 0
+
+
+def time_ratios(rows: list[dict]) -> dict[str, float]:
+    """Per backend: median time at each size over the median at the next smaller size."""
+    ratios = {}
+    for backend in {row["backend"] for row in rows}:
+        sized = sorted((row["atoms"], row["median_s"]) for row in rows if row["backend"] == backend and "median_s" in row)
+        for (small, small_s), (large, large_s) in zip(sized, sized[1:]):
+            ratios[f"{backend} {large}/{small} atoms"] = large_s / small_s
+    return ratios
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -126,10 +126,10 @@ def test_a_structure_above_the_pair_limit_is_searched_and_split_on_the_gpu(backe
 
     if not has_vesin_torch():
         pytest.skip("vesin-torch is not installed")
-    atoms = water_box(3000)
+    atoms = water_box(10_000)  # a 46 Å box, ~530k pairs; the 2-hop halo is 10 Å
     expected = load_calculator(REFERENCE_CHECKPOINT, device="cuda").predict([atoms])[0]
     calc = load_calculator(REFERENCE_CHECKPOINT, device="cuda", backend=backend)
-    calc.backend.domains.max_pairs = 40_000  # ~150k pairs: domains
+    calc.backend.domains.max_pairs = 400_000  # four slab domains
     atoms.calc = calc
     np.testing.assert_allclose(atoms.get_forces(), expected["forces"], atol=1e-4)
     assert atoms.get_potential_energy() == pytest.approx(expected["energy"], rel=1e-6)

@@ -190,7 +190,7 @@ class DeviceFeeds:
         """Feeds of many molecules in one table (:func:`dense_batch_table`), or ``None`` unless
         every structure is non-periodic with at most :data:`DENSE_MAX_ATOMS` atoms and the table
         has at most ``max_pairs`` slots. Same validity as ``__call__``'s feeds."""
-        if any(atoms.pbc.any() or len(atoms) > DENSE_MAX_ATOMS for atoms in structures):
+        if not all(self.takes_dense(atoms) for atoms in structures):
             return None
         sizes = tuple(len(atoms) for atoms in structures)
         if self._batch_table is None or self._batch_table[0] != sizes:  # the last batch's table: repeated batches reuse it

@@ -1,15 +1,19 @@
 """Base of the backends whose graph takes a padded neighbor table (bucketed shapes).
 
 :class:`PaddedTableBackend` gives every such backend (the joint graph in PyTorch, ONNX Runtime
-with CUDA graphs) the same two entry points around one ``run(feeds)``:
+with CUDA graphs) the same entry points around one ``run(feeds)``:
 
 * ``evaluate(inputs)``: interface inputs (a pair list, any batch) -> table feeds -> outputs;
 * ``launch_atoms(atoms)``: one ASE structure -> feeds built on the
   CUDA device (:class:`~mlff_export.runtime.device_feeds.DeviceFeeds`: no CPU neighbor search)
   -> outputs on the host; ``None`` where the device cannot build them (the calculator then uses
-  the CPU list). The structure's closest pair is measured on the device too
-  (:func:`~mlff_export.runtime.device_feeds.closest_distance`, inside the bucket's CUDA graph where
-  ``run`` returns it as ``"closest_distance"``) and comes back with the outputs.
+  the CPU list); a structure above the backend's pair limit goes to ``launch_large`` with its
+  pair list (domains, where the backend has them);
+* ``launch_batch(structures)``: the same for a batch of small molecules, one table for all.
+
+The launches measure the closest pair on the device too
+(:func:`~mlff_export.runtime.device_feeds.closest_distance`, inside the bucket's CUDA graph where
+``run`` returns it as ``"closest_distance"``) and bring it back with the outputs.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ class PaddedTableBackend:
         self.cutoff = float(cutoff)
         self.species = tuple(species)
         self.device_feeds = DeviceFeeds(cutoff, self.species[0], device) if device.type == "cuda" else None
-        self._host_outputs: dict[int, torch.Tensor] = {}  # pinned, by output size
+        self._host_outputs = torch.empty(0)  # pinned once a call needs it
 
     def prepare(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:
         """Padded neighbor-table feeds of ``inputs`` on the device."""
@@ -103,9 +107,9 @@ class PaddedTableBackend:
         """``finish`` of :meth:`launch_atoms` for unpadded outputs on the device."""
         num_structures, num_atoms = outputs["energy"].shape[0], outputs["forces"].shape[0]
         packed = torch.cat([outputs[name].reshape(-1) for name in OUTPUT_NAMES] + [closest])
-        host = self._host_outputs.get(packed.numel())
-        if host is None:
-            host = self._host_outputs[packed.numel()] = torch.empty(packed.numel(), pin_memory=True)
+        if self._host_outputs.numel() < packed.numel():  # one pinned buffer, grown to the largest call
+            self._host_outputs = torch.empty(packed.numel(), pin_memory=True)
+        host = self._host_outputs[: packed.numel()]
         host.copy_(packed, non_blocking=True)  # one device-to-host copy for all outputs
         done = torch.cuda.Event()
         done.record()

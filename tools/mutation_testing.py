@@ -50,7 +50,8 @@ MODULES = {
     "runtime/domains.py": "tests/test_calculator.py -k domains",
     "export/metadata.py": "tests/test_export.py -k 'metadata or reader or load_calculator_runs'",
     "mlff_export/validation/tolerances.py": "tests/test_validate.py -k 'tolerances or nan'",
-    "mlff_export/validation/comparison.py": "tests/test_validate.py -k 'nan or correct or adversarial'",
+    "mlff_export/validation/comparison.py": "tests/test_comparison.py tests/test_validate.py -k 'comparison or energy or forces "
+    "or statistics or rtol or empty or zero or shapes or nan or correct or adversarial'",
     "mlff_export/validation/provenance.py": "tests/test_validate.py -k 'provenance or integrity or correct'",
     "mlff_export/validation/physics.py": "tests/test_validate.py -k 'finite or NVE or negated or correct'",
     "mlff_export/validation/validate.py": "tests/test_validate.py",

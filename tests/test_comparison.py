@@ -35,7 +35,8 @@ def test_forces_are_one_row_per_atom_and_stress_only_for_cells():
     stress = output_values("stress", NAMES, STRUCTURES, RESULTS)
     np.testing.assert_allclose(stress.values, [np.arange(6.0)])
     assert stress.structure_names == ["diamond"]
-    assert output_values("stress", NAMES[:2], STRUCTURES[:2], RESULTS[:2]).values.size == 0
+    no_stress = output_values("stress", NAMES[:2], STRUCTURES[:2], RESULTS[:2])
+    assert no_stress.values.size == 0 and no_stress.structure_names == [] and no_stress.atom_indices.size == 0
 
 
 def values(rows, names, atoms) -> OutputValues:
@@ -79,3 +80,14 @@ def test_shapes_that_do_not_correspond_are_refused():
     with pytest.raises(ValueError, match="predicted shape"):
         compare_output("t", "forces", values([[0.0, 0.0, 0.0]], ["a"], [0]), values(np.zeros((2, 3)), ["a", "a"], [0, 1]),
                        OutputTolerance(atol=1.0, rtol=0.0))
+
+
+def test_the_worst_location_is_a_non_finite_value_when_there_is_one():
+    """A NaN or inf among finite errors is where to look, however large the finite ones are."""
+    reference = values([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]], ["a", "b", "c"], [0, 1, 2])
+    predicted = values([[5.0, 0.0], [0.0, np.nan], [0.0, np.inf]], ["a", "b", "c"], [0, 1, 2])
+    comparison = compare_output("t", "forces", predicted, reference, OutputTolerance(atol=1.0))
+    assert comparison.worst_location == "b atom 1" and comparison.violations == 3
+    all_nan = values([[np.nan], [np.nan]], ["a", "b"], [0, 1])
+    assert compare_output("t", "forces", all_nan, values([[0.0], [0.0]], ["a", "b"], [0, 1]),
+                          OutputTolerance(atol=1.0)).worst_location == "a atom 0"

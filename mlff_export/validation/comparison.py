@@ -101,7 +101,9 @@ def compare_output(label: str, output: str, predicted: OutputValues, reference: 
     allowed = tolerance.atol + tolerance.rtol * np.abs(reference.values)
     # NaN errors fail (a comparison with NaN is False, so count them explicitly)
     violations = int((~(errors <= allowed)).sum())
-    worst_row = int(np.nanargmax(errors.max(axis=1))) if np.isfinite(errors).any() else 0
+    row_errors = errors.max(axis=1)  # NaN or inf where a row holds one: the worst there is
+    not_finite = ~np.isfinite(row_errors)
+    worst_row = int(np.argmax(not_finite)) if not_finite.any() else int(np.argmax(row_errors))
     reference_norm = float(np.linalg.norm(reference.values))
     return OutputComparison(
         label=label,

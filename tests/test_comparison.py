@@ -34,7 +34,7 @@ def test_forces_are_one_row_per_atom_and_stress_only_for_cells():
     assert forces.atom_indices.tolist() == [0, 1, 2, 0, 1, 2, 3, 4, 0, 1]
     stress = output_values("stress", NAMES, STRUCTURES, RESULTS)
     np.testing.assert_allclose(stress.values, [np.arange(6.0)])
-    assert stress.structure_names == ["diamond"]
+    assert stress.structure_names == ["diamond"] and stress.atom_indices.tolist() == [-1]
     no_stress = output_values("stress", NAMES[:2], STRUCTURES[:2], RESULTS[:2])
     assert no_stress.values.size == 0 and no_stress.structure_names == [] and no_stress.atom_indices.size == 0
 

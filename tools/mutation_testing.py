@@ -47,7 +47,7 @@ MODULES = {
     "tests/test_structure_sums.py -k 'not onnxruntime and not tensorrt'",
     "mlff_export/neighbors.py": "tests/test_neighbors.py tests/test_force_routes.py",
     "runtime/shape_buckets.py": "tests/test_engine_shape_buckets.py",
-    "runtime/domains.py": "tests/test_calculator.py -k domains",
+    "runtime/domains.py": "tests/test_calculator.py -k domain",
     "export/metadata.py": "tests/test_export.py -k 'metadata or reader or load_calculator_runs'",
     "mlff_export/validation/tolerances.py": "tests/test_validate.py -k 'tolerances or nan'",
     "mlff_export/validation/comparison.py": "tests/test_comparison.py tests/test_validate.py -k 'comparison or energy or forces "

@@ -68,6 +68,7 @@ def test_an_empty_comparison_passes_with_zero_statistics():
     comparison = compare_output("t", "stress", empty, empty, OutputTolerance(atol=1e-3, rtol=0.0))
     assert (comparison.count, comparison.max_abs_error, comparison.mean_abs_error, comparison.relative_error) == (0, 0.0, 0.0, 0.0)
     assert comparison.violations == 0 and comparison.passed and comparison.worst_location == "-"
+    assert (comparison.worst_structure, comparison.worst_atom) == (None, -1)  # as report.json shows them
 
 
 def test_a_zero_reference_has_zero_relative_error_not_a_division_by_zero():
@@ -77,9 +78,10 @@ def test_a_zero_reference_has_zero_relative_error_not_a_division_by_zero():
 
 
 def test_shapes_that_do_not_correspond_are_refused():
-    with pytest.raises(ValueError, match="predicted shape"):
-        compare_output("t", "forces", values([[0.0, 0.0, 0.0]], ["a"], [0]), values(np.zeros((2, 3)), ["a", "a"], [0, 1]),
-                       OutputTolerance(atol=1.0, rtol=0.0))
+    one, two = values([[0.0, 0.0, 0.0]], ["a"], [0]), values(np.zeros((2, 3)), ["a", "a"], [0, 1])
+    for predicted, reference in ((one, two), (two, one)):
+        with pytest.raises(ValueError, match="predicted shape"):
+            compare_output("t", "forces", predicted, reference, OutputTolerance(atol=1.0, rtol=0.0))
 
 
 def test_the_worst_location_is_a_non_finite_value_when_there_is_one():

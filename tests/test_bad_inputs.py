@@ -1124,6 +1124,25 @@ def _(options_model):
             load_calculator(options_model, min_distance=value)
 
 
+@case("option-compile-cache-without-compiling")
+def _(options_model, tmp_path):
+    with refused(CalculatorSetupError, "compile_cache", "compiles nothing"):
+        load_calculator(options_model, compile_cache=tmp_path)
+
+
+@case("option-compile-cache-a-file")
+def _(options_model, tmp_path):
+    (tmp_path / "file").write_text("")
+    with refused(CalculatorSetupError, "compile_cache", "is a file"):
+        load_calculator(options_model, backend="compile", compile_cache=tmp_path / "file")
+
+
+@case("option-compile-cache-not-a-path")
+def _(options_model):
+    with refused(CalculatorSetupError, "compile_cache", "expected True, False or a folder"):
+        load_calculator(options_model, backend="compile", compile_cache=3)
+
+
 @case("option-min-distance-not-a-number")
 def _(options_model):
     """A string or a bool (True would read as 1 Å) is refused, not converted."""

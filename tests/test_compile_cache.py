@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ase.calculators.calculator import CalculatorSetupError
 
 from mlff_export.export.joint_graph import trace_joint_graph
 from mlff_export.model import PaiNN, PaiNNConfig
@@ -145,16 +144,6 @@ def test_a_manifest_made_for_another_key_is_not_used(tmp_path, caplog, field):
     with caplog.at_level(logging.WARNING, logger="mlff_export"):
         assert CompileCache(tmp_path, KEY).load() == 0
     assert "made for another" in caplog.text
-
-
-def test_the_calculator_refuses_a_cache_folder_it_cannot_use(small_model, tmp_path):
-    with pytest.raises(CalculatorSetupError, match="compiles nothing"):
-        load_calculator(small_model, compile_cache=tmp_path)
-    (tmp_path / "file").write_text("")
-    with pytest.raises(CalculatorSetupError, match="is a file"):
-        load_calculator(small_model, backend="compile", compile_cache=tmp_path / "file")
-    with pytest.raises(CalculatorSetupError, match="expected True, False or a folder"):
-        load_calculator(small_model, backend="compile", compile_cache=3)
 
 
 @pytest.mark.slow

@@ -3,14 +3,15 @@
 ``torch.compile`` of the joint graph costs seconds per shape bucket (minutes with max-autotune),
 and Inductor's own cache lives in a temporary folder of one machine. A :class:`CompileCache` keeps
 what Inductor produced (``torch.compiler.save_cache_artifacts``: compiled graphs, Triton kernels,
-autotuning results) in a folder the user chooses, one file per :class:`CompileCacheKey`, and hands
+autotuning results) in a folder the user chooses, a subfolder per :class:`CompileCacheKey`, and hands
 it back to Inductor (``load_cache_artifacts``) before anything compiles.
 
 A stale cache is never used: the file name is the digest of the key — the compiled graph and its
 weights (:func:`graph_fingerprint`), torch and Triton versions, the device model and the compile
 mode — and the key is stored inside and compared on load, with a SHA-256 over the payload. The
 shape buckets compiled so far are listed in the file (Inductor's own keys decide, per bucket,
-whether a kernel matches). A damaged or foreign file is ignored with a warning and rewritten.
+whether a kernel matches). A damaged or foreign file is skipped with a warning; the process then
+compiles and writes its own files beside it.
 
 A cache holds executable kernels and Python pickles: it is read only from a folder owned by the
 user and writable by no one else, like any cache of compiled code (use caches you made).
@@ -30,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from mlff_export.export.precision import weights_sha256
+
 logger = logging.getLogger("mlff_export")
 
 CACHE_ENV = "MLFF_EXPORT_COMPILE_CACHE"
@@ -46,12 +49,8 @@ def default_cache_folder() -> Path:
 
 
 def graph_fingerprint(graph: torch.fx.GraphModule) -> str:
-    """SHA-256 over a traced graph's code and the names, shapes, dtypes and bytes of its weights."""
-    digest = hashlib.sha256(graph.code.encode())
-    for name, tensor in sorted({**dict(graph.named_parameters()), **dict(graph.named_buffers())}.items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    """SHA-256 over a traced graph's code and its weights (:func:`~mlff_export.export.precision.weights_sha256`)."""
+    return hashlib.sha256(f"{graph.code}\n{weights_sha256(graph)}".encode()).hexdigest()
 
 
 def device_model(device: torch.device) -> str:

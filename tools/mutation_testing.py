@@ -3,6 +3,7 @@
     python tools/mutation_testing.py                   # every module in MODULES, in order
     python tools/mutation_testing.py mlff_export/forces.py runtime/domains.py
     python tools/mutation_testing.py --jobs 8          # eight modules at a time (a many-core machine)
+    python tools/mutation_testing.py --jobs 6 --workers 2   # and two mutants of each module at a time
     python tools/mutation_testing.py --report          # the score table of what has run so far
 
 Needs the ``mutation`` extra (``pip install -e '.[test,mutation]'``). Slow (each mutant runs its
@@ -16,6 +17,8 @@ never in your checkout, so an interrupted run leaves nothing behind, and modules
 (``--jobs``) without seeing each other's mutants. The session database
 ``.mutation/sessions/<module>.sqlite`` keeps the results: running again resumes where it stopped
 (``--fresh`` starts over; needed after the module's source changed, since mutants are positions). Each mutant runs the module's own fast test selection (:data:`MODULES`).
+With ``--workers N`` a module's mutants go to N cosmic-ray HTTP workers (its ``http`` distributor),
+each in its own copy of the tree (``.mutation/trees/<module>.w<i>``), on free local ports.
 
 Operators: cosmic-ray's core set without the operator replacements that only produce type errors
 on floats and tensors (``|``, ``&``, ``^``, ``<<``, ``>>``, ``%``, ``//``, ``**`` as replacements,
@@ -29,8 +32,10 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -69,16 +74,27 @@ EXCLUDED_OPERATORS = [
     r"core/VariableInserter",
 ]
 TIMEOUT_SECONDS = 900.0
+COSMIC_RAY = {
+    "cosmic-ray": "cosmic_ray.cli",
+    "cr-filter-operators": "cosmic_ray.tools.filters.operators_filter",
+    "cr-filter-pragma": "cosmic_ray.tools.filters.pragma_no_mutate",
+}
+"""cosmic-ray's commands as modules (run with this Python: works where its scripts are not on PATH)."""
+
+
+def importable(tree: Path) -> dict[str, str]:
+    """The environment that imports the project from ``tree`` first, then what the caller's path has."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))}
 
 
 def session_name(module: str) -> str:
     return module.replace("/", ".").removesuffix(".py")
 
 
-def copy_tree(module: str) -> Path:
-    """The repository's files in ``.mutation/trees/<module>``, importable as the package (see the
-    module docstring)."""
-    tree = WORK / "trees" / session_name(module)
+def copy_tree(module: str, worker: int | None = None) -> Path:
+    """The repository's files in ``.mutation/trees/<module>`` (``<module>.w<worker>`` for an HTTP
+    worker), importable as the package (see the module docstring)."""
+    tree = WORK / "trees" / (session_name(module) + ("" if worker is None else f".w{worker}"))
     if tree.exists():
         shutil.rmtree(tree)
     listed = subprocess.run(
@@ -97,7 +113,28 @@ def copy_tree(module: str) -> Path:
     return tree
 
 
-def config_file(module: str) -> Path:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_listening(port: int, seconds: float = 120.0) -> None:
+    """Returns once a worker accepts connections on ``port``; raises after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no cosmic-ray http-worker listening on port {port} after {seconds:.0f} s") from None
+            time.sleep(0.2)
+
+
+def config_file(module: str, worker_urls: list[str]) -> Path:
+    """cosmic-ray's configuration: the local distributor, or the HTTP one when ``worker_urls`` are given."""
+    distributor = ['name = "http"', "", "[cosmic-ray.distributor.http]", f"worker-urls = {json.dumps(worker_urls)}"]
     lines = [
         "[cosmic-ray]",
         f'module-path = "{module}"',
@@ -106,7 +143,7 @@ def config_file(module: str) -> Path:
         f"test-command = {json.dumps(PYTEST + ' ' + MODULES[module])}",
         "",
         "[cosmic-ray.distributor]",
-        'name = "local"',
+        *(distributor if worker_urls else ['name = "local"']),
         "",
         "[cosmic-ray.filters.operators-filter]",
         f"exclude-operators = {json.dumps(EXCLUDED_OPERATORS)}",
@@ -117,16 +154,16 @@ def config_file(module: str) -> Path:
     return path
 
 
-def run_module(module: str, fresh: bool) -> None:
+def run_module(module: str, fresh: bool, workers: int) -> None:
     tree = copy_tree(module)
     session = WORK / "sessions" / f"{session_name(module)}.sqlite"
     session.parent.mkdir(parents=True, exist_ok=True)
-    config = config_file(module)
-    environment = {**os.environ, "PYTHONPATH": str(tree)}
-    tools = Path(sys.executable).parent
+    environment = importable(tree)
+    ports = [free_port() for _ in range(workers)] if workers > 1 else []
+    config = config_file(module, [f"http://127.0.0.1:{port}" for port in ports])
 
     def run(*command: str) -> None:
-        subprocess.run([str(tools / command[0]), *command[1:]], cwd=tree, env=environment, check=True)
+        subprocess.run([sys.executable, "-m", COSMIC_RAY[command[0]], *command[1:]], cwd=tree, env=environment, check=True)
 
     if fresh or not session.exists():
         session.unlink(missing_ok=True)
@@ -136,8 +173,26 @@ def run_module(module: str, fresh: bool) -> None:
         run("cosmic-ray", "init", str(config), str(session))
         run("cr-filter-operators", str(session), str(config))
         run("cr-filter-pragma", str(session))
-    print(f"mutation testing {module}: {PYTEST} {MODULES[module]}", flush=True)
-    run("cosmic-ray", "exec", str(config), str(session))
+    print(f"mutation testing {module} ({max(workers, 1)} at a time): {PYTEST} {MODULES[module]}", flush=True)
+    servers = []
+    for worker, port in enumerate(ports):
+        worker_tree = copy_tree(module, worker)
+        servers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", COSMIC_RAY["cosmic-ray"], "http-worker", "--port", str(port)],
+                cwd=worker_tree,
+                env=importable(worker_tree),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    try:
+        for port in ports:
+            wait_until_listening(port)
+        run("cosmic-ray", "exec", str(config), str(session))
+    finally:
+        for server in servers:
+            server.terminate()
 
 
 def module_results(module: str) -> dict | None:
@@ -186,6 +241,7 @@ def main() -> None:
     parser.add_argument("modules", nargs="*", help=f"modules to mutate (default: all of {list(MODULES)})")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results of these modules")
     parser.add_argument("--jobs", type=int, default=1, help="modules mutated at the same time (default 1)")
+    parser.add_argument("--workers", type=int, default=1, help="mutants of one module tested at the same time (default 1)")
     parser.add_argument("--report", action="store_true", help="only print the score table")
     args = parser.parse_args()
     unknown = sorted(set(args.modules) - set(MODULES))
@@ -194,7 +250,7 @@ def main() -> None:
     modules = args.modules or list(MODULES)
     if not args.report:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each module's work is its own processes
-            list(pool.map(lambda module: run_module(module, args.fresh), modules))
+            list(pool.map(lambda module: run_module(module, args.fresh, args.workers), modules))
     report(modules)
 
 

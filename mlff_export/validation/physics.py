@@ -169,7 +169,8 @@ def run_nve(
     energies = [atoms.get_total_energy()]
     dynamics.attach(lambda: energies.append(atoms.get_total_energy()), interval=1)
     dynamics.run(steps)
-    energies = np.array(energies[: steps + 1])
+    # The last steps + 1: ASE versions that also call observers before the first step record E(0) twice.
+    energies = np.array(energies[-(steps + 1) :])
     times = np.arange(len(energies)) * timestep_fs
     slope = np.polyfit(times, energies, 1)[0] if np.isfinite(energies).all() else np.nan
     return NVERun(

@@ -4,6 +4,7 @@
     python tools/mutation_testing.py mlff_export/forces.py runtime/domains.py
     python tools/mutation_testing.py --jobs 8          # eight modules at a time (a many-core machine)
     python tools/mutation_testing.py --jobs 6 --workers 2   # and two mutants of each module at a time
+    python tools/mutation_testing.py --retest-survivors  # survivors again, against the tests as they are now
     python tools/mutation_testing.py --report          # the score table of what has run so far
 
 Needs the ``mutation`` extra (``pip install -e '.[test,mutation]'``). Slow (each mutant runs its
@@ -33,6 +34,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -53,13 +55,14 @@ MODULES = {
     "mlff_export/neighbors.py": "tests/test_neighbors.py tests/test_force_routes.py",
     "runtime/shape_buckets.py": "tests/test_engine_shape_buckets.py",
     "runtime/domains.py": "tests/test_calculator.py -k domain",
-    "export/metadata.py": "tests/test_export.py -k 'metadata or reader or load_calculator_runs'",
+    "export/metadata.py": "tests/test_metadata_reader.py tests/test_export.py -k 'metadata or reader or load_calculator_runs'",
     "mlff_export/validation/tolerances.py": "tests/test_validate.py -k 'tolerances or nan'",
     "mlff_export/validation/comparison.py": "tests/test_comparison.py tests/test_validate.py -k 'comparison or energy or forces "
     "or statistics or rtol or empty or zero or shapes or nan or correct or adversarial'",
     "mlff_export/validation/provenance.py": "tests/test_validate.py -k 'provenance or integrity or correct'",
-    "mlff_export/validation/physics.py": "tests/test_validate.py -k 'finite or NVE or negated or correct'",
-    "mlff_export/validation/validate.py": "tests/test_validate.py",
+    "mlff_export/validation/physics.py": "tests/test_validation_physics.py tests/test_validate.py "
+    "-k 'test_validation_physics or finite or NVE or negated or correct'",
+    "mlff_export/validation/validate.py": "tests/test_validation_validate.py tests/test_validate.py",
     "export/table_rewrite.py": "tests/test_bring_your_own_model.py -k 'scatter_free or matches_the_modules or cannot'",
 }
 """Module -> the pytest selection each of its mutants runs (arguments after ``pytest``)."""
@@ -154,7 +157,14 @@ def config_file(module: str, worker_urls: list[str]) -> Path:
     return path
 
 
-def run_module(module: str, fresh: bool, workers: int) -> None:
+def forget_survivors(session: Path) -> int:
+    """Deletes the surviving mutants' results from ``session`` so that the next run tests them again
+    (after tests were added); returns how many. Only valid while the module's source is unchanged."""
+    with sqlite3.connect(session) as database:  # cosmic-ray's own schema: one work_results row per mutant run
+        return database.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'").rowcount
+
+
+def run_module(module: str, fresh: bool, workers: int, retest_survivors: bool = False) -> None:
     tree = copy_tree(module)
     session = WORK / "sessions" / f"{session_name(module)}.sqlite"
     session.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +183,8 @@ def run_module(module: str, fresh: bool, workers: int) -> None:
         run("cosmic-ray", "init", str(config), str(session))
         run("cr-filter-operators", str(session), str(config))
         run("cr-filter-pragma", str(session))
+    elif retest_survivors:
+        print(f"{module}: {forget_survivors(session)} survivors to test again", flush=True)
     print(f"mutation testing {module} ({max(workers, 1)} at a time): {PYTEST} {MODULES[module]}", flush=True)
     servers = []
     for worker, port in enumerate(ports):
@@ -242,6 +254,7 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="forget earlier results of these modules")
     parser.add_argument("--jobs", type=int, default=1, help="modules mutated at the same time (default 1)")
     parser.add_argument("--workers", type=int, default=1, help="mutants of one module tested at the same time (default 1)")
+    parser.add_argument("--retest-survivors", action="store_true", help="test the surviving mutants again (after adding tests)")
     parser.add_argument("--report", action="store_true", help="only print the score table")
     args = parser.parse_args()
     unknown = sorted(set(args.modules) - set(MODULES))
@@ -250,7 +263,7 @@ def main() -> None:
     modules = args.modules or list(MODULES)
     if not args.report:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each module's work is its own processes
-            list(pool.map(lambda module: run_module(module, args.fresh, args.workers), modules))
+            list(pool.map(lambda module: run_module(module, args.fresh, args.workers, args.retest_survivors), modules))
     report(modules)
 
 

@@ -94,3 +94,119 @@ def test_unknown_element_is_named_with_the_supported_ones():
 def test_bad_structures_are_refused(atoms, message):
     with pytest.raises(StructureError, match=message):
         check_structure(atoms, HCNO)
+
+
+def test_first_of_several_non_finite_atoms_is_named():
+    atoms = Atoms("H4", positions=[[0, 0, 0], [np.nan, 0, 0], [2, 0, 0], [0, np.inf, 0]])
+    with pytest.raises(StructureError, match="atom 1 has a non-finite position"):
+        check_structure(atoms, HCNO)
+
+
+def test_zero_third_lattice_vector_is_refused():
+    """A zero vector along a periodic direction is singular wherever it sits (here the last row,
+    which ``Cell.complete()`` would silently fill)."""
+    with pytest.raises(StructureError, match="singular"):
+        check_structure(Atoms("H", cell=[[3, 0, 0], [0, 3, 0], [0, 0, 0]], pbc=True), HCNO)
+
+
+@pytest.mark.parametrize(
+    "atoms",
+    [
+        *structure_zoo().values(),
+        # a chain: the non-periodic directions need no lattice vectors
+        Atoms("C2", positions=[[0, 0, 0], [1.25, 0, 0]], cell=[2.5, 0, 0], pbc=[True, False, False]),
+        # a chain in a small box: the box's volume (0.1 Å^3) is no lattice's, nothing is singular
+        Atoms("C2", positions=[[0, 0, 0], [1.25, 0, 0]], cell=[2.5, 0.2, 0.2], pbc=[True, False, False]),
+        # a 0.8 Å lattice vector: short (the calculator's min_distance decides), not singular
+        Atoms("H", cell=[0.8, 4.0, 4.0], pbc=True),
+    ],
+    ids=[*structure_zoo(), "chain", "chain-in-small-box", "short-lattice-vector"],
+)
+def test_valid_structures_pass_the_check(atoms):
+    check_structure(atoms, HCNO)
+
+
+def ase_pair_set(atoms: Atoms, cutoff: float) -> set[tuple[int, ...]]:
+    i, j, shifts = neighbor_list("ijS", atoms, cutoff)
+    return pair_set(np.stack([i, j]), shifts)
+
+
+def test_verlet_list_holds_the_pairs_within_cutoff_plus_skin():
+    """Cutoff 3 Å, skin 0.7 Å: exactly ASE's pairs within 3.7 Å, some of them beyond 3 Å."""
+    atoms = structure_zoo()["diamond-primitive"]
+    pairs = VerletNeighborList(cutoff=3.0, skin=0.7).pairs(atoms)
+    assert pair_set(pairs.pair_index, pairs.cell_shifts) == ase_pair_set(atoms, 3.7)
+    assert ase_pair_set(atoms, 3.7) > ase_pair_set(atoms, 3.0)
+
+
+def test_verlet_list_has_no_skin_by_default():
+    """Without a skin the list holds the pairs within the cutoff only, and any motion rebuilds it."""
+    atoms = structure_zoo()["diamond-primitive"]
+    verlet = VerletNeighborList(cutoff=3.0)
+    assert verlet.skin == 0
+    pairs = verlet.pairs(atoms)
+    assert pair_set(pairs.pair_index, pairs.cell_shifts) == ase_pair_set(atoms, 3.0)
+    verlet.pairs(atoms.copy())
+    assert verlet.builds == 1, "an unmoved structure reuses the list"
+    moved = atoms.copy()
+    moved.positions[1] += [1e-3, 0, 0]
+    verlet.pairs(moved)
+    assert verlet.builds == 2
+
+
+def test_verlet_list_keeps_its_pairs_at_exactly_half_the_skin():
+    """The rule is "moved more than skin / 2": 0.75 -> 1.25 Å is exactly 0.5 Å (exact in binary)."""
+    verlet = VerletNeighborList(cutoff=2.0, skin=1.0)
+    verlet.pairs(Atoms("H2", positions=[[0, 0, 0], [0.75, 0, 0]]))
+    verlet.pairs(Atoms("H2", positions=[[0, 0, 0], [1.25, 0, 0]]))
+    assert verlet.builds == 1
+    verlet.pairs(Atoms("H2", positions=[[0, 0, 0], [1.375, 0, 0]]))
+    assert verlet.builds == 2
+
+
+def test_verlet_list_measures_each_atoms_displacement():
+    """Skin 1 Å: a rigid 0.4 Å shift of all 12 benzene atoms (each moved 0.4 Å) keeps the list; one
+    atom moved (0.3, 0.3, 0.3) Å, 0.52 Å in all, rebuilds it."""
+    atoms = structure_zoo()["benzene"]
+    verlet = VerletNeighborList(cutoff=4.0, skin=1.0)
+    verlet.pairs(atoms)
+    shifted = atoms.copy()
+    shifted.positions += [0.4, 0.0, 0.0]
+    verlet.pairs(shifted)
+    assert verlet.builds == 1
+    moved = atoms.copy()
+    moved.positions[5] += [0.3, 0.3, 0.3]
+    verlet.pairs(moved)
+    assert verlet.builds == 2
+
+
+@pytest.mark.parametrize("new_element", [1, 8])
+def test_verlet_list_rebuilds_on_element_change(new_element):
+    atoms = structure_zoo()["benzene"]
+    verlet = VerletNeighborList(cutoff=4.0, skin=1.0)
+    verlet.pairs(atoms)
+    changed = atoms.copy()
+    changed.numbers[0] = new_element  # carbon to a lighter and to a heavier element
+    verlet.pairs(changed)
+    assert verlet.builds == 2
+
+
+def test_verlet_list_rebuilds_when_atoms_are_removed():
+    atoms = structure_zoo()["benzene"]
+    verlet = VerletNeighborList(cutoff=4.0, skin=1.0)
+    verlet.pairs(atoms)
+    fewer = atoms[:-1]
+    pairs = verlet.pairs(fewer)
+    assert verlet.builds == 2
+    assert pair_set(pairs.pair_index, pairs.cell_shifts) == ase_pair_set(fewer, 5.0)
+
+
+@pytest.mark.parametrize("cutoff, skin", [(0.0, 0.0), (-1.0, 0.5), (4.0, -0.1)])
+def test_verlet_list_refuses_a_non_positive_cutoff_or_negative_skin(cutoff, skin):
+    with pytest.raises(ValueError, match="cutoff must be > 0 and skin >= 0"):
+        VerletNeighborList(cutoff=cutoff, skin=skin)
+
+
+def test_verlet_list_accepts_small_cutoffs_and_skins():
+    verlet = VerletNeighborList(cutoff=0.8, skin=0.5)
+    assert (verlet.cutoff, verlet.skin) == (0.8, 0.5)

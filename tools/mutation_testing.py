@@ -52,7 +52,7 @@ MODULES = {
     "-k 'sanity or ((apart or threshold or legal or distance or image or collapsed or position or overlapping) and not validate)'",
     "mlff_export/pair_layouts.py": "tests/test_pair_layout_tables.py tests/test_force_routes.py tests/test_pair_layouts.py "
     "tests/test_structure_sums.py -k 'not onnxruntime and not tensorrt'",
-    "mlff_export/neighbors.py": "tests/test_neighbors.py tests/test_force_routes.py",
+    "mlff_export/neighbors.py": "tests/test_neighbors.py tests/test_neighbor_search_limits.py tests/test_force_routes.py",
     "runtime/shape_buckets.py": "tests/test_engine_shape_buckets.py",
     "runtime/domains.py": "tests/test_domain_splitting.py tests/test_calculator.py -k domain",
     "export/metadata.py": "tests/test_metadata_reader.py tests/test_export.py -k 'metadata or reader or load_calculator_runs'",

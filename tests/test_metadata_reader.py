@@ -323,3 +323,96 @@ def test_finite_weights_have_no_non_finite_initializers():
 def test_the_source_path_is_kept(tmp_path: Path):
     verified = verify_model_bytes(sealed_model_bytes(tiny_model()), tmp_path / "kept.onnx")
     assert verified.path == tmp_path / "kept.onnx"
+
+
+# ----------------------------------------------------------------------------------------------
+# Round 2: more of the reader's contract (wire format, sealing, versions, refusals)
+
+
+def test_fields_after_the_metadata_are_skipped():
+    """Protobuf fields may come in any order: a producer name and doc string written after the
+    metadata entries (as a later tool might append them) are not part of any entry, so every
+    entry keeps its own value (an entry is exactly the bytes its length prefix says)."""
+    trailer = onnx.ModelProto(producer_name="later-tool", doc_string="appended notes").SerializeToString()
+    data = seal(tiny_model().SerializeToString() + trailer)
+    assert onnx.load_model_from_string(data).producer_name == "later-tool"  # protobuf reads it as a model field
+    assert verify_model_bytes(data, "appended.onnx").metadata == parse_metadata(VALID_PROPS)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        unknown_field(1003, 0, varint(127)),  # one byte, 0x7f: the largest value of a last byte
+        unknown_field(1003, 0, varint(2**14 - 1)),  # 0xff 0x7f
+        unknown_field(1003, 0, varint(2**21 - 1)),  # 0xff 0xff 0x7f
+        unknown_field(2032, 0, varint(5)),  # its key (2032 << 3 = 16256) encodes as 0x80 0x7f
+        unknown_field(1004, 2, varint(127) + b"x" * 127),  # a length of 127: 0x7f
+    ],
+    ids=["value-127", "value-2^14-1", "value-2^21-1", "key-ending-0x7f", "length-127"],
+)
+def test_varints_whose_last_byte_is_0x7f_are_read_to_their_end(extra):
+    """A varint ends at its first byte below 0x80 (high bit clear): 0x7f, the largest such byte,
+    ends it too. Values, keys and lengths ending in 0x7f before the metadata are skipped exactly."""
+    assert b"\x7f" in extra
+    data = seal(extra + tiny_model().SerializeToString())
+    assert onnx.load_model_from_string(data).metadata_props[0].key == "interface_version"  # protobuf agrees it is well formed
+    assert verify_model_bytes(data, "future.onnx").metadata == parse_metadata(VALID_PROPS)
+
+
+@pytest.mark.parametrize("extra_key", ["about", "accuracy", "artifact", "artifact_sha2", "artifact_sha256_old", "zeta"])
+def test_models_with_other_keys_are_sealed_and_verify(extra_key):
+    """Sealing refuses only a model that already holds ``artifact_sha256``: any other key (sorting
+    before it, as a prefix of it, or after it) is sealed with the rest and read back."""
+    model_proto = tiny_model(props=props_with(**{extra_key: "kept"}))
+    data = sealed_model_bytes(model_proto)
+    assert data.startswith(model_proto.SerializeToString())
+    assert verify_model_bytes(data, "extra.onnx").metadata == parse_metadata(VALID_PROPS)
+
+
+def test_a_model_that_already_holds_a_seal_is_not_sealed_again():
+    """A second seal would leave two ``artifact_sha256`` entries (a duplicate every reader refuses)."""
+    model_proto = onnx.load_model_from_string(sealed_model_bytes(tiny_model()))
+    with pytest.raises(ValueError, match="seal a model once"):
+        sealed_model_bytes(model_proto)
+
+
+@pytest.mark.parametrize("version", ["0", "99", f"{INTERFACE_VERSION}0", f"{INTERFACE_VERSION}.1", ""], ids=["older", "newer", "longer", "minor", "empty"])
+def test_every_other_interface_version_is_refused(version):
+    """Artifacts for any other interface version, older or newer, are refused with the fix: a
+    newer artifact may need inputs or outputs this version does not provide."""
+    assert version != INTERFACE_VERSION
+    with pytest.raises(ArtifactMetadataError, match=f"exported for interface version {version!r}") as error:
+        parse_metadata(props_with(interface_version=version), "model.onnx")
+    assert str(error.value).startswith("model.onnx: ") and "mlff-export export" in str(error.value)
+
+
+def test_external_data_after_inline_initializers_is_refused(tmp_path):
+    """Every initializer is looked at: inline ones before an external one do not hide it."""
+    inline = [initializer("bias", np.array([0.5], np.float32)), initializer("scale", np.array([2.0], np.float32))]
+    model_proto = tiny_model([*inline, external_initializer(external_entries("weights.bin", ENTRY_ORDERS["location-first"]))])
+    with pytest.raises(ArtifactMetadataError, match=r"initializer w keeps its data in another file \('weights.bin'\)"):
+        verify_model_bytes(model_proto.SerializeToString(), tmp_path / "artifact.onnx")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\xff" * 16, b"plain text, no protobuf at all", bytes(range(256))],
+    ids=["0xff-bytes", "text", "every-byte"],
+)
+def test_bytes_that_are_not_onnx_are_one_metadata_error(data):
+    """Bytes protobuf cannot parse are refused as :class:`ArtifactMetadataError` naming the file
+    and the fix, never as protobuf's own DecodeError."""
+    with pytest.raises(ArtifactMetadataError, match="not a readable ONNX file") as error:
+        verify_model_bytes(data, "garbage.onnx")
+    assert str(error.value).startswith("garbage.onnx is not a readable ONNX file") and "mlff-export export" in str(error.value)
+
+
+def test_a_verified_artifact_cannot_be_changed_after_the_check():
+    """The bytes handed to a runtime are the bytes that were checked: the result is frozen."""
+    data = sealed_model_bytes(tiny_model())
+    verified = verify_model_bytes(data, "tiny.onnx")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        verified.model_bytes = b"other bytes"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        verified.metadata = parse_metadata(props_with(cutoff="9"))
+    assert verified.model_bytes == data and verified.metadata.cutoff == 4.5

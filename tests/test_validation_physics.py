@@ -221,3 +221,139 @@ def test_nve_comparison_measures_the_artifacts_excess_drift(allowed_excess, pass
     assert comparison.excess == pytest.approx(energy_gain_per_atom(force, 5.0), rel=1e-6)
     assert comparison.passed is passed and comparison.allowed_excess == allowed_excess
     assert comparison.artifact.total_energies[0] == pytest.approx(comparison.reference.total_energies[0], rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# Round 2: the call signatures, the choice among failing steps, the bounds, NVE comparisons
+
+
+def test_options_are_keyword_only():
+    """Everything after the calculator and the structures (atoms) is passed by name: a tolerance
+    or structure id passed by position is refused before anything runs, while naming every
+    argument, the first ones included, works."""
+    atoms, minimum = water_like(displacement=0.1)
+    well = HarmonicWell(minimum)
+    with pytest.raises(TypeError):
+        check_forces_by_finite_differences(well, {"w": atoms}, RTOL)
+    with pytest.raises(TypeError):
+        run_nve(ConstantForce([0.0, 0.0, 0.0]), argon_cluster(), "argon")
+    with pytest.raises(TypeError):
+        compare_nve(ConstantForce([0.0, 0.0, 0.0]), ConstantForce([0.0, 0.0, 0.0]), argon_cluster(), "argon", 1e-3)
+    named = check_forces_by_finite_differences(calculator=well, structures={"w": atoms}, rtol=RTOL)
+    assert [check.direction for check in named] == ["forces", "random-1", "random-2"]
+    run = run_nve(calculator=ConstantForce([0.0, 0.0, 0.0]), atoms=argon_cluster(), structure="argon", steps=2)
+    assert len(run.total_energies) == 3
+    comparison = compare_nve(
+        artifact_calculator=ConstantForce([0.0, 0.0, 0.0]), reference_calculator=ConstantForce([0.0, 0.0, 0.0]), atoms=argon_cluster(),
+        structure="argon", allowed_excess=1e-3, steps=2,
+    )
+    assert comparison.passed
+
+
+class OddEnergyAroundZeroForce:
+    """``predict`` with zero forces everywhere and an energy odd in the displacement ``d`` from
+    ``center``: ``E(center ± h u) = ±magnitudes[h]`` (the sign of ``d · w`` for a fixed ``w``, the
+    step ``h = |d|`` matched to the nearest key). Central differences are then exactly
+    ``magnitudes[h] / h`` in absolute value along any direction, against an analytic derivative of 0."""
+
+    def __init__(self, center: np.ndarray, magnitudes: dict[float, float]):
+        self.center, self.magnitudes = center, magnitudes
+        self.sign_vector = np.arange(1.0, center.size + 1).reshape(center.shape)
+
+    def predict(self, structures: list[Atoms]) -> list[dict]:
+        results = []
+        for atoms in structures:
+            displacement = atoms.positions - self.center
+            length = float(np.linalg.norm(displacement))
+            energy = 0.0
+            if length > 0:
+                step = min(self.magnitudes, key=lambda h: abs(np.log(length / h)))
+                energy = float(np.sign(np.sum(displacement * self.sign_vector))) * self.magnitudes[step]
+            results.append({"energy": energy, "forces": np.zeros_like(displacement)})
+        return results
+
+
+def test_when_no_step_passes_the_smallest_error_to_allowed_ratio_is_reported():
+    """No force, so ``allowed = 2 δE / h``; with δE = 1e-4 eV that is 0.02, 0.2 and 2 eV/Å at
+    h = 1e-2, 1e-3, 1e-4 Å. Energies ±4e-4, ±3e-4, ±4e-4 eV give differences of 0.04, 0.3 and
+    4 eV/Å: error/allowed = 2, 1.5, 2, so the middle step is closest to passing (measured in
+    allowed errors: the difference error - allowed, 0.02 at 1e-2 Å, would pick another)."""
+    atoms, _ = water_like()
+    calculator = OddEnergyAroundZeroForce(atoms.positions.copy(), {1e-2: 4e-4, 1e-3: 3e-4, 1e-4: 4e-4})
+    checks = check_forces_by_finite_differences(calculator, {"odd": atoms}, rtol=RTOL, energy_errors={"odd": 1e-4})
+    assert [check.direction for check in checks] == ["random-1", "random-2"]  # |F| = 0: no force direction
+    for check in checks:
+        assert not check.passed and check.step == 1e-3
+        assert check.error == pytest.approx(0.3, rel=1e-9)
+        assert check.allowed == pytest.approx(0.2, rel=1e-12) and check.noise_floor == check.allowed
+
+
+def test_an_error_exactly_at_the_allowance_passes():
+    """The bound is inclusive (``error <= rtol·|F| + 2 δE / h``). With no force and E(±h u) = ±2 δE
+    the difference quotient is 4 δE / 2h, the same floating-point number as the floor 2 δE / h
+    (only exact doublings differ), so the error equals the allowance exactly and passes."""
+    atoms, _ = water_like()
+    resolution = 0.01
+    calculator = OddEnergyAroundZeroForce(atoms.positions.copy(), {1e-2: 2 * resolution})
+    checks = check_forces_by_finite_differences(calculator, {"edge": atoms}, rtol=RTOL, energy_errors={"edge": resolution}, steps=(1e-2,))
+    for check in checks:
+        assert check.error == check.allowed == pytest.approx(2.0, rel=1e-12)
+        assert check.passed and check.step == 1e-2
+
+
+def test_identical_runs_have_no_excess_and_pass_without_allowance():
+    """The same (drifting) force field as artifact and reference: from the same start both runs
+    are the same, the excess |drift| - |reference drift| is exactly 0 and passes even when no
+    excess at all is allowed. The drift itself is not the excess."""
+    force = np.array([0.3, 0.0, 0.0])
+    comparison = compare_nve(ConstantForce(force), ConstantForce(force), argon_cluster(), structure="argon", steps=10, allowed_excess=0.0)
+    assert comparison.reference.drift_per_atom == pytest.approx(energy_gain_per_atom(force, 5.0), rel=1e-6)
+    assert comparison.excess == 0.0 and comparison.passed
+
+
+@pytest.mark.parametrize(("artifact_force", "reference_force"), [(0.4, 0.3), (0.3, 0.4)], ids=["artifact-drifts-more", "reference-drifts-more"])
+def test_the_excess_is_the_difference_of_the_absolute_drifts(artifact_force, reference_force):
+    """Both drift (|F|² T² / 2m per atom each): the excess is their difference, positive when the
+    artifact drifts more (failing a tiny allowance), negative when it drifts less (passing)."""
+    artifact, reference = np.array([0.0, artifact_force, 0.0]), np.array([0.0, reference_force, 0.0])
+    comparison = compare_nve(ConstantForce(artifact), ConstantForce(reference), argon_cluster(), structure="argon", steps=10, allowed_excess=1e-6)
+    expected = energy_gain_per_atom(artifact, 5.0) - energy_gain_per_atom(reference, 5.0)
+    assert abs(expected) > 1e-5
+    assert comparison.excess == pytest.approx(expected, rel=1e-6)
+    assert comparison.passed is bool(expected < 0)
+
+
+class SpringsReportingNoEnergy(Calculator):
+    """Each atom on its own spring ``F = -k (x - x_rest)`` while the reported potential energy is
+    0: the total energy is the kinetic energy alone, which rises and falls as the atoms oscillate."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, rest_positions: np.ndarray, stiffness: float):
+        super().__init__()
+        self.rest_positions, self.stiffness = rest_positions, stiffness
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.results = {"energy": 0.0, "forces": -self.stiffness * (self.atoms.positions - self.rest_positions)}
+
+
+def test_max_deviation_is_measured_from_the_first_energy():
+    """Argon atoms released at rest (0 K) 0.1 Å from their springs' rest points, period 40 fs:
+    x = a cos ωt, so the total (kinetic) energy is ``N · k a²/2 · sin² ωt``, starting at 0. A
+    run of 30 steps of 0.5 fs (3/8 of a period) passes the maximum k a²/2 per atom at 10 fs and
+    ends at half of it: the deviation from E(0) is k a²/2 per atom (from the last energy it
+    would be only k a²/4)."""
+    atoms = argon_cluster()
+    mass = atoms.get_masses()[0]
+    omega = 2 * np.pi / (40.0 * units.fs)
+    stiffness = mass * omega**2
+    amplitude = 0.1
+    calculator = SpringsReportingNoEnergy(atoms.positions - [amplitude, 0.0, 0.0], stiffness)
+    run = run_nve(calculator, atoms, structure="springs", steps=30, timestep_fs=0.5, temperature_K=0.0)
+    peak_per_atom = 0.5 * stiffness * amplitude**2
+    energies = np.array(run.total_energies)
+    assert energies[0] == pytest.approx(0.0, abs=1e-12)
+    assert energies[20] / 4 == pytest.approx(peak_per_atom, rel=1e-2)  # t = 10 fs, a quarter period
+    assert energies[-1] / 4 == pytest.approx(peak_per_atom / 2, rel=1e-2)  # t = 15 fs: sin²(3π/4) = 1/2
+    assert run.max_deviation_per_atom == pytest.approx(peak_per_atom, rel=1e-2)

@@ -7,6 +7,7 @@ are set by hand, so every domain's size (core atoms, halo atoms, pairs) can be c
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -20,6 +21,7 @@ from mlff_export.runtime.domains import (
     _core_ids,
     _grid_coordinates,
     _grid_shape,
+    _largest_domain,
     evaluate_in_domains,
 )
 
@@ -51,6 +53,27 @@ def even_chain(num_atoms: int) -> AtomicInputs:
     inputs = chain(torch.arange(num_atoms, dtype=torch.float64))
     inputs.positions[:, 1] = 0.3 * torch.sin(1.3 * torch.arange(num_atoms, dtype=torch.float64))
     return inputs
+
+
+def atoms_with_pairs(x: list[float], pairs: list[tuple[int, int]]) -> AtomicInputs:
+    """Atoms at ``x`` on the x axis (no cell) with exactly the undirected ``pairs`` given, each
+    listed in both directions (a full list)."""
+    inputs = chain(x)
+    directed = [(i, j) for i, j in pairs] + [(j, i) for i, j in pairs]
+    inputs.pair_index = torch.tensor(directed, dtype=torch.int64).reshape(-1, 2).T.contiguous()
+    inputs.pair_shifts = torch.zeros(len(directed), 3, dtype=torch.float64)
+    return inputs
+
+
+def cliques(groups: list[list[float]]) -> AtomicInputs:
+    """Atoms at the x of each group, every two atoms of a group paired (a group of k atoms holds
+    k (k - 1) directed pairs) and no pairs between groups."""
+    x = [value for group in groups for value in group]
+    pairs, start = [], 0
+    for group in groups:
+        pairs += list(itertools.combinations(range(start, start + len(group)), 2))
+        start += len(group)
+    return atoms_with_pairs(x, pairs)
 
 
 def pair_potential(inputs: AtomicInputs, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -158,6 +181,49 @@ def test_eight_domains_of_a_cube_are_slabs_only_for_a_wide_halo(halo, expected):
     assert _grid_shape(8, torch.tensor([40.0, 40.0, 40.0]), halo) == expected
 
 
+def test_cell_with_a_zero_vector_is_gridded_by_its_bounding_box():
+    """A cell with a zero vector (periodic along two directions only) has no fractional grid: its
+    atoms are placed in their bounding box, as without a cell, even where the two other vectors
+    leave no axis without a component (a, b tilted out of the xy plane), so that no column of the
+    cell matrix is zero."""
+    inputs = chain([0.0, 0.0, 0.0])
+    inputs.positions = torch.tensor([[1.0, 2.0, 3.0], [3.0, 6.0, 11.0], [2.0, 3.0, 5.0]], dtype=torch.float64)
+    inputs.cell = torch.tensor([[[4.0, 0.0, 1.0], [0.0, 4.0, 1.0], [0.0, 0.0, 0.0]]], dtype=torch.float64)
+    coordinates, widths = _grid_coordinates(inputs)
+    torch.testing.assert_close(widths, torch.tensor([2.0, 4.0, 8.0], dtype=torch.float64))
+    torch.testing.assert_close(coordinates[2], torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64))
+
+
+def test_core_ids_number_the_grid_cells_x_major():
+    """On a 2 x 4 x 8 grid (a different count on each axis) the atom at the centre of cell
+    (i, j, k) gets id (i x 4 + j) x 8 + k: every cell its own id in 0 .. 63, x slowest, z fastest."""
+    shape = (2, 4, 8)
+    cells = list(itertools.product(*(range(count) for count in shape)))
+    coordinates = torch.tensor(
+        [[(index + 0.5) / count for index, count in zip(cell, shape)] for cell in cells], dtype=torch.float64
+    )
+    assert _core_ids(coordinates, shape).tolist() == [(i * 4 + j) * 8 + k for i, j, k in cells] == list(range(64))
+
+
+def test_largest_domain_counts_the_largest_and_stops_at_the_first_too_large():
+    """Chain of 6 atoms (pairs between neighbours), cores {0, 1, 2} and {3, 4, 5} with a 1-hop
+    halo: atoms 0..3 (3 bonds, 6 pairs) and 2..5 (6 pairs); with cores {0} and {1..5}: atoms 0, 1
+    (2 pairs) and 0..5 (10 pairs). Within the limit the largest is found; above it the count stops
+    at the first domain past the limit."""
+    inputs = chain(torch.arange(6.0))
+    assert _largest_domain(inputs, torch.tensor([0, 0, 0, 1, 1, 1]), 1, 100) == 6
+    assert _largest_domain(inputs, torch.tensor([0, 1, 1, 1, 1, 1]), 1, 100) == 10
+    assert _largest_domain(inputs, torch.tensor([0, 0, 0, 1, 1, 1]), 2, 100) == 8  # atoms 0..4 and 1..5
+    # cores {0, 1} (atoms 0..2: 4 pairs, past a limit of 3) and {2..5} (atoms 1..5: 8 pairs)
+    assert _largest_domain(inputs, torch.tensor([0, 0, 1, 1, 1, 1]), 1, 3) == 4
+
+
+def test_largest_domain_of_atoms_without_pairs_is_empty():
+    """Isolated atoms (no pairs at all) make domains of 0 pairs."""
+    inputs = atoms_with_pairs([0.0, 5.0, 10.0], [])
+    assert _largest_domain(inputs, torch.tensor([0, 1, 1]), 2, 10) == 0
+
+
 # ----------------------------------------------------------------------------------------------
 # evaluate_in_domains
 
@@ -207,9 +273,83 @@ def test_domains_give_up_when_more_cores_do_not_help(max_pairs, largest):
         evaluate_in_domains(pair_potential, inputs, 1, max_pairs)
 
 
+def periodic_pair() -> AtomicInputs:
+    """Two atoms at x = 0.5 and 9 Å in a 10 Å cube, paired across the cell face: 1.5 Å apart."""
+    inputs = atoms_with_pairs([0.5, 9.0], [(0, 1)])
+    inputs.cell = torch.diag(torch.tensor([10.0, 10.0, 10.0], dtype=torch.float64)).unsqueeze(0)
+    inputs.pair_shifts[0, 0], inputs.pair_shifts[1, 0] = -10.0, 10.0
+    return inputs
+
+
+@pytest.mark.parametrize(
+    ("make_inputs", "hops", "halo"),
+    [(lambda: chain([0.0, 2.0, 3.5, 5.0]), 3, 6.0), (periodic_pair, 2, 3.0)],
+    ids=["molecule", "periodic"],
+)
+def test_grid_is_chosen_for_a_halo_of_hops_times_the_longest_pair(monkeypatch, make_inputs, hops, halo):
+    """The halo the grid is chosen for is ``hops`` pair hops of the longest pair: 3 x 2 Å in a
+    chain with gaps of 2, 1.5 and 1.5 Å; 2 x 1.5 Å for a pair across a periodic face (its
+    shift counted: not the 8.5 Å between the atoms in the cell)."""
+    halos = []
+
+    def recording_grid_shape(num_domains, widths, halo_width):
+        halos.append(halo_width)
+        return _grid_shape(num_domains, widths, halo_width)
+
+    monkeypatch.setattr(domains, "_grid_shape", recording_grid_shape)
+    inputs = make_inputs()
+    evaluate_in_domains(pair_potential, inputs, hops, inputs.num_pairs)
+    assert halos and all(value == pytest.approx(halo, abs=1e-12) for value in halos)
+
+
+def test_structure_without_pairs_is_one_domain():
+    """Atoms too far apart to pair (0 pairs) are one domain: the domain count starts at the power
+    of two at or above 0 / max_pairs, 2^0 = 1."""
+    inputs = atoms_with_pairs([0.0, 5.0, 10.0, 15.0], [])
+    recorder = Recorder()
+    split = evaluate_in_domains(recorder, inputs, 2, 1)
+    assert recorder.core_atoms == [4] and recorder.pairs == [0]
+    assert_same_results(split, whole_structure(inputs))
+
+
+def test_a_one_percent_gain_keeps_the_doubling_going():
+    """Cliques of 13 atoms in [0, 3] Å (156 pairs) and 7 in [4.5, 7.5] Å (42), a bonded pair at 9
+    and 10 Å (2) and a lone atom at 32 Å; max_pairs 160, so 200 pairs start at 2 slabs 16 Å wide
+    (1-hop halo). Two slabs: the first holds everything bonded (200 pairs); four 8 Å slabs leave
+    both cliques together (198 pairs, exactly 99 %: still a gain); eight 4 Å slabs part them and
+    fit (156 pairs)."""
+    inputs = cliques([[0.25 * i for i in range(13)], [4.5 + 0.5 * i for i in range(7)], [9.0, 10.0], [32.0]])
+    assert inputs.num_pairs == 200
+    recorder = Recorder()
+    split = evaluate_in_domains(recorder, inputs, 1, 160)
+    assert recorder.core_atoms == [13, 7, 2, 1] and recorder.pairs == [156, 42, 2, 0]
+    assert_same_results(split, whole_structure(inputs))
+
+
+def test_as_many_cores_as_atoms_is_the_last_try():
+    """Eight atoms at x = 0, 2.5, 4.5, 6.5, 7.5, 9, 12.5, 16 Å bonded along the chain (14 pairs),
+    1-hop halo, max_pairs 5: 4 slabs of 4 Å (start: ceil(14 / 5) = 3, so 4) put atoms 2, 3, 4 in
+    one core (atoms 1..5: 8 pairs); 8 slabs of 2 Å still hold atoms 3 and 4 together (atoms 2..5:
+    6 pairs, a gain). That is one core per atom: no more doubling, though 16 slabs would part them."""
+    inputs = chain([0.0, 2.5, 4.5, 6.5, 7.5, 9.0, 12.5, 16.0])
+    with pytest.raises(ValueError, match=r"1-hop halo alone holds about 6 pairs, more than max_pairs=5"):
+        evaluate_in_domains(pair_potential, inputs, 1, 5)
+
+
 def test_domains_of_one_structure_only():
+    """A batch of two structures, or an empty call of none, is not one structure: refused."""
     with pytest.raises(ValueError, match="domains split one structure; got 2"):
         evaluate_in_domains(pair_potential, chain(torch.arange(6.0), num_structures=2), 1, 4)
+    empty = AtomicInputs(
+        positions=torch.zeros(0, 3, dtype=torch.float64),
+        species=torch.zeros(0, dtype=torch.int64),
+        pair_index=torch.zeros(2, 0, dtype=torch.int64),
+        pair_shifts=torch.zeros(0, 3, dtype=torch.float64),
+        structure_index=torch.zeros(0, dtype=torch.int64),
+        cell=torch.zeros(0, 3, 3, dtype=torch.float64),
+    )
+    with pytest.raises(ValueError, match="domains split one structure; got 0"):
+        evaluate_in_domains(pair_potential, empty, 1, 4)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,17 +365,31 @@ def out_of_memory(first_line: str = "DefaultCPUAllocator: can't allocate memory:
     return whole
 
 
-def test_out_of_memory_retries_in_domains_of_a_quarter():
-    """A call of 40,000 pairs that runs out of memory is retried in domains of 10,000 pairs (a
-    quarter, and no less than MIN_DOMAIN_PAIRS), with the whole structure's numbers; the limit is kept."""
-    inputs = even_chain(20_001)
+@pytest.mark.parametrize(("num_atoms", "limit"), [(20_001, 10_000), (24_001, 12_000)], ids=["at-the-minimum", "above-it"])
+def test_out_of_memory_retries_in_domains_of_a_quarter(num_atoms, limit):
+    """A call of 40,000 (48,000) pairs that runs out of memory is retried in domains of 10,000
+    (12,000) pairs: a quarter, at or above MIN_DOMAIN_PAIRS, with the whole structure's numbers;
+    the limit is kept."""
+    inputs = even_chain(num_atoms)
     recorder = Recorder()
     splitter = DomainSplitter()
     split = splitter.evaluate(inputs, 1, out_of_memory(), recorder)
-    assert splitter.max_pairs == 10_000 == domains.MIN_DOMAIN_PAIRS
-    # 4 slabs hold 5,000 core + 2 halo atoms (10,002 pairs): 8 slabs of about 2,500 core atoms
-    assert len(recorder.pairs) == 8 and max(recorder.pairs) <= 10_000 and sum(recorder.core_atoms) == 20_001
+    assert splitter.max_pairs == limit >= domains.MIN_DOMAIN_PAIRS
+    # 4 slabs hold a quarter of the atoms + 2 halo atoms (limit + 2 pairs): 8 slabs
+    assert len(recorder.pairs) == 8 and max(recorder.pairs) <= limit and sum(recorder.core_atoms) == num_atoms
     assert_same_results(split, whole_structure(inputs))
+
+
+@pytest.mark.parametrize("cuda", [True, False], ids=["cuda", "no-cuda"])
+def test_out_of_memory_retry_empties_the_cuda_cache_where_there_is_one(monkeypatch, cuda):
+    """Before the retry in domains the CUDA caching allocator gives back what it holds, once, where
+    CUDA is available (stood in for here: the call itself runs on the CPU), and is left alone where not."""
+    splitter = DomainSplitter()
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    splitter.evaluate(even_chain(20_001), 1, out_of_memory(), pair_potential)
+    assert emptied == ([True] if cuda else [])
 
 
 def test_out_of_memory_below_the_smallest_domain_is_refused():
@@ -297,3 +451,33 @@ def test_single_structure_above_free_memory_runs_in_domains():
     split = splitter.evaluate(inputs, 1, lambda _inputs: pytest.fail("ran whole"), recorder)
     assert_same_results(split, whole_structure(inputs))
     assert len(recorder.pairs) >= 2 and max(recorder.pairs) <= 63 and splitter.max_pairs is None
+
+
+@pytest.mark.parametrize("num_structures", [1, 2], ids=["structure", "batch"])
+def test_call_well_within_free_memory_runs_whole(monkeypatch, num_structures):
+    """62 pairs x 16 MiB (large enough that free memory is asked) on a host with 1 TiB free (80 %
+    usable: room for about 52,000 pairs): a structure or a batch runs whole, in one call."""
+    from mlff_export import memory
+
+    monkeypatch.setattr(memory, "free_device_bytes", lambda _device: 2**40)
+    inputs = chain(torch.arange(32.0), num_structures=num_structures)
+    splitter = DomainSplitter(memory=MemoryBudget(), bytes_per_pair=2**24)
+    assert splitter._pairs_that_fit(inputs.num_pairs) > 50_000
+    calls = []
+    result = splitter.evaluate(inputs, 1, lambda x: calls.append(x) or whole_structure(x), pair_potential)
+    assert len(calls) == 1
+    assert_same_results(result, whole_structure(inputs))
+
+
+@pytest.mark.parametrize(
+    "splitter",
+    [lambda: DomainSplitter(max_pairs=1), lambda: DomainSplitter(memory=MemoryBudget(limit_bytes=1), bytes_per_pair=1_000)],
+    ids=["max-pairs-1", "no-pair-fits-in-memory"],
+)
+def test_limit_below_two_pairs_splits_into_domains_of_one_pair(splitter):
+    """Two bonded pairs 9 Å apart (4 pairs) under a limit of 1 pair, or of 1 byte (0 pairs: still
+    tried at 1): no domain with a bond holds 1 pair (a bond is 2 directed pairs), so the split is
+    refused by :func:`evaluate_in_domains`, naming max_pairs=1."""
+    inputs = atoms_with_pairs([0.0, 1.0, 10.0, 11.0], [(0, 1), (2, 3)])
+    with pytest.raises(ValueError, match=r"holds about 2 pairs, more than max_pairs=1:"):
+        splitter().evaluate(inputs, 1, lambda _inputs: pytest.fail("ran whole"), pair_potential)

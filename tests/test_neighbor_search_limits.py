@@ -15,12 +15,13 @@ import math
 import numpy as np
 import pytest
 from ase import Atoms
+from ase.geometry.minkowski_reduction import minkowski_reduce
 from ase.neighborlist import neighbor_list
 from conftest import triclinic_cell
 from test_neighbors import pair_set
 
-from mlff_export import memory
-from mlff_export.memory import InsufficientMemoryError, MemoryBudget
+from mlff_export import memory, neighbors
+from mlff_export.memory import CHECKED_FROM_BYTES, InsufficientMemoryError, MemoryBudget
 from mlff_export.neighbors import (
     REDUCE_ABOVE_IMAGES,
     SEARCH_BYTES_PER_PAIR,
@@ -97,6 +98,17 @@ def test_image_count_of_a_flat_cell_is_infinite(periodic):
     assert _image_count(FLAT_CELL, periodic, 4.0) == math.inf
 
 
+def test_image_count_of_a_periodic_direction_without_a_height_is_infinite():
+    """A chain along x whose two non-periodic rows, (0, 3, 0) and (0, 6, 0) Å, are parallel: the face
+    opposite x has no normal (0 / 0), so x has no height at all (NaN, not 0). No search can finish:
+    the count is infinite and the search is refused as singular (a StructureError, not a crash)."""
+    cell = np.array([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 6.0, 0.0]])
+    periodic = (True, False, False)
+    assert _image_count(cell, periodic, 4.0) == math.inf
+    with pytest.raises(StructureError, match=r"singular \(volume 0\)"):
+        compute_pairs(Atoms("C", positions=[[0.0, 0.0, 0.0]], cell=cell, pbc=periodic), 4.0)
+
+
 # ----------------------------------------------------------------------------------------------
 # the lattice searched
 
@@ -120,6 +132,23 @@ def test_a_thin_basis_is_searched_on_its_reduced_basis():
     np.testing.assert_allclose(change @ SKEWED_CUBE, searched, atol=1e-9)
     np.testing.assert_allclose(np.linalg.norm(searched, axis=1), [3.0, 3.0, 3.0], atol=1e-9)
     assert _image_count(searched, PERIODIC, 4.0) == 125
+
+
+@pytest.mark.parametrize("images, reduced", [(1999, False), (2001, True)])
+def test_a_cell_needing_more_than_2000_images_is_searched_reduced(images, reduced):
+    """A chain (periodic along x only) of translation h with 4 Å / h = layers - 0.5 needs
+    2 * layers + 1 images within 4 Å: 1999 (<= REDUCE_ABOVE_IMAGES = 2000) is searched as given,
+    2001 on its reduced basis (for a 1-D lattice, itself: the identity change of basis)."""
+    layers = (images - 1) // 2
+    cell = np.array([[4.0 / (layers - 0.5), 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    periodic = (True, False, False)
+    assert _image_count(np.diag([cell[0, 0], 1.0, 1.0]), periodic, 4.0) == images
+    searched, change = search_lattice(cell, periodic, 4.0)
+    np.testing.assert_allclose(searched[0], cell[0], rtol=1e-12)
+    if reduced:
+        np.testing.assert_array_equal(change, np.eye(3, dtype=np.int64))
+    else:
+        assert change is None
 
 
 def test_pairs_of_a_thin_basis_match_ase_with_shifts_in_the_given_basis():
@@ -156,6 +185,40 @@ def test_a_lattice_needing_more_than_a_million_images_is_refused(images, refused
         searched, change = search_lattice(cell, periodic, 5.0)
         np.testing.assert_allclose(searched[0], cell[0], rtol=1e-12)
         np.testing.assert_array_equal(change, np.eye(3, dtype=np.int64))
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_thin_chain_along_any_axis_is_refused_naming_its_translation(axis):
+    """A chain of translation 1e-5 Å along ``axis`` (periodic there only) needs 2 * 500,000 + 1 =
+    1,000,001 images within 5 Å: refused, naming its 1e-5 Å translation whichever row holds it."""
+    cell = np.zeros((3, 3))
+    cell[axis, axis] = 1e-5
+    periodic = tuple(k == axis for k in range(3))
+    with pytest.raises(StructureError, match=r"\(near-\)singular: its lattice has a translation of 1e-05 Å"):
+        search_lattice(cell, periodic, 5.0)
+
+
+def test_a_thin_cell_is_reduced_once_for_repeated_searches(monkeypatch):
+    """Molecular dynamics searches one cell at every step: the Minkowski reduction of a thin basis
+    is done once per (cell, periodicity, cutoff) and remembered, whatever the positions; a new cutoff
+    reduces again. The skewed basis of a 3.03 Å cube needs 29 * 29 * 5 = 4205 images within 4 Å and
+    31 * 31 * 5 = 4805 within 4.5 Å (heights 3.03 / sqrt(101) = 0.3015 Å), both reduced."""
+    reductions = []
+
+    def counted_reduce(*args, **kwargs):
+        reductions.append(args[0])
+        return minkowski_reduce(*args, **kwargs)
+
+    monkeypatch.setattr(neighbors, "minkowski_reduce", counted_reduce)
+    neighbors._search_lattice.cache_clear()  # whatever earlier tests in this process searched
+    atoms = Atoms("CO", scaled_positions=[[0.1, 0.2, 0.3], [0.6, 0.4, 0.8]], cell=SKEWED_CUBE * 1.01, pbc=True)
+    for step in range(3):
+        moved = atoms.copy()
+        moved.rattle(0.05, seed=step)
+        assert len(compute_pairs(moved, 4.0).pair_index[0]) > 0
+    assert len(reductions) == 1
+    compute_pairs(atoms, 4.5)
+    assert len(reductions) == 2
 
 
 def test_a_near_singular_cell_is_refused_naming_the_short_translation():
@@ -261,3 +324,42 @@ def test_a_large_search_is_measured_against_the_free_memory(monkeypatch, free_by
             check_search_fits(atoms, 5.0)
     else:
         check_search_fits(atoms, 5.0)
+
+
+def spread_molecule(num_atoms: int) -> Atoms:
+    """``num_atoms`` hydrogens spread over a 300 Å cube: few pairs, whatever the count."""
+    return Atoms(f"H{num_atoms}", positions=np.random.default_rng(6).uniform(0, 300, (num_atoms, 3)))
+
+
+def spread_box(num_atoms: int) -> Atoms:
+    """``num_atoms`` hydrogens in a periodic 10 Å cube: 3^3 = 27 images within 3 Å."""
+    atoms = Atoms(f"H{num_atoms}", positions=np.random.default_rng(7).uniform(0, 10, (num_atoms, 3)), cell=np.eye(3) * 10)
+    atoms.pbc = True
+    return atoms
+
+
+@pytest.mark.parametrize(
+    "atoms, asks",
+    [
+        (spread_molecule(1200), False),  # 1200^2 (one image) x 160 B = 230.4 MB < 256 MiB = 268.4 MB
+        (spread_molecule(1300), True),  # 1300^2 x 160 B = 270.4 MB
+        (spread_box(100), False),  # 100^2 x 27 x 160 B = 43.2 MB
+        (spread_box(400), True),  # 400^2 x 27 x 160 B = 691.2 MB (25.6 MB without the images)
+    ],
+    ids=["molecule-1200", "molecule-1300", "box-100", "box-400"],
+)
+def test_free_memory_is_asked_only_when_all_pairs_of_all_images_reach_256_mib(monkeypatch, atoms, asks):
+    """Before any estimate a search is bounded by N^2 pairs per periodic image (one image for a
+    molecule) at SEARCH_BYTES_PER_PAIR each; below CHECKED_FROM_BYTES (256 MiB) the free memory is
+    not asked for (the query costs time at every step). Above it the search is measured, and these
+    dilute structures fit in the 8 GB reported free."""
+    queries = []
+
+    def free_bytes():
+        queries.append(1)
+        return 8 * 10**9
+
+    monkeypatch.setattr(memory, "free_host_bytes", free_bytes)
+    assert (SEARCH_BYTES_PER_PAIR, CHECKED_FROM_BYTES) == (160, 256 * 2**20)
+    check_search_fits(atoms, 3.0)
+    assert bool(queries) == asks

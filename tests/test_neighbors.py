@@ -201,6 +201,50 @@ def test_verlet_list_rebuilds_when_atoms_are_removed():
     assert pair_set(pairs.pair_index, pairs.cell_shifts) == ase_pair_set(fewer, 5.0)
 
 
+def test_verlet_list_rebuilds_when_atoms_are_added():
+    """Benzene (12 atoms) and then benzene plus a hydrogen 2 Å above its first carbon: 13 atoms
+    against a 12-atom list is a rebuild, and the new list holds the new atom's pairs (ASE's within 5 Å)."""
+    atoms = structure_zoo()["benzene"]
+    verlet = VerletNeighborList(cutoff=4.0, skin=1.0)
+    verlet.pairs(atoms)
+    more = atoms + Atoms("H", positions=[atoms.positions[0] + [0.0, 0.0, 2.0]])
+    pairs = verlet.pairs(more)
+    assert verlet.builds == 2
+    assert 12 in pairs.pair_index[0].tolist()
+    assert pair_set(pairs.pair_index, pairs.cell_shifts) == ase_pair_set(more, 5.0)
+
+
+def test_verlet_list_rebuilds_whenever_periodicity_changes():
+    """The 2-atom diamond cell (2.5 Å lattice vectors) within 3 + 0.5 Å, its periodicity switched
+    off along y, off along all axes, back on along x and z, and on along all: every switch, on or
+    off, rebuilds the list, to ASE's pairs for the new periodicity (which differ at each step)."""
+    atoms = structure_zoo()["diamond-primitive"]
+    verlet = VerletNeighborList(cutoff=3.0, skin=0.5)
+    previous = None
+    for builds, pbc in enumerate([True, [True, False, True], False, [True, False, True], True], start=1):
+        current = atoms.copy()
+        current.pbc = pbc
+        listed = verlet.pairs(current)
+        pairs = pair_set(listed.pair_index, listed.cell_shifts)
+        assert verlet.builds == builds, pbc
+        assert pairs == ase_pair_set(current, 3.5) != previous
+        previous = pairs
+
+
+@pytest.mark.parametrize("length, refused", [(5e-9, True), (1e-8, False)])
+def test_a_lattice_vector_shorter_than_1e_8_angstrom_is_refused_whatever_the_volume(length, refused):
+    """Lattice vectors (length, 1e4, 1e4) Å: a volume of 0.5 or 1 Å^3, far above the 1e-8 Å^3 volume
+    rule, so the vector-length rule alone decides: shorter than 1e-8 Å (strictly) is singular, so
+    5e-9 Å is refused and 1e-8 Å itself is not (|(1e-8, 0, 0)| is exactly 1e-8 in floating point)."""
+    atoms = Atoms("H", cell=np.diag([length, 1e4, 1e4]), pbc=True)
+    assert abs(atoms.cell.volume) > 0.4
+    if refused:
+        with pytest.raises(StructureError, match="singular"):
+            check_structure(atoms, HCNO)
+    else:
+        check_structure(atoms, HCNO)
+
+
 @pytest.mark.parametrize("cutoff, skin", [(0.0, 0.0), (-1.0, 0.5), (4.0, -0.1)])
 def test_verlet_list_refuses_a_non_positive_cutoff_or_negative_skin(cutoff, skin):
     with pytest.raises(ValueError, match="cutoff must be > 0 and skin >= 0"):

@@ -97,3 +97,71 @@ def test_pair_without_reverse_is_named_with_column_keys():
     pair_index = torch.tensor([[0, 0, 1], [m, 1, 0]])
     with pytest.raises(InterfaceError, match=rf"pair 0 \(0 -> {m}\) has no reverse pair \({m} -> 0"):
         _reverse_pairs(pair_index, zero_shifts(3))
+
+
+def zoo_pairs_shuffled() -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The zoo's full pair lists within 4 Å (594 pairs over 36 atoms, rows of up to 45), batched and
+    shuffled: (pair_index, shifts in Å, number of atoms)."""
+    structures = list(structure_zoo().values())
+    batch = batch_inputs(structures, [compute_pairs(atoms, 4.0) for atoms in structures], dtype=torch.float64)
+    shuffled = torch.randperm(batch.num_pairs, generator=torch.Generator().manual_seed(1))
+    return batch.pair_index[:, shuffled], batch.pair_shifts[shuffled], batch.num_atoms
+
+
+def test_table_rows_hold_each_atoms_pairs_in_list_order():
+    """Slot (i, k) holds the k-th pair of center i in list order, then padding: checked row by row
+    against a plain loop over the shuffled zoo list, whose rows (many pairs sharing a center) an
+    order-scrambling sort would permute."""
+    pair_index, shifts, num_atoms = zoo_pairs_shuffled()
+    table = NeighborTable.from_pair_list(pair_index, shifts, num_atoms)
+    rows: list[list[int]] = [[] for _ in range(num_atoms)]
+    for e, center in enumerate(pair_index[0].tolist()):
+        rows[center].append(e)
+    assert table.max_neighbors == max(len(row) for row in rows)
+    for atom, row in enumerate(rows):
+        k = len(row)
+        assert table.neighbor_index[atom, :k].tolist() == pair_index[1, row].tolist(), atom
+        assert torch.equal(table.neighbor_shifts[atom, :k], shifts[row]), atom
+        assert table.neighbor_mask[atom].tolist() == [1.0] * k + [0.0] * (table.max_neighbors - k), atom
+
+
+def test_reverse_pairs_of_a_long_list_with_column_keys():
+    """The shuffled zoo list with every atom id raised by 2^31: the key radices multiply to more than
+    (2^31)^2 = 2^62, so the keys stay five columns, ordered one column at a time (each sort must keep
+    the order of the previous one). Every one of the 594 pairs still finds its reverse."""
+    pair_index, shifts, _ = zoo_pairs_shuffled()
+    raised = pair_index + 2**31
+    assert_reverses(raised, shifts, _reverse_pairs(raised, shifts))
+
+
+@pytest.mark.parametrize("component", [0, 1, 2])
+@pytest.mark.parametrize("length", [2.5, 7.5])
+def test_shifts_are_matched_on_a_1e_4_angstrom_grid(component, length):
+    """Self-pairs of atom 0 with shifts +-``length`` Å along one axis, the two disagreeing by float
+    noise (+1e-9 Å on both): on a 1e-4 Å grid both are ``length`` and they are each other's
+    reverses. Shifts 2e-4 Å apart (two grid steps) are not, and the list is refused."""
+    pair_index = torch.zeros(2, 2, dtype=torch.int64)
+    shifts = torch.zeros(2, 3, dtype=torch.float64)
+    shifts[0, component], shifts[1, component] = length + 1e-9, -length + 1e-9
+    assert _reverse_pairs(pair_index, shifts).tolist() == [1, 0]
+    shifts[1, component] = -length - 2e-4
+    with pytest.raises(InterfaceError, match="has no reverse pair"):
+        _reverse_pairs(pair_index, shifts)
+
+
+@pytest.mark.parametrize("offset", [0, 2**31], ids=["one-int64-key", "column-keys"])
+def test_of_several_orphans_the_first_in_center_neighbor_order_is_named(offset):
+    """Pairs (0 -> 6), (0 -> 1), (0 -> 5), (1 -> 0), (3 -> 2) (ids + ``offset``): three have no reverse.
+    The error names the first of them in (center, neighbor) order, pair 2 (0 -> 5), whether the keys
+    combine into one int64 (small ids) or stay five columns (ids near 2^31)."""
+    pair_index = torch.tensor([[0, 0, 0, 1, 3], [6, 1, 5, 0, 2]]) + offset
+    with pytest.raises(InterfaceError, match=rf"pair 2 \({offset} -> {offset + 5}\) has no reverse pair"):
+        _reverse_pairs(pair_index, zero_shifts(5))
+
+
+@pytest.mark.parametrize("num_pairs", [0, 2])
+def test_a_negative_max_neighbors_is_refused(num_pairs):
+    """No row fits in fewer than 0 slots: max_neighbors=-1 is refused, also for a list without pairs."""
+    pair_index = torch.tensor([[0, 1], [1, 0]])[:, :num_pairs]
+    with pytest.raises(InterfaceError, match=r"max_neighbors=-1 \| use a larger max_neighbors"):
+        NeighborTable.from_pair_list(pair_index, zero_shifts(num_pairs), 3, max_neighbors=-1)

@@ -152,3 +152,55 @@ def test_padding_refuses_a_bucket_without_a_spare_structure():
     n, k, b = table_sizes(feeds)
     with pytest.raises(ValueError, match="no spare structure"):
         pad_table_feeds(feeds, ShapeBucket(0, n + 1, k, b), padding_species=1)
+
+
+def test_padding_to_the_feeds_own_size_changes_nothing():
+    """A bucket exactly the feeds' (N, K, B) is legal (no padding atoms, so no spare structure is
+    needed) and gives the feeds back value for value, reverse slots included."""
+    feeds = table_feeds([structure_zoo()["CH4"], structure_zoo()["H2O"]], cutoff=4.0, dtype=torch.float32)
+    padded = pad_table_feeds(feeds, ShapeBucket(0, *table_sizes(feeds)), padding_species=1)
+    assert padded.keys() == feeds.keys()
+    for name in feeds:
+        assert torch.equal(padded[name], feeds[name]), name
+
+
+@pytest.mark.parametrize("smaller", ["atoms", "neighbors", "structures"])
+def test_padding_refuses_a_bucket_smaller_in_any_one_size(smaller):
+    """One size one below the feeds', the other two ample: refused whichever it is."""
+    feeds = table_feeds([structure_zoo()["CH4"], structure_zoo()["H2O"]], cutoff=4.0, dtype=torch.float32)
+    n, k, b = table_sizes(feeds)
+    sizes = {"atoms": n + 8, "neighbors": k + 8, "structures": b + 2} | {smaller: {"atoms": n, "neighbors": k, "structures": b}[smaller] - 1}
+    with pytest.raises(ValueError, match="smaller than the feeds"):
+        pad_table_feeds(feeds, ShapeBucket(0, sizes["atoms"], sizes["neighbors"], sizes["structures"]), padding_species=1)
+
+
+def test_a_call_at_the_atom_minimum_with_no_structure_to_spare_runs_unpadded():
+    """Profile atoms 3..64, one structure: 3 atoms would pad to 4 but no structure is left for the
+    padding atom, and 3 is within the profile, so the bucket is exactly 3 atoms."""
+    profile = profile_from_ranges("3:8:64", "1:8:64", "1:1:1")
+    assert choose_bucket(3, 4, 1, [profile]) == ShapeBucket(profile_index=0, atoms=3, neighbors=4, structures=1)
+
+
+def test_a_call_below_the_atom_minimum_with_no_structure_to_spare_is_refused():
+    """Profile atoms 3..64, one structure: 2 atoms would need a padding atom and its structure; with
+    none to spare the call fits nowhere (a 2-atom bucket is below the profile)."""
+    profile = profile_from_ranges("3:8:64", "1:8:64", "1:1:1")
+    with pytest.raises(ShapeOutOfRangeError, match="atoms 3..64"):
+        choose_bucket(2, 4, 1, [profile])
+
+
+def test_the_bucket_of_an_empty_size_is_one():
+    """Size 0 (an empty table row count) gets the smallest bucket, 1, not 2."""
+    assert bucket_size(0, profile_from_ranges("1:1:32", "1:1:1", "1:1:1").atoms) == 1
+
+
+@pytest.mark.parametrize(("size", "expected"), [(33, 64), (48, 64), (63, 64)])
+def test_buckets_stay_powers_of_two_up_to_64(size, expected):
+    """The fine grid (steps of a quarter doubling) starts above 64: 33..64 atoms share the 64 bucket."""
+    assert bucket_size(size, profile_from_ranges("1:1:1000", "1:1:1", "1:1:1").atoms) == expected
+
+
+def test_a_table_one_neighbor_wide_gets_a_one_wide_bucket():
+    """Width 1 (and an empty table's width 0) take the narrowest bucket the profile allows, 1."""
+    assert choose_bucket(5, 1, 1, [SMALL]).neighbors == 1
+    assert choose_bucket(5, 0, 1, [SMALL]).neighbors == 1

@@ -24,6 +24,7 @@ import torch
 
 from mlff_export import REFERENCE_CHECKPOINT
 from mlff_export.bench.environment import describe_environment
+from mlff_export.bench.timing import first_call
 from mlff_export.bench.workloads import water_box
 from mlff_export.runtime import load_calculator
 
@@ -34,12 +35,7 @@ def measure(backend: str, atoms, repeats: int, reference: dict | None) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     calc = load_calculator(REFERENCE_CHECKPOINT, device="cuda", backend=backend)
-    atoms = atoms.copy()
-    atoms.calc = calc
-    start = time.perf_counter()
-    forces = atoms.get_forces()
-    first = time.perf_counter() - start
-    energy = atoms.get_potential_energy()
+    atoms, forces, energy, first = first_call(calc, atoms)
     seconds = []
     for step in range(repeats):
         atoms.positions[0, 0] += 1e-4 * (-1) ** step

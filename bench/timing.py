@@ -93,3 +93,14 @@ def time_calls(
         stable = Timing(samples).relative_spread <= max_relative_spread
         if (stable and len(samples) >= repeats) or len(samples) >= EXTRA_SAMPLES_FACTOR * repeats or time.perf_counter() > budget_end:
             return Timing(samples, noisy=not stable, load=meter.stop())
+
+
+def first_call(calculator, atoms):
+    """A copy of ``atoms`` with ``calculator`` attached, after its first call through ASE:
+    ``(atoms, forces eV/Å, energy eV, seconds of that call)`` (compilation or capture included)."""
+    atoms = atoms.copy()
+    atoms.calc = calculator
+    start = time.perf_counter()
+    forces = atoms.get_forces()
+    seconds = time.perf_counter() - start
+    return atoms, forces, float(atoms.get_potential_energy()), seconds

@@ -8,6 +8,7 @@ This is the parity that the benchmark's rows of the peer's own calculator stand 
 from __future__ import annotations
 
 import copy
+import json
 import importlib.util
 from pathlib import Path
 
@@ -49,3 +50,25 @@ def test_our_calculator_and_maces_own_agree(atoms):
     np.testing.assert_allclose(got.get_forces(), forces, atol=1e-9)
     if atoms.pbc.all():
         np.testing.assert_allclose(got.get_stress(), expected.get_stress(), atol=1e-10)
+
+
+def test_peer_benchmark_rows_side_by_side(tmp_path):
+    """The peer benchmark on the CPU at toy sizes: mace-torch's eager row is the reference, an
+    option this machine cannot run (cuEquivariance) is a row with its error, and our eager row on
+    the same MACE agrees with the reference within float32 rounding and gets a speed ratio."""
+    from mlff_export.bench.peer_calculators import main
+
+    assert main(["--model", f"{MACE_ADAPTER}:make_model", "--out", str(tmp_path), "--device", "cpu", "--water-atoms", "24",
+                 "--backends", "eager", "--peer-options", "eager,cueq", "--repeats", "3"]) == 0
+    document = json.loads((tmp_path / "peer_calculators.json").read_text())
+    rows = {(row["workload"], row["side"], row["option"]): row for row in document["rows"]}
+    assert set(rows) == {(w, s, o) for w in ("benzene", "water-24") for s, o in
+                         (("mace-torch", "eager"), ("mace-torch", "cueq"), ("mlff-export", "eager"))}
+    for workload in ("benzene", "water-24"):
+        assert "error" in rows[workload, "mace-torch", "cueq"]
+        ours = rows[workload, "mlff-export", "eager"]
+        float32_spacing = abs(float(np.spacing(np.float32(ours["energy_ev"]))))  # ~5e-4 eV at MACE's -6000 eV totals
+        assert ours["energy_per_atom_error_ev"] * ours["atoms"] <= 4 * float32_spacing
+        assert ours["max_abs_force_error_ev_per_a"] < 1e-4
+        assert ours["median_s"] > 0 and document["peer_over_ours"][workload] > 0
+    assert len((tmp_path / "peer_calculators.jsonl").read_text().splitlines()) == 6

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import copy
 import json
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 from ase.build import bulk, molecule
 
+from mlff_export.model_intake import load_model
 from mlff_export.runtime import load_calculator
 
 pytestmark = pytest.mark.third_party
@@ -25,10 +25,7 @@ MACE_ADAPTER = Path(__file__).resolve().parents[1] / "examples" / "byom" / "mace
 
 
 def mace_adapter():
-    spec = importlib.util.spec_from_file_location("mace_model_example", MACE_ADAPTER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_model()
+    return load_model(f"{MACE_ADAPTER}:make_model").module
 
 
 @pytest.mark.parametrize(

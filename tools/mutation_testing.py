@@ -185,7 +185,7 @@ def run_module(module: str, fresh: bool, workers: int, retest_survivors: bool = 
         run("cr-filter-pragma", str(session))
     elif retest_survivors:
         print(f"{module}: {forget_survivors(session)} survivors to test again", flush=True)
-    print(f"mutation testing {module} ({max(workers, 1)} at a time): {PYTEST} {MODULES[module]}", flush=True)
+    print(f"mutation testing {module} ({workers} at a time): {PYTEST} {MODULES[module]}", flush=True)
     servers = []
     for worker, port in enumerate(ports):
         worker_tree = copy_tree(module, worker)
@@ -260,6 +260,8 @@ def main() -> None:
     unknown = sorted(set(args.modules) - set(MODULES))
     if unknown:
         parser.error(f"unknown module(s) {unknown}; known: {list(MODULES)}")
+    if args.jobs < 1 or args.workers < 1:
+        parser.error(f"--jobs and --workers must be at least 1 (got {args.jobs} and {args.workers})")
     modules = args.modules or list(MODULES)
     if not args.report:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each module's work is its own processes

@@ -44,7 +44,8 @@ PEER_OPTIONS = {
 
 
 def peer_calculator(mace: torch.nn.Module, device: str, option: str):
-    """mace-torch's own calculator on a copy of ``mace`` (it may convert or compile what it gets)."""
+    """mace-torch's own calculator on a copy of ``mace``: copying scripts e3nn's generated code, which gives the
+    TorchScript form a MACE loaded from a ``.model`` file has."""
     from mace.calculators import MACECalculator
 
     return MACECalculator(models=[copy.deepcopy(mace)], device=device, default_dtype="float32", **PEER_OPTIONS[option])
@@ -93,15 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.peer_options.split(",")) - set(PEER_OPTIONS))
     if unknown:
         parser.error(f"unknown peer option(s) {unknown}; known: {list(PEER_OPTIONS)}")
-    adapter = load_model(args.model).module
+    def fresh_adapter() -> torch.nn.Module:  # every side its own model: a GPU calculator moves the one it gets
+        return load_model(args.model).module
+
+    adapter = fresh_adapter()
     if not hasattr(adapter, "mace"):
         parser.error(f"{args.model} gives a {type(adapter).__name__} without a .mace (see examples/byom/mace_model.py)")
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     workloads = {"benzene": seed_molecule("C6H6"), f"water-{args.water_atoms}": water_box(args.water_atoms)}
-    sides = [("mace-torch", option, lambda option=option: peer_calculator(adapter.mace, args.device, option))
+    sides = [("mace-torch", option, lambda option=option: peer_calculator(fresh_adapter().mace, args.device, option))
              for option in args.peer_options.split(",")]
-    sides += [("mlff-export", backend, lambda backend=backend: load_calculator(adapter, args.device, backend=backend))
+    sides += [("mlff-export", backend, lambda backend=backend: load_calculator(fresh_adapter(), args.device, backend=backend))
               for backend in args.backends.split(",")]
     rows = []
     for workload, atoms in workloads.items():

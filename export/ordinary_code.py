@@ -75,7 +75,8 @@ def _where(frame: traceback.FrameSummary | None) -> str:
     return f"at {frame.filename}:{frame.lineno} ({frame.name}){code}"
 
 
-def _script_modules(model: nn.Module) -> list[str]:
+def scripted_submodules(model: nn.Module) -> list[str]:
+    """Names of the TorchScript modules in ``model`` (the model itself by its class name)."""
     return [name or type(model).__name__ for name, module in model.named_modules() if isinstance(module, torch.jit.ScriptModule)]
 
 
@@ -118,7 +119,7 @@ def tracing_ordinary_code(model: nn.Module) -> Iterator[None]:
 
     Raises :class:`ExportError` at once if the model contains TorchScript modules.
     """
-    scripted = _script_modules(model)
+    scripted = scripted_submodules(model)
     if scripted:
         raise ExportError(
             f"model {type(model).__name__}: submodule(s) {scripted[:5]} are TorchScript modules, whose code no Python "

@@ -19,6 +19,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from mlff_export.export.errors import ExportError
+from mlff_export.export.ordinary_code import scripted_submodules
+
 PRECISIONS = ("fp32", "fp16")
 
 
@@ -41,11 +44,24 @@ def model_for_precision(model: nn.Module, precision: str) -> nn.Module:
     if precision == "fp32" and _is_cpu_float32(model):
         return model
     copied = copy.deepcopy(model).to("cpu").float().eval()
+    _refuse_scripted_copy(model, copied)
     for parameter in copied.parameters():
         parameter.requires_grad_(False)
         if precision == "fp16":
             parameter.data = parameter.data.half()
     return copied
+
+
+def _refuse_scripted_copy(model: nn.Module, copied: nn.Module) -> None:
+    """Raise :class:`ExportError` if copying ``model`` turned Python submodules into TorchScript."""
+    scripted = scripted_submodules(copied)
+    if len(scripted) > len(scripted_submodules(model)):
+        raise ExportError(
+            f"model {type(model).__name__}: copying it turned submodule(s) {scripted[:3]} into TorchScript (e3nn 0.4 "
+            "does so on every copy), whose code no Python tracer can enter. Pass the model as built, float32 on the "
+            "CPU, which is used without a copy (a GPU calculator moves it to the GPU: build a fresh model for each "
+            "calculator); FP16 export of such a model is not supported"
+        )
 
 
 @contextlib.contextmanager

@@ -4,7 +4,8 @@
 
 Times each stage of the calculator path of a joint-graph backend (neighbor list, batching,
 neighbor table, padding, copy to the GPU, the graph, copy back) and profiles the graph call with
-torch.profiler: kernels launched per call and GPU time they take. Medians of many calls.
+torch.profiler: kernels launched per call and GPU time they take, and the BLAS library each
+captured bucket kept (:mod:`mlff_export.runtime.blas_choice`). Medians of many calls.
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ def main() -> None:
     kernels = [e for e in profile.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     gpu_us = sum(e.device_time for e in kernels) / 20
     print(f"  kernels per graph call: {len(kernels) / 20:.0f}, their GPU time per call: {gpu_us:.1f} µs")
+    for key, (library, seconds) in backend.blas_choices().items():
+        replays = ", ".join(f"{name} {1e6 * value:.1f} µs" for name, value in seconds.items())
+        print(f"  bucket {key[0]}: BLAS library {library} (replay: {replays})")
     print(profile.key_averages().table(sort_by="device_time_total", row_limit=12))
 
 

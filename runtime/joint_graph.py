@@ -34,6 +34,7 @@ from mlff_export.export.joint_graph import trace_joint_graph
 from mlff_export.export.precision import model_for_precision
 from mlff_export.interface import OUTPUT_NAMES, AtomicInputs
 from mlff_export.memory import MemoryBudget, model_bytes_per_pair
+from mlff_export.runtime.blas_choice import capture_fastest
 from mlff_export.runtime.compile_cache import CompileCache, CompileCacheKey
 from mlff_export.runtime.device_feeds import PAIRS_BUILT_ON_DEVICE, closest_distance, closest_pair_distance
 from mlff_export.runtime.domains import DomainSplitter
@@ -57,21 +58,30 @@ DOMAIN_PAIRS = 2_000_000
 class _CapturedBucket:
     """One bucket's CUDA graph with its static input and output buffers. The graph also measures
     the structure's closest pair with ``closest_call`` (``"closest_distance"``: the GPU path's
-    sanity check, no extra launch)."""
+    sanity check, no extra launch). It is captured once per BLAS library and the fastest kept
+    (:mod:`~mlff_export.runtime.blas_choice`; ``blas`` says which and every library's replay time)."""
 
     def __init__(self, graph_call: Callable, feeds: dict[str, torch.Tensor], closest_call: Callable = closest_distance):
         self.inputs = StaticFeeds(feeds)
         arguments = tuple(self.inputs.buffers.values())
-        stream = torch.cuda.Stream(feeds["positions"].device)
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            graph_call(*arguments)  # warm-up outside the capture (compilation, allocator, lazy init)
-            closest_call(self.inputs.buffers)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.outputs = dict(zip(OUTPUT_NAMES, graph_call(*arguments)))
-            self.outputs["closest_distance"] = closest_call(self.inputs.buffers)
+
+        def warm_up() -> None:  # outside the capture: compilation, allocator, the library's lazy init
+            stream = torch.cuda.Stream(feeds["positions"].device)
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                graph_call(*arguments)
+                closest_call(self.inputs.buffers)
+            torch.cuda.current_stream().wait_stream(stream)
+
+        def capture() -> tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor]]:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outputs = dict(zip(OUTPUT_NAMES, graph_call(*arguments)))
+                outputs["closest_distance"] = closest_call(self.inputs.buffers)
+            return graph, outputs
+
+        self.blas = capture_fastest(warm_up, capture)
+        self.graph, self.outputs = self.blas.graph, self.blas.outputs
 
     def replay(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.inputs.load(feeds)
@@ -148,6 +158,10 @@ class JointGraphBackend(PaddedTableBackend):
 
     def bucket_ran(self, bucket: tuple) -> None:
         """Called after a bucket (a tuple of input shapes) ran; compiled backends keep its kernels."""
+
+    def blas_choices(self) -> dict[tuple, tuple[str, dict[str, float]]]:
+        """Per captured bucket: the BLAS library kept and each library's replay seconds."""
+        return {key: (bucket.blas.library, bucket.blas.seconds) for key, bucket in self._buckets.items()}
 
 
 class CompiledBackend(JointGraphBackend):

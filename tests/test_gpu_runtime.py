@@ -4,6 +4,7 @@ batched and padded, and replays its CUDA graphs across calls without stale resul
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 from conftest import structure_zoo
 
@@ -136,3 +137,21 @@ def test_a_structure_above_the_pair_limit_is_searched_and_split_on_the_gpu(backe
     np.testing.assert_allclose(atoms.get_stress(), expected["stress"], atol=1e-6)
     assert calc.backend._weighted_call is not None, "the domain path ran"
     assert calc.neighbor_list.builds == 0, "no CPU neighbor list was built"
+
+
+def test_each_captured_bucket_keeps_the_blas_library_whose_replay_was_fastest():
+    """Benzene on cuda-graphs: its bucket was captured under cuBLAS and cuBLASLt, the faster replay
+    kept, the user's preferred library left as it was, and the kept graph gives eager's forces."""
+    from ase.build import molecule
+
+    preference = torch.backends.cuda.preferred_blas_library()
+    atoms = molecule("C6H6")
+    atoms.rattle(0.05, seed=3)
+    expected = load_calculator(REFERENCE_CHECKPOINT, device="cuda").predict([atoms])[0]
+    calc = load_calculator(REFERENCE_CHECKPOINT, device="cuda", backend="cuda-graphs")
+    atoms.calc = calc
+    np.testing.assert_allclose(atoms.get_forces(), expected["forces"], atol=1e-4)
+    (library, seconds), = calc.backend.blas_choices().values()
+    assert set(seconds) == {"cublas", "cublaslt"} and all(value > 0 for value in seconds.values())
+    assert seconds[library] == min(seconds.values())
+    assert torch.backends.cuda.preferred_blas_library() == preference

@@ -34,7 +34,7 @@ for step in "$@"; do
       (cd /tmp && $cli export --out /tmp/onnx) > "$out/validate.log" 2>&1 \
         && for p in fp32 fp16; do (cd /tmp && $cli validate /tmp/onnx/painn-hcno.$p.onnx --precision $p --device cuda --report "$out/validate-$p"); done >> "$out/validate.log" 2>&1 ;;
     profile)  # where one benzene call goes, per GPU backend (bench/profile_call.py)
-      for b in cuda-graphs compile-reduce-overhead compile-max-autotune; do
+      for b in ${PROFILE_BACKENDS:-cuda-graphs compile-reduce-overhead compile-max-autotune}; do
         (cd /tmp && python3 "$repo/bench/profile_call.py" --backend $b); done > "$out/profile.log" 2>&1 ;;
     bench-quick|bench-full)
       (cd /tmp && timeout 560 $cli bench --suite "${step#bench-}" --device cuda --out "$out/$step") > "$out/$step.log" 2>&1 ;;
@@ -64,7 +64,7 @@ for step in "$@"; do
           --device cuda --out "$out/$step-$only"); done > "$out/$step.log" 2>&1 ;;
     bench-c6h6)  # benzene through the calculator, the model call alone and MD, every GPU backend
       (cd /tmp && timeout 500 $cli bench --suite full --only C6H6 --device cuda --out "$out/$step" \
-        --backends eager,cuda-graphs,onnxruntime,compile-reduce-overhead,compile-max-autotune) > "$out/$step.log" 2>&1 ;;
+        --backends ${C6H6_BACKENDS:-eager,cuda-graphs,onnxruntime,compile-reduce-overhead,compile-max-autotune}) > "$out/$step.log" 2>&1 ;;
     large-systems)  # periodic water of 10k, 100k and 1M atoms: GPU search, domains, memory (bench/large_systems.py)
       (cd /tmp && timeout ${LARGE_SECONDS:-560} python3 -m mlff_export.bench.large_systems --out "$out/$step" \
         --backends ${LARGE_BACKENDS:-compile-reduce-overhead}) > "$out/$step.log" 2>&1 ;;

@@ -1,13 +1,14 @@
-"""A user's MACE through our calculator against mace-torch's own ASE calculator (``MACECalculator``).
+"""A user's model through our calculator against its own package's ASE calculator.
 
-The same weights behind both (``examples/byom/mace_model.py``, seeded), float64: energy, forces and
-stress must agree to rounding on a molecule and on a periodic cell smaller than twice the cutoff.
-This is the parity that the benchmark's rows of the peer's own calculator stand on (issue 14, goal 5).
+mace-torch's ``MACECalculator`` and hippynn's ``HippynnCalculator``, built by the peer benchmark
+(``bench/peer_calculators.py``) on the same weights as our adapters (``examples/byom/``, seeded),
+float64: energy, forces and stress must agree to rounding on a molecule and on a periodic cell
+smaller than twice the cutoff. This is the parity that the benchmark's peer rows stand on (issue 14,
+goal 5).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -19,24 +20,34 @@ from mlff_export.model_intake import load_model
 from mlff_export.runtime import load_calculator
 
 pytestmark = pytest.mark.third_party
-mace_calculators = pytest.importorskip("mace.calculators", reason="mace-torch is not installed (pip install -e .[byom-examples])")
-
-MACE_ADAPTER = Path(__file__).resolve().parents[1] / "examples" / "byom" / "mace_model.py"
-
-
-def mace_adapter():
-    return load_model(f"{MACE_ADAPTER}:make_model").module
+BYOM = Path(__file__).resolve().parents[1] / "examples" / "byom"
+ADAPTERS = {"mace-torch": BYOM / "mace_model.py", "hippynn": BYOM / "hippynn_hipnn.py"}
 
 
+def adapter_of(package):
+    pytest.importorskip({"mace-torch": "mace.calculators", "hippynn": "hippynn"}[package],
+                        reason=f"{package} is not installed (pip install -e .[byom-examples])")
+    return load_model(f"{ADAPTERS[package]}:make_model").module
+
+
+def peer_of(adapter):
+    from mlff_export.bench.peer_calculators import PEERS
+
+    (peer,) = [peer for peer in PEERS if peer.serves(adapter)]
+    return peer
+
+
+@pytest.mark.parametrize("package", list(ADAPTERS))
 @pytest.mark.parametrize(
     "atoms",
     [molecule("C6H6"), bulk("C", "diamond", a=3.57) * (1, 1, 2)],
     ids=["benzene", "diamond-cell-smaller-than-the-cutoff"],
 )
-def test_our_calculator_and_maces_own_agree(atoms):
-    adapter = mace_adapter()
-    theirs = mace_calculators.MACECalculator(models=[copy.deepcopy(adapter.mace)], device="cpu", default_dtype="float64")
-    ours = load_calculator(adapter, dtype="float64")
+def test_our_calculator_and_the_packages_own_agree(package, atoms):
+    peer = peer_of(adapter_of(package))
+    assert peer.package == package
+    theirs = peer.calculator(adapter_of(package), "cpu", "eager-float64")
+    ours = load_calculator(adapter_of(package), dtype="float64")
     atoms.rattle(0.05, seed=1)
     expected, got = atoms.copy(), atoms.copy()
     expected.calc, got.calc = theirs, ours
@@ -49,24 +60,37 @@ def test_our_calculator_and_maces_own_agree(atoms):
         np.testing.assert_allclose(got.get_stress(), expected.get_stress(), atol=1e-10)
 
 
-def test_peer_benchmark_rows_side_by_side(tmp_path):
-    """The peer benchmark on the CPU at toy sizes: mace-torch's eager row is the reference; its
-    cuEquivariance row and our eager row on the same MACE agree with it within float32 rounding,
-    and ours gets a speed ratio; a backend this machine cannot run (cuda-graphs: no GPU) is a row
-    with its error."""
+@pytest.mark.parametrize("package, peer_options", [("mace-torch", "eager,cueq"), ("hippynn", "eager,custom-kernels")])
+def test_peer_benchmark_rows_side_by_side(tmp_path, package, peer_options):
+    """The peer benchmark on the CPU at toy sizes: the peer's eager row is the reference; its
+    second option and our eager row on the same model agree with it within float32 rounding, or are
+    a row with the error that stopped them (hippynn's custom kernels need a GPU); ours gets a speed
+    ratio; a backend this machine cannot run (cuda-graphs: no GPU) is a row with its error."""
     from mlff_export.bench.peer_calculators import main
 
-    assert main(["--model", f"{MACE_ADAPTER}:make_model", "--out", str(tmp_path), "--device", "cpu", "--water-atoms", "24",
-                 "--backends", "eager,cuda-graphs", "--peer-options", "eager,cueq", "--repeats", "3"]) == 0
+    adapter_of(package)
+    assert main(["--model", f"{ADAPTERS[package]}:make_model", "--out", str(tmp_path), "--device", "cpu", "--water-atoms", "24",
+                 "--backends", "eager,cuda-graphs", "--peer-options", peer_options, "--repeats", "3"]) == 0
     document = json.loads((tmp_path / "peer_calculators.json").read_text())
     rows = {(row["workload"], row["side"], row["option"]): row for row in document["rows"]}
+    reference, second = peer_options.split(",")
     assert set(rows) == {(w, s, o) for w in ("benzene", "water-24") for s, o in
-                         (("mace-torch", "eager"), ("mace-torch", "cueq"), ("mlff-export", "eager"), ("mlff-export", "cuda-graphs"))}
+                         ((package, reference), (package, second), ("mlff-export", "eager"), ("mlff-export", "cuda-graphs"))}
     for workload in ("benzene", "water-24"):
         assert "CUDA" in rows[workload, "mlff-export", "cuda-graphs"]["error"]
-        for row in (rows[workload, "mace-torch", "cueq"], rows[workload, "mlff-export", "eager"]):
-            float32_spacing = abs(float(np.spacing(np.float32(row["energy_ev"]))))  # ~5e-4 eV at MACE's -6000 eV totals
-            assert row["energy_per_atom_error_ev"] * row["atoms"] <= 4 * float32_spacing
+        for row in (rows[workload, package, second], rows[workload, "mlff-export", "eager"]):
+            if "error" in row and row["option"] == "custom-kernels":
+                continue  # hippynn's GPU kernels on a CPU-only machine
+            float32_spacing = abs(float(np.spacing(np.float32(row["energy_ev"]))))
+            assert row["energy_per_atom_error_ev"] * row["atoms"] <= 4 * max(float32_spacing, 1e-6 * abs(row["energy_ev"]))
             assert row["max_abs_force_error_ev_per_a"] < 1e-4
         assert rows[workload, "mlff-export", "eager"]["median_s"] > 0 and document["peer_over_ours"][workload] > 0
     assert len((tmp_path / "peer_calculators.jsonl").read_text().splitlines()) == 8
+
+
+def test_a_model_no_peer_serves_is_a_usage_error(tmp_path, capsys):
+    from mlff_export.bench.peer_calculators import main
+
+    with pytest.raises(SystemExit):
+        main(["--model", "tests/byom_models.py:make_student", "--out", str(tmp_path), "--device", "cpu"])
+    assert "which no peer calculator serves (mace-torch, hippynn" in capsys.readouterr().err

@@ -42,7 +42,7 @@ def make_model(species=(1, 6, 7, 8), cutoff: float = 5.0, width: int = 32, seed:
     torch.manual_seed(seed)
     network = HipnnVec(
         n_features=width, n_sensitivities=16, dist_soft_min=0.7, dist_soft_max=cutoff - 1.0, dist_hard_max=cutoff,
-        n_atom_layers=2, n_interaction_layers=2, n_input_features=len(species),
+        n_atom_layers=2, n_interaction_layers=2, possible_species=[0, *species],  # 0: hippynn's blank atom
     )
     readout = HEnergy(feature_sizes=network.feature_sizes, first_is_interacting=False)
     return HipnnAdapter(network, readout, species, cutoff).eval()

@@ -6,7 +6,8 @@ loses elsewhere ([256, 20] x [20, 384]: 9.3 against 2.6 µs; ``bench/results/202
 Which library wins depends on the GPU, the model and the bucket, so it is measured, not assumed:
 PyTorch reads ``torch.backends.cuda.preferred_blas_library`` when it launches a GEMM, so a CUDA
 graph keeps the kernels of the library preferred while it was captured. Each bucket is captured
-once per library and the replay times decide; the numbers differ only by float32 rounding
+once per library, the replay times decide, and the winner is captured again (one trial capture
+held at a time: a bucket's activations can take gigabytes); the numbers differ only by float32 rounding
 (neither library uses TF32 unless the user enables it).
 """
 
@@ -61,21 +62,27 @@ def capture_fastest(
     prefer: Callable[[str], contextlib.AbstractContextManager] = preferred_blas_library,
     timer: Callable[[torch.cuda.CUDAGraph], float] = replay_seconds,
 ) -> ChosenCapture:
-    """Run ``warm_up`` then ``capture`` under each of ``libraries``; keep the capture whose replay is fastest.
+    """Capture under each of ``libraries`` and time a replay; capture the fastest once more and keep it.
 
-    ``warm_up`` runs outside the capture (a library's first GEMM allocates its handle and workspace,
-    which a capture may not do); the captures that lose are released. ``prefer`` and ``timer``
-    select a library and time a replay (replaced only by tests of this logic on machines without CUDA).
+    Each trial capture is released before the next, so no more than one capture's memory is held
+    at a time (the price: one capture more). ``warm_up`` runs before every capture, outside it (a
+    library's first GEMM allocates its handle and workspace, which a capture may not do).
+    ``prefer`` and ``timer`` select a library and time a replay (replaced only by tests of this
+    logic on machines without CUDA).
     """
     if not libraries:
         raise ValueError("capture_fastest needs at least one BLAS library")
-    captures, seconds = {}, {}
-    for library in libraries:
+
+    def captured(library: str) -> tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor]]:
         with prefer(library):
             warm_up()
-            captures[library] = capture()
-        seconds[library] = timer(captures[library][0])
+            return capture()
+
+    seconds = {}
+    for library in libraries:
+        graph, outputs = captured(library)
+        seconds[library] = timer(graph)
+        del graph, outputs  # the outputs live in the graph's memory pool
     library = min(seconds, key=seconds.__getitem__)
-    graph, outputs = captures.pop(library)
-    captures.clear()
+    graph, outputs = captured(library)
     return ChosenCapture(graph, outputs, library, seconds)

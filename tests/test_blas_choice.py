@@ -2,8 +2,8 @@
 
 On CPU-only machines the library switch and the replay timer are fakes (``FakeLibraries``,
 ``fake_timer``): what is tested here is our logic around them — every library is warmed up and
-captured while it is the preferred one, the fastest replay is kept, ties go to the first library,
-the losers are released. The real switch and timer run in the GPU test of tests/test_gpu.py."""
+captured while it is the preferred one, each trial capture is released before the next, the
+fastest library is captured once more and kept, ties go to the first library. The real switch and timer run in the GPU test of tests/test_gpu.py."""
 
 import contextlib
 import weakref
@@ -52,21 +52,25 @@ class FakeLibraries:
 
 @pytest.mark.parametrize("seconds, kept", [({"cublas": 52e-6, "cublaslt": 2.4e-6}, "cublaslt"),
                                            ({"cublas": 2.6e-6, "cublaslt": 9.3e-6}, "cublas")])
-def test_the_fastest_capture_is_kept_with_its_own_outputs(seconds, kept):
+def test_the_fastest_library_is_captured_again_and_kept(seconds, kept):
     fake = FakeLibraries(seconds)
     chosen = capture_fastest(fake.warm_up, fake.capture, ("cublas", "cublaslt"), fake.prefer, fake_timer)
-    assert fake.log == [("warm-up", "cublas"), ("capture", "cublas"), ("warm-up", "cublaslt"), ("capture", "cublaslt")]
+    assert fake.log == [("warm-up", "cublas"), ("capture", "cublas"), ("warm-up", "cublaslt"), ("capture", "cublaslt"),
+                        ("warm-up", kept), ("capture", kept)]
     assert chosen.library == kept and chosen.seconds == seconds
     assert chosen.graph.seconds == seconds[kept]
-    assert chosen.outputs["energy"].item() == (2.0 if kept == "cublas" else 4.0)  # the kept capture's own buffers
+    assert chosen.outputs["energy"].item() == 6.0  # the last capture's own buffers
     assert fake.current == "default"  # the preference before the call is back
 
 
-def test_the_losing_capture_is_released():
+def test_one_trial_capture_is_held_at_a_time():
     fake = FakeLibraries({"cublas": 1.0, "cublaslt": 2.0})
+    held = []
+    capture = fake.capture
+    fake.capture = lambda: (held.append(sum(ref() is not None for ref in fake.graphs)), capture())[1]
     chosen = capture_fastest(fake.warm_up, fake.capture, ("cublas", "cublaslt"), fake.prefer, fake_timer)
-    alive = [ref() for ref in fake.graphs]
-    assert alive[0] is chosen.graph and alive[1] is None
+    assert held == [0, 0, 0]  # no earlier capture alive when the next one starts
+    assert [ref() for ref in fake.graphs] == [None, None, chosen.graph]
 
 
 def test_a_tie_keeps_the_first_library():

@@ -12,12 +12,13 @@ Three aten ops of a traced backward need help on the way to ONNX:
 from __future__ import annotations
 
 import torch
-from onnxscript import opset18 as op
 from torch._decomp import get_decompositions
 
 
 def silu_backward(grad_output, self):
     """ONNX translation of ``aten.silu_backward(grad_output, self)``: d silu(x)/dx times the grad."""
+    from onnxscript import opset18 as op  # here, not at the top: the runtime imports this module and needs no ONNX
+
     sigmoid = op.Sigmoid(self)
     one = op.CastLike(1.0, self)
     return op.Mul(grad_output, op.Mul(sigmoid, op.Add(one, op.Mul(self, op.Sub(one, sigmoid)))))

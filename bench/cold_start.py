@@ -7,7 +7,10 @@ For each backend, two fresh processes run the same task, one after the other:
 
 * ``cold``: empty Inductor cache (``TORCHINDUCTOR_CACHE_DIR``: a new folder) and an empty compile
   cache (:mod:`mlff_export.runtime.compile_cache`): everything is compiled;
-* ``warm``: again an empty Inductor cache, but the compile cache the cold process left.
+* ``warm``: again an empty Inductor cache, but the compile cache the cold process left;
+* ``aot`` (compile backends): ``mlff-export compile --aot`` builds the AOTInductor package into that
+  compile cache (``aot_build_s``), then a fresh process runs it (:mod:`mlff_export.runtime.aot_package`;
+  ``ahead_of_time`` says whether it did).
 
 The task: load the reference model, one benzene call (``first_call_s``: seconds from the process's
 launch to its first answer, imports included: the *cold start*), then the many-molecules workload
@@ -29,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-PHASES = ("cold", "warm")
+PHASES = ("cold", "warm", "aot")
 DEFAULT_BACKENDS = ("eager", "cuda-graphs", "compile-reduce-overhead", "compile-max-autotune")
 
 
@@ -70,6 +73,7 @@ def child(backend: str, device: str, launched: float, model: str) -> dict:
         "loaded_s": loaded_s, "first_call_s": first_call_s, "first_pass_s": passes[0], "second_pass_s": passes[1],
         "warm_call_ms": 1e3 * float(np.median(calls)), "structures": len(structures),
         "buckets_in_cache": None if cache is None else len(cache.buckets), "energies": energies[1],
+        "ahead_of_time": getattr(calc.backend, "ahead_of_time", None),
         "passes_agree_ev": float(np.max(np.abs(np.subtract(*energies)))),
     }
 
@@ -92,6 +96,25 @@ def run_phase(backend: str, phase: str, out: Path, device: str, model: str, time
     if done.returncode != 0:
         return {**record, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
     return {**record, **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def build_package(backend: str, out: Path, device: str, timeout: float) -> dict:
+    """``mlff-export compile --aot`` into the phases' compile cache: ``aot_build_s``, or ``aot_build_error``."""
+    command = [sys.executable, "-m", "mlff_export.cli", "compile", "--aot", "--backend", backend, "--device", device,
+               "--cache", str(out / "compile-cache")]
+    inductor_cache = out / f"inductor-{backend}-aot-build"  # an empty one: the build compiles everything
+    shutil.rmtree(inductor_cache, ignore_errors=True)
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(inductor_cache)})
+    except subprocess.TimeoutExpired:
+        return {"aot_build_error": f"did not finish in {timeout:.0f} s"}
+    finally:
+        shutil.rmtree(inductor_cache, ignore_errors=True)
+    if done.returncode != 0:
+        return {"aot_build_error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
+    return {"aot_build_s": time.perf_counter() - start}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,10 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     runs += [("onnxruntime", args.onnx)] if args.onnx else []
     records = []
     for backend, model in runs:
+        cold = None
         for phase in PHASES:
-            record = run_phase(backend, phase, args.out, args.device, model, args.timeout)
-            if phase == "warm" and "energies" in record and "energies" in records[-1]:  # same numbers from kept kernels
-                record["warm_vs_cold_max_abs_energy_ev"] = max(abs(a - b) for a, b in zip(record["energies"], records[-1]["energies"]))
+            if phase == "aot" and not backend.startswith("compile"):
+                continue
+            built = build_package(backend, args.out, args.device, args.timeout) if phase == "aot" else {}
+            record = {**built, **run_phase(backend, phase, args.out, args.device, model, args.timeout)}
+            if phase == "cold":
+                cold = record
+            elif "energies" in record and "energies" in (cold or {}):  # the same numbers from kept or packaged kernels
+                record[f"{phase}_vs_cold_max_abs_energy_ev"] = max(abs(a - b) for a, b in zip(record["energies"], cold["energies"]))
             records.append(record)
             with open(args.out / "cold_start.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -140,7 +169,9 @@ def summary_line(record: dict) -> str:
         return f"{label}error: {record['error']}"
     return (f"{label}first answer {record['first_call_s']:7.1f} s  first pass {record['first_pass_s']:7.1f} s  "
             f"second pass {record['second_pass_s']:6.2f} s  warm call {record['warm_call_ms']:6.3f} ms  "
-            f"cache buckets {record['buckets_in_cache']}")
+            f"cache buckets {record['buckets_in_cache']}"
+            + (f"  package built in {record['aot_build_s']:.1f} s, ran: {record['ahead_of_time']}" if "aot_build_s" in record else "")
+            + (f"  package not built: {record['aot_build_error']}" if "aot_build_error" in record else ""))
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ class CompileCache:
         loaded = 0
         for manifest_path in sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []:
             payload_path = manifest_path.with_suffix(".bin")
-            manifest, problem = self._read(manifest_path, payload_path)
+            manifest, problem = checked_manifest(manifest_path, payload_path, FORMAT, self.key)
             if problem is not None:
                 logger.warning("mlff-export: compile cache %s not used: %s", manifest_path, problem)
                 continue
@@ -126,24 +126,6 @@ class CompileCache:
         if loaded:
             logger.info("mlff-export: compile cache %s: %d buckets from %d files", self.folder, len(self.buckets), loaded)
         return loaded
-
-    def _read(self, manifest_path: Path, payload_path: Path) -> tuple[dict | None, str | None]:
-        """(manifest, None) for a usable pair of files, else (None, why not)."""
-        for path in (self.folder, manifest_path, payload_path):
-            if not path.exists():
-                return None, f"{path.name} is missing"
-            status = path.stat()
-            if status.st_uid != os.getuid() or status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-                return None, f"{path} is not owned by this user or is writable by others (a cache holds executable code)"
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            return None, f"its manifest cannot be read ({error})"
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("key") != asdict(self.key):
-            return None, "it was made for another graph, torch, Triton, device or compile mode"
-        if hashlib.sha256(payload_path.read_bytes()).hexdigest() != manifest.get("payload_sha256"):
-            return None, "its payload does not match the SHA-256 in its manifest (damaged or edited)"
-        return manifest, None
 
     def add(self, bucket: tuple) -> None:
         """Record ``bucket`` (a tuple of input shapes) as compiled; if it is new, save everything
@@ -159,11 +141,33 @@ class CompileCache:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         manifest = {"format": FORMAT, "key": asdict(self.key), "payload_sha256": hashlib.sha256(saved[0]).hexdigest(),
                     "buckets": self._written}
-        _write_atomically(self.payload_path, saved[0])
-        _write_atomically(self.manifest_path, json.dumps(manifest, indent=1).encode())
+        write_atomically(self.payload_path, saved[0])
+        write_atomically(self.manifest_path, json.dumps(manifest, indent=1).encode())
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def checked_manifest(manifest_path: Path, payload_path: Path, format: str, key: CompileCacheKey) -> tuple[dict | None, str | None]:
+    """(manifest, None) for a usable pair of cache files, else (None, why not): both files and their
+    folder owned by this user and writable by no one else (they hold executable code), the manifest
+    of ``format`` made for ``key``, the payload matching the SHA-256 the manifest records."""
+    for path in (manifest_path.parent, manifest_path, payload_path):
+        if not path.exists():
+            return None, f"{path.name} is missing"
+        status = path.stat()
+        if status.st_uid != os.getuid() or status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return None, f"{path} is not owned by this user or is writable by others (a cache holds executable code)"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        return None, f"its manifest cannot be read ({error})"
+    if not isinstance(manifest, dict) or manifest.get("format") != format or manifest.get("key") != asdict(key):
+        return None, "it was made for another graph, torch, Triton, device or compile mode"
+    if hashlib.sha256(payload_path.read_bytes()).hexdigest() != manifest.get("payload_sha256"):
+        return None, "its payload does not match the SHA-256 in its manifest (damaged or edited)"
+    return manifest, None
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """``data`` to ``path`` through a temporary file and a rename, readable and writable by this user only."""
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_bytes(data)
     os.chmod(temporary, 0o600)

@@ -34,6 +34,7 @@ from mlff_export.export.joint_graph import trace_joint_graph
 from mlff_export.export.precision import model_for_precision
 from mlff_export.interface import OUTPUT_NAMES, AtomicInputs
 from mlff_export.memory import MemoryBudget, model_bytes_per_pair
+from mlff_export.runtime.aot_package import AotPackage
 from mlff_export.runtime.blas_choice import capture_fastest
 from mlff_export.runtime.compile_cache import CompileCache, CompileCacheKey
 from mlff_export.runtime.device_feeds import PAIRS_BUILT_ON_DEVICE, closest_distance, closest_pair_distance
@@ -101,7 +102,7 @@ class JointGraphBackend(PaddedTableBackend):
     def __init__(self, model: nn.Module, device: torch.device, capture: bool = False, memory: MemoryBudget | None = None):
         super().__init__(device, model.cutoff, model.species)
         self.model = model_for_precision(model, "fp32").to(device)
-        self.graph, _ = trace_joint_graph(self.model, NEIGHBOR_TABLE, device)
+        self.graph, self.example_inputs = trace_joint_graph(self.model, NEIGHBOR_TABLE, device)
         self.call: Callable = self.graph
         self.capture = capture and device.type == "cuda"
         self._buckets: dict[tuple, _CapturedBucket] = {}
@@ -167,7 +168,9 @@ class JointGraphBackend(PaddedTableBackend):
 class CompiledBackend(JointGraphBackend):
     """``torch.compile`` of the joint graph (mode: a key of :data:`COMPILE_MODES`).
 
-    Compiles at most twice, however many buckets a workload needs (Inductor's automatic dynamic
+    With ``cache_folder`` holding an AOTInductor package of this graph (:mod:`~mlff_export.runtime.aot_package`,
+    ``mlff-export compile --aot``) it runs that package and compiles nothing. Otherwise it
+    compiles at most twice, however many buckets a workload needs (Inductor's automatic dynamic
     shapes, ``dynamic=None``): the first bucket gets static kernels (the fastest: an MD run or a
     single-structure workload lives in one bucket), the second new shape one more compile with
     symbolic sizes, which serves every later bucket without compiling. Each bucket is still
@@ -188,12 +191,17 @@ class CompiledBackend(JointGraphBackend):
         self.name = "compile" if mode == "default" else f"compile-{mode}"
         self.mode = mode
         self.inductor_mode = inductor_mode
-        self.compile_cache = None if cache_folder is None else CompileCache(cache_folder, CompileCacheKey.of(self.graph, device, mode))
+        key = None if cache_folder is None else CompileCacheKey.of(self.graph, device, mode)
+        self.compile_cache = None if key is None else CompileCache(cache_folder, key)
         if self.compile_cache is not None:
             self.compile_cache.load()  # before anything compiles
+        self.aot_package = None if key is None else AotPackage(cache_folder, key)
         self._ran_buckets: set[tuple] = set()
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, MAX_COMPILED_BUCKETS)
-        self.call = self.compiled(self.graph)
+        package = None if self.aot_package is None else self.aot_package.load()
+        self.ahead_of_time = package is not None
+        """Whether the graph runs from the AOTInductor package (``mlff-export compile --aot``), not ``torch.compile``."""
+        self.call = package if self.ahead_of_time else self.compiled(self.graph)
         # Fused into one or two kernels (seven tiny ones uncompiled) inside each bucket's CUDA graph.
         self.closest_call = torch.compile(closest_distance, fullgraph=True)
 

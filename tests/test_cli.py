@@ -274,6 +274,7 @@ def test_compile_keeps_the_buckets_and_the_next_run_finds_them(tmp_path, capsys)
     [
         (["compile", "--batch-sizes", "16,x"], "--batch-sizes must be comma-separated integers >= 1"),
         (["compile", "--batch-sizes", "0"], "--batch-sizes must be comma-separated integers >= 1"),
+        (["compile", "--aot", "--batch-sizes", "16"], "--batch-sizes has no effect with --aot"),
         (["compile", "--structures", "{tmp}/missing.xyz"], "--structures {tmp}/missing.xyz is not a file"),
         (["compile", "--cache", "{tmp}/file"], "--cache {tmp}/file is a file"),
     ],

@@ -2,11 +2,14 @@
 structures need (one at a time, as MD and single-point calls run, and in batches of --batch-sizes)
 is compiled and saved to the compile cache, which later processes load instead of compiling
 (load_calculator's compile_cache; default folder $MLFF_EXPORT_COMPILE_CACHE or
-~/.cache/mlff-export/compiled). Prints each bucket as it is compiled, with its seconds."""
+~/.cache/mlff-export/compiled). Prints each bucket as it is compiled, with its seconds. With --aot,
+the graph is compiled once into an AOTInductor package that serves every bucket and loads without
+tracing (checked against eager on the first structures before it is kept)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "molecules made of the model's elements")
     parser.add_argument("--batch-sizes", default="", metavar="B,B,...",
                         help="also compile calc.predict of the structures in batches of these sizes (default: none)")
+    parser.add_argument("--aot", action="store_true",
+                        help="instead: compile the graph ahead of time into one AOTInductor package for every bucket "
+                             "(a new process loads it in milliseconds, with no trace); checked against eager on the "
+                             "first structures")
     parser.add_argument("--cache", metavar="DIR", help="compile cache folder (default: $MLFF_EXPORT_COMPILE_CACHE or "
                         "~/.cache/mlff-export/compiled)")
 
@@ -65,6 +72,8 @@ def read_structures(paths: list[str] | None, species: tuple[int, ...]) -> list:
 
 def run(args: argparse.Namespace) -> int:
     sizes = batch_sizes(args.batch_sizes)
+    if args.aot and sizes:
+        raise UsageError("--batch-sizes has no effect with --aot: its one package serves every bucket")
     for path in args.structures or []:
         if not Path(path).is_file():
             raise UsageError(f"--structures {path} is not a file")
@@ -76,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     calc = load_calculator(spec.load().module, device=device, backend=args.backend, compile_cache=cache)
     compile_cache = calc.backend.compile_cache
     structures = read_structures(args.structures, calc.species)
+    if args.aot:
+        return build_package(calc.backend, spec, device, args.backend, cache, structures)
     known = len(compile_cache.buckets)
     print(f"{args.backend} on {device}: {len(structures)} structures; cache {compile_cache.folder} holds {known} buckets")
     calls = [(f"{atoms.get_chemical_formula()} alone", [atoms]) for atoms in structures]
@@ -92,6 +103,36 @@ def run(args: argparse.Namespace) -> int:
             print(f"  compiled {bucket_text(bucket)} ({label}) in {time.perf_counter() - began:.1f} s")
     new = len(compile_cache.buckets) - known
     print(f"{new} buckets compiled in {time.perf_counter() - start:.1f} s, {known} were in the cache; kept in {compile_cache.folder}")
+    return 0
+
+
+def build_package(backend, spec, device, backend_name: str, cache, structures: list, checked: int = 3) -> int:
+    """Build the AOTInductor package of ``backend``'s graph, then load it as a new calculator would
+    and compare its forces with eager's on the first ``checked`` structures (1e-4 eV/Å, the FP32
+    tolerance); a package that disagrees is removed."""
+    import numpy as np
+
+    from mlff_export.runtime import load_calculator
+
+    start = time.perf_counter()
+    print(f"{backend_name} on {device}: compiling the joint graph ahead of time (one package for every bucket)...", flush=True)
+    path = backend.aot_package.build(backend.graph, backend.example_inputs)
+    print(f"  built {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - start:.1f} s")
+    began = time.perf_counter()
+    packaged = load_calculator(spec.load().module, device=device, backend=backend_name, compile_cache=cache)
+    if not packaged.backend.ahead_of_time:
+        raise UsageError(f"the package just built in {path.parent} was not loaded (see the warning above)")
+    print(f"  a new calculator loaded it in {time.perf_counter() - began:.1f} s (model trace included)")
+    eager = load_calculator(spec.load().module, device=device, backend="eager")
+    for atoms in structures[:checked]:
+        forces = [calc.get_forces(atoms.copy()) for calc in (packaged, eager)]
+        error = float(np.abs(forces[0] - forces[1]).max())
+        print(f"  {atoms.get_chemical_formula()}: forces within {error:.1e} eV/Å of eager")
+        if not error <= 1e-4:
+            backend.aot_package.remove()
+            print(f"error: the package's forces differ from eager's by {error:.1e} eV/Å (> 1e-4) on "
+                  f"{atoms.get_chemical_formula()}; the package was removed", file=sys.stderr)
+            return 1
     return 0
 
 

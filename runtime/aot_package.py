@@ -1,0 +1,87 @@
+"""A compile backend's joint graph compiled ahead of time: one AOTInductor package in the compile cache folder.
+
+Inductor's cache artifacts (:mod:`~mlff_export.runtime.compile_cache`) spare a new process Inductor's
+code generation, not Dynamo's trace of the joint graph: with them the first answer still took 27 s
+on the H200 (``bench/results/2026-11-30-h200-perf``). An AOTInductor package is the graph exported
+with symbolic sizes (atoms, table width, structures: one package serves every shape bucket) and
+compiled to a shared library (``torch._inductor.aoti_compile_and_package``); loading it takes
+milliseconds and involves no tracer. ``mlff-export compile --aot`` builds it; a compile backend that
+finds a package for its key runs it instead of ``torch.compile`` (and still captures each bucket's
+CUDA graph around it).
+
+The package sits beside the compile cache's files, under the digest of its key: the compile cache's
+key with mode ``aot-<mode>`` (the graph and its weights, torch and Triton versions, the device
+model), checked together with the package's SHA-256 and the folder's ownership before it is loaded
+(:func:`~mlff_export.runtime.compile_cache.checked_manifest`); a package that fails a check is not
+loaded, with the reason logged. Like the compile cache it holds executable code: use packages you built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
+from mlff_export.runtime.compile_cache import CompileCacheKey, checked_manifest, write_atomically
+
+logger = logging.getLogger("mlff_export")
+
+FORMAT = "mlff-export-aot-package/1"
+INDUCTOR_CONFIGS = {"default": {}, "reduce-overhead": {}, "max-autotune": {"max_autotune": True}}
+"""Inductor options of the package per compile mode (CUDA graphs are ours, per bucket, in every mode)."""
+
+
+def aot_key(key: CompileCacheKey) -> CompileCacheKey:
+    """The package's key: the compile cache's, with mode ``aot-<mode>``."""
+    return replace(key, mode=f"aot-{key.mode}")
+
+
+class AotPackage:
+    """``folder/<key digest>/joint-graph.pt2`` and its manifest ``joint-graph.json`` (key, SHA-256)."""
+
+    def __init__(self, folder: str | Path, key: CompileCacheKey):
+        self.key = aot_key(key)
+        self.folder = Path(folder).expanduser() / self.key.digest
+        self.package_path = self.folder / "joint-graph.pt2"
+        self.manifest_path = self.folder / "joint-graph.json"
+
+    def load(self) -> Callable | None:
+        """The compiled graph (called like the traced one), or ``None``: no package, or one that
+        fails a check (logged as a warning with the reason)."""
+        if not self.manifest_path.exists():
+            return None
+        _, problem = checked_manifest(self.manifest_path, self.package_path, FORMAT, self.key)
+        if problem is not None:
+            logger.warning("mlff-export: compiled package %s not used: %s", self.package_path, problem)
+            return None
+        return torch._inductor.aoti_load_package(str(self.package_path))
+
+    def remove(self) -> None:
+        """Delete the package and its manifest (the manifest first: a package without one is never loaded)."""
+        self.manifest_path.unlink(missing_ok=True)
+        self.package_path.unlink(missing_ok=True)
+
+    def build(self, graph: torch.fx.GraphModule, example_inputs: tuple[torch.Tensor, ...]) -> Path:
+        """Export ``graph`` (a traced neighbor-table joint graph, on the device it is compiled for) with
+        symbolic sizes, compile it and write the package and its manifest; returns the package path."""
+        from mlff_export.runtime.joint_graph import with_numel_as_method
+
+        mode = self.key.mode.removeprefix("aot-")
+        program = torch.export.export(
+            with_numel_as_method(graph), tuple(example_inputs), dynamic_shapes=NEIGHBOR_TABLE.dynamic_shapes(), strict=False
+        )
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temporary = self.folder / ".joint-graph.tmp.pt2"  # the packager wants the .pt2 suffix
+        torch._inductor.aoti_compile_and_package(program, package_path=str(temporary), inductor_configs=INDUCTOR_CONFIGS[mode])
+        payload = temporary.read_bytes()
+        temporary.unlink()
+        write_atomically(self.package_path, payload)
+        manifest = {"format": FORMAT, "key": asdict(self.key), "payload_sha256": hashlib.sha256(payload).hexdigest()}
+        write_atomically(self.manifest_path, json.dumps(manifest, indent=1).encode())
+        return self.package_path

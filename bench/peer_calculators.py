@@ -1,4 +1,4 @@
-"""A peer's own ASE calculator beside ours, on the same model (issue 14, goal 5): MACE and HIP-NN-TS.
+"""A peer's own ASE calculator beside ours, on the same model (issue 14, goal 5): MACE, HIP-NN-TS, TensorNet.
 
     python3 -m mlff_export.bench.peer_calculators --model examples/byom/mace_model.py:make_model --out DIR
         [--device cuda] [--backends eager,cuda-graphs,compile-reduce-overhead]
@@ -10,7 +10,8 @@ is the peer (:data:`PEERS`): mace-torch's ``MACECalculator`` for an adapter with
 documented options ``eager`` (``compile_mode=None``), ``compile`` (``compile_mode="default"``),
 ``cueq`` (``enable_cueq=True``, needs cuEquivariance); hippynn's ``HippynnCalculator`` for one
 with a ``.network`` and ``.readout``, with hippynn's plain PyTorch sums (``eager``) or its custom
-GPU kernels (``custom-kernels``). Each family's ``eager-float64`` is the parity reference (float32
+GPU kernels (``custom-kernels``); graph-pes' ``GraphPESCalculator`` for a graph-pes ``.model``
+(``eager``: graph-pes documents no faster inference option). Each family's ``eager-float64`` is the parity reference (float32
 energy sums carry float32 rounding of ~1e-7 relative per addition) and takes no part in the speed
 ratio. Ours are :func:`load_calculator` on the adapter with each ``--backends``.
 Workloads: benzene and periodic water of about ``--water-atoms`` atoms, each call through the
@@ -72,6 +73,24 @@ def hippynn_calculator(adapter: torch.nn.Module, device: str, option: str):
     return HippynnCalculator(energy, en_unit=units.eV, dist_unit=units.Angstrom).to(dtype).to(torch.device(device))
 
 
+def graph_pes_calculator(adapter: torch.nn.Module, device: str, option: str):
+    """graph-pes' own calculator (its neighbor list, its graph) on a copy of the adapter's model;
+    ``eager-float64`` builds its graphs in float64 too (graph-pes reads torch's default dtype)."""
+    from graph_pes.utils.calculator import GraphPESCalculator
+
+    class DefaultDtypeCalculator(GraphPESCalculator):
+        def calculate(self, *args, **kwargs):
+            previous = torch.get_default_dtype()
+            torch.set_default_dtype(dtype)
+            try:
+                super().calculate(*args, **kwargs)
+            finally:
+                torch.set_default_dtype(previous)
+
+    dtype = torch.float64 if option == "eager-float64" else torch.float32
+    return DefaultDtypeCalculator(copy.deepcopy(adapter.model).to(dtype), device=device)
+
+
 @dataclass(frozen=True)
 class Peer:
     """A third-party package's own calculator: which adapters it serves, its options (the first the reference)."""
@@ -86,6 +105,8 @@ PEERS = (
     Peer("mace-torch", lambda adapter: hasattr(adapter, "mace"), ("eager-float64", "eager", "compile", "cueq"), mace_calculator),
     Peer("hippynn", lambda adapter: hasattr(adapter, "network") and hasattr(adapter, "readout"),
          ("eager-float64", "eager", "custom-kernels"), hippynn_calculator),
+    Peer("graph-pes", lambda adapter: type(getattr(adapter, "model", None)).__module__.startswith("graph_pes"),
+         ("eager-float64", "eager"), graph_pes_calculator),
 )
 
 

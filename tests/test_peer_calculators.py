@@ -1,6 +1,6 @@
 """A user's model through our calculator against its own package's ASE calculator.
 
-mace-torch's ``MACECalculator`` and hippynn's ``HippynnCalculator``, built by the peer benchmark
+mace-torch's ``MACECalculator``, hippynn's ``HippynnCalculator`` and graph-pes' ``GraphPESCalculator``, built by the peer benchmark
 (``bench/peer_calculators.py``) on the same weights as our adapters (``examples/byom/``, seeded),
 float64: energy, forces and stress must agree to rounding on a molecule and on a periodic cell
 smaller than twice the cutoff. This is the parity that the benchmark's peer rows stand on (issue 14,
@@ -21,11 +21,11 @@ from mlff_export.runtime import load_calculator
 
 pytestmark = pytest.mark.third_party
 BYOM = Path(__file__).resolve().parents[1] / "examples" / "byom"
-ADAPTERS = {"mace-torch": BYOM / "mace_model.py", "hippynn": BYOM / "hippynn_hipnn.py"}
+ADAPTERS = {"mace-torch": BYOM / "mace_model.py", "hippynn": BYOM / "hippynn_hipnn.py", "graph-pes": BYOM / "graph_pes_tensornet.py"}
 
 
 def adapter_of(package):
-    pytest.importorskip({"mace-torch": "mace.calculators", "hippynn": "hippynn"}[package],
+    pytest.importorskip({"mace-torch": "mace.calculators", "hippynn": "hippynn", "graph-pes": "graph_pes"}[package],
                         reason=f"{package} is not installed (pip install -e .[byom-examples])")
     return load_model(f"{ADAPTERS[package]}:make_model").module
 
@@ -60,7 +60,8 @@ def test_our_calculator_and_the_packages_own_agree(package, atoms):
         np.testing.assert_allclose(got.get_stress(), expected.get_stress(), atol=1e-10)
 
 
-@pytest.mark.parametrize("package, peer_options", [("mace-torch", "eager,cueq"), ("hippynn", "eager,custom-kernels")])
+@pytest.mark.parametrize("package, peer_options", [("mace-torch", "eager,cueq"), ("hippynn", "eager,custom-kernels"),
+                                                   ("graph-pes", "eager-float64,eager")])
 def test_peer_benchmark_rows_side_by_side(tmp_path, package, peer_options):
     """The peer benchmark on the CPU at toy sizes: the peer's eager row is the reference; its
     second option and our eager row on the same model agree with it within float32 rounding, or are
@@ -93,4 +94,4 @@ def test_a_model_no_peer_serves_is_a_usage_error(tmp_path, capsys):
 
     with pytest.raises(SystemExit):
         main(["--model", "tests/byom_models.py:make_student", "--out", str(tmp_path), "--device", "cpu"])
-    assert "which no peer calculator serves (mace-torch, hippynn" in capsys.readouterr().err
+    assert "which no peer calculator serves (mace-torch, hippynn, graph-pes" in capsys.readouterr().err

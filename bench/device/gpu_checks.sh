@@ -3,7 +3,7 @@
 # Usage: bash bench/device/gpu_checks.sh STEP...
 #   steps: install tests ort-parity trt-rtx validate profile bench-quick bench-full bench-full-uncompiled bench-full-compiled
 #          byom-student byom-mace byom-hippynn (users' models: needs the byom-examples wheels for mace, hippynn)
-#          peer-mace peer-hippynn (the package's own calculator beside ours on the same model: the byom-examples wheels)
+#          peer-mace peer-hippynn peer-graph-pes (the package's own calculator beside ours on the same model: the byom-examples wheels)
 #          screening-scale (two GPUs and Ray: nvidia-h200-x2)
 #          cold-start cold-start-autotune (after validate, which exports the ONNX graph) bench-batch bench-c6h6 large-systems
 # Results collect in /tmp/gpu-checks (kept while the machine stays warm); every call ends by packing
@@ -68,9 +68,9 @@ for step in "$@"; do
     large-systems)  # periodic water of 10k, 100k and 1M atoms: GPU search, domains, memory (bench/large_systems.py)
       (cd /tmp && timeout ${LARGE_SECONDS:-560} python3 -m mlff_export.bench.large_systems --out "$out/$step" \
         --backends ${LARGE_BACKENDS:-compile-reduce-overhead}) > "$out/$step.log" 2>&1 ;;
-    peer-mace|peer-hippynn)  # the package's own calculator (mace-torch: eager, compile, cuEquivariance; hippynn: its GPU kernels) beside ours (bench/peer_calculators.py)
+    peer-mace|peer-hippynn|peer-graph-pes)  # the package's own calculator (mace-torch: eager, compile, cuEquivariance; hippynn: its GPU kernels) beside ours (bench/peer_calculators.py)
       (cd /tmp && timeout ${PEER_SECONDS:-560} python3 -m mlff_export.bench.peer_calculators --device cuda --out "$out/$step" \
-        --model "$repo/examples/byom/$([ $step = peer-mace ] && echo mace_model || echo hippynn_hipnn).py:make_model") > "$out/$step.log" 2>&1 ;;
+        --model "$repo/examples/byom/$(case $step in peer-mace) echo mace_model ;; peer-hippynn) echo hippynn_hipnn ;; *) echo graph_pes_tensornet ;; esac).py:make_model") > "$out/$step.log" 2>&1 ;;
     screening-scale)  # 100k molecules through mlff-export predict: one Ray worker, two, then in-process
       (cd /tmp && timeout 560 python3 "$repo/bench/screening_scale.py" --out "$out/screening-scale" --work /tmp/screening-work) > "$out/$step.log" 2>&1 ;;
     *) echo "unknown step $step"; status=2; continue ;;

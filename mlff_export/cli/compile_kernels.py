@@ -3,8 +3,8 @@ structures need (one at a time, as MD and single-point calls run, and in batches
 is compiled and saved to the compile cache, which later processes load instead of compiling
 (load_calculator's compile_cache; default folder $MLFF_EXPORT_COMPILE_CACHE or
 ~/.cache/mlff-export/compiled). Prints each bucket as it is compiled, with its seconds. With --aot,
-the graph is compiled once into an AOTInductor package that serves every bucket and loads without
-tracing (checked against eager on the first structures before it is kept)."""
+the graph is compiled once into an AOTInductor package that serves every bucket and loads with no
+Dynamo trace and no compile (checked against eager on the first structures before it is kept)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also compile calc.predict of the structures in batches of these sizes (default: none)")
     parser.add_argument("--aot", action="store_true",
                         help="instead: compile the graph ahead of time into one AOTInductor package for every bucket "
-                             "(a new process loads it in milliseconds, with no trace); checked against eager on the "
+                             "(a new process loads it in milliseconds: no Dynamo trace, no compile); checked against eager on the "
                              "first structures")
     parser.add_argument("--cache", metavar="DIR", help="compile cache folder (default: $MLFF_EXPORT_COMPILE_CACHE or "
                         "~/.cache/mlff-export/compiled)")

@@ -54,8 +54,10 @@ for step in "$@"; do
         && (cd /tmp && timeout ${BYOM_SECONDS:-480} $cli bench --model "$spec" --suite models --precision fp32 --device cuda \
              --backends eager,onnxruntime,compile-reduce-overhead,compile-max-autotune \
              --onnx "$graphs/$stem.fp32.onnx" --out "$out/$step") >> "$out/$step.log" 2>&1 ;;
-    cold-start|cold-start-autotune)  # a new process's first answer and ~100 molecules, empty caches vs the compile cache kept
-      backends=eager,cuda-graphs,compile-reduce-overhead; onnx=(--onnx /tmp/onnx/painn-hcno.fp32.onnx); seconds=150
+    cold-start|cold-start-autotune)  # a new process's first answer and ~100 molecules: empty caches, the compile cache kept, the AOT package
+      # COLD_BACKENDS / COLD_ONNX=none: fewer processes per call (each compile backend runs three, plus the package build)
+      backends=${COLD_BACKENDS:-eager,cuda-graphs,compile-reduce-overhead}; onnx=(--onnx /tmp/onnx/painn-hcno.fp32.onnx); seconds=150
+      [ "${COLD_ONNX:-}" = none ] && onnx=()
       [ "$step" = cold-start-autotune ] && backends=compile-max-autotune && onnx=() && seconds=270
       (cd /tmp && python3 -m mlff_export.bench.cold_start --out "$out/$step" --backends $backends "${onnx[@]}" --timeout $seconds) > "$out/$step.log" 2>&1 ;;
     bench-batch)  # batches of 1-1024 molecules and the loop of 1024 single eager calls, every GPU backend

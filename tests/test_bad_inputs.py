@@ -8,6 +8,7 @@ the correct number; none may return a wrong number or hang. Cases are registered
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -1135,6 +1136,41 @@ def _(options_model, tmp_path):
     (tmp_path / "file").write_text("")
     with refused(CalculatorSetupError, "compile_cache", "is a file"):
         load_calculator(options_model, backend="compile", compile_cache=tmp_path / "file")
+
+
+@case("option-compile-cache-damaged-aot-package")
+def _(options_model, tmp_path, caplog):
+    import logging
+
+    from mlff_export.runtime.aot_package import AotPackage
+
+    key = load_calculator(options_model, backend="compile", compile_cache=tmp_path).backend.compile_cache.key
+    package = AotPackage(tmp_path, key)
+    package.folder.mkdir(parents=True, mode=0o700)
+    package.package_path.write_bytes(b"not a package")
+    package.manifest_path.write_text(json.dumps({"format": "mlff-export-aot-package/1", "key": dataclasses.asdict(package.key),
+                                                 "payload_sha256": hashlib.sha256(b"a package").hexdigest()}))
+    with caplog.at_level(logging.WARNING, logger="mlff_export"):
+        backend = load_calculator(options_model, backend="compile", compile_cache=tmp_path).backend
+    assert not backend.ahead_of_time  # compiles as usual instead
+    assert "compiled package" in caplog.text and "does not match the SHA-256" in caplog.text
+
+
+@case("model-scripted-when-copied")
+def _():
+    class ScriptedWhenCopied(nn.Module):  # what e3nn 0.4 modules do: their copy is TorchScript
+        def forward(self, x):
+            return x
+
+        def __deepcopy__(self, memo):
+            return torch.jit.script(nn.Identity())
+
+    from mlff_export.export.errors import ExportError
+    from mlff_export.export.precision import model_for_precision
+
+    model = nn.Sequential(ScriptedWhenCopied(), nn.Linear(2, 2)).double()
+    with refused(ExportError, "copying it turned", "TorchScript", "float32 on the CPU", "fresh model"):
+        model_for_precision(model, "fp32")
 
 
 @case("option-compile-cache-not-a-path")

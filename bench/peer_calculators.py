@@ -42,18 +42,25 @@ from mlff_export.model_intake import load_model
 from mlff_export.runtime import load_calculator
 
 
+MACE_OPTIONS = {
+    "eager-float64": {"compile_mode": None, "default_dtype": "float64"},
+    "eager": {"compile_mode": None, "default_dtype": "float32"},
+    "compile": {"compile_mode": "default", "default_dtype": "float32"},
+    "cueq": {"enable_cueq": True, "default_dtype": "float32"},
+}
+"""MACECalculator's keyword arguments per row name."""
+
+
+def option_dtype(option: str) -> torch.dtype:
+    return torch.float64 if option == "eager-float64" else torch.float32
+
+
 def mace_calculator(adapter: torch.nn.Module, device: str, option: str):
     """mace-torch's own calculator on a copy of the adapter's MACE: copying scripts e3nn's generated
     code, which gives the TorchScript form a MACE loaded from a ``.model`` file has."""
     from mace.calculators import MACECalculator
 
-    options = {
-        "eager-float64": {"compile_mode": None, "default_dtype": "float64"},
-        "eager": {"compile_mode": None, "default_dtype": "float32"},
-        "compile": {"compile_mode": "default", "default_dtype": "float32"},
-        "cueq": {"enable_cueq": True, "default_dtype": "float32"},
-    }[option]
-    return MACECalculator(models=[copy.deepcopy(adapter.mace)], device=device, **options)
+    return MACECalculator(models=[copy.deepcopy(adapter.mace)], device=device, **MACE_OPTIONS[option])
 
 
 def hippynn_calculator(adapter: torch.nn.Module, device: str, option: str):
@@ -69,8 +76,7 @@ def hippynn_calculator(adapter: torch.nn.Module, device: str, option: str):
     cell = inputs.CellNode(db_name="C")
     network = networks.HipnnVec("HIPNN", (species, positions, cell), module=copy.deepcopy(adapter.network), periodic=True)
     energy = targets.HEnergyNode("HEnergy", network, module=copy.deepcopy(adapter.readout))
-    dtype = torch.float64 if option == "eager-float64" else torch.float32
-    return HippynnCalculator(energy, en_unit=units.eV, dist_unit=units.Angstrom).to(dtype).to(torch.device(device))
+    return HippynnCalculator(energy, en_unit=units.eV, dist_unit=units.Angstrom).to(option_dtype(option)).to(torch.device(device))
 
 
 def graph_pes_calculator(adapter: torch.nn.Module, device: str, option: str):
@@ -87,7 +93,7 @@ def graph_pes_calculator(adapter: torch.nn.Module, device: str, option: str):
             finally:
                 torch.set_default_dtype(previous)
 
-    dtype = torch.float64 if option == "eager-float64" else torch.float32
+    dtype = option_dtype(option)
     return DefaultDtypeCalculator(copy.deepcopy(adapter.model).to(dtype), device=device)
 
 
@@ -102,7 +108,7 @@ class Peer:
 
 
 PEERS = (
-    Peer("mace-torch", lambda adapter: hasattr(adapter, "mace"), ("eager-float64", "eager", "compile", "cueq"), mace_calculator),
+    Peer("mace-torch", lambda adapter: hasattr(adapter, "mace"), tuple(MACE_OPTIONS), mace_calculator),
     Peer("hippynn", lambda adapter: hasattr(adapter, "network") and hasattr(adapter, "readout"),
          ("eager-float64", "eager", "custom-kernels"), hippynn_calculator),
     Peer("graph-pes", lambda adapter: type(getattr(adapter, "model", None)).__module__.startswith("graph_pes"),

@@ -1,5 +1,6 @@
 """What a new process pays before its first answer: the runtime and the joint-graph backends import
-no ONNX tooling (onnxscript alone took 1.2 s of the 5.8 s import of the runtime on the 2-core CPU)."""
+no ONNX tooling (onnxscript alone takes 1.3-1.4 s to import on the 2-core CPU:
+bench/results/2026-12-01-cpu-aot/import-time.txt)."""
 
 import subprocess
 import sys

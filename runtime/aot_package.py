@@ -5,7 +5,8 @@ code generation, not Dynamo's trace of the joint graph: with them the first answ
 on the H200 (``bench/results/2026-11-30-h200-perf``). An AOTInductor package is the graph exported
 with symbolic sizes (atoms, table width, structures: one package serves every shape bucket) and
 compiled to a shared library (``torch._inductor.aoti_compile_and_package``); loading it takes
-milliseconds and involves no tracer. ``mlff-export compile --aot`` builds it; a compile backend that
+milliseconds and involves no tracer. ``mlff-export compile --aot`` builds it and keeps it only if a
+new process loads it (:func:`load_problem`); a compile backend that
 finds a package for its key runs it instead of ``torch.compile`` (and still captures each bucket's
 CUDA graph around it).
 
@@ -21,6 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -82,6 +86,38 @@ class AotPackage:
         payload = temporary.read_bytes()
         temporary.unlink()
         write_atomically(self.package_path, payload)
+        problem = load_problem(self.package_path)
+        if problem is not None:  # no manifest: never loaded by anyone
+            self.package_path.unlink()
+            raise AotPackageError(
+                f"the AOTInductor package just built does not load in a new process ({problem}; torch {torch.__version__}); "
+                "it was not kept. The compile cache (mlff-export compile without --aot) serves this machine"
+            )
         manifest = {"format": FORMAT, "key": asdict(self.key), "payload_sha256": hashlib.sha256(payload).hexdigest()}
         write_atomically(self.manifest_path, json.dumps(manifest, indent=1).encode())
         return self.package_path
+
+
+class AotPackageError(RuntimeError):
+    """A package was built but cannot be used here (it was not kept)."""
+
+
+LOAD_PROBE = "import sys, torch; torch._inductor.aoti_load_package(sys.argv[1])"
+"""What a new process does with the package before it is kept (on the H200 image of 2026-12-01, torch
+2.11+cu130, loading any CUDA package crashed the process with a segmentation fault)."""
+
+
+def load_problem(package_path: Path, probe: str = LOAD_PROBE, timeout: float = 300.0) -> str | None:
+    """Why ``package_path`` does not load in a fresh Python process (``None``: it loads). A child
+    process, because a broken package can crash the process that loads it (``probe``: the child's
+    code, given the path; replaced only by tests of this logic)."""
+    try:
+        done = subprocess.run([sys.executable, "-c", probe, str(package_path)], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"loading took over {timeout:.0f} s"
+    if done.returncode == 0:
+        return None
+    if done.returncode < 0:
+        return f"the process loading it died of signal {-done.returncode} ({signal.Signals(-done.returncode).name})"
+    last = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+    return f"loading it failed: {last[0]}"

@@ -124,3 +124,41 @@ def test_remove_deletes_the_package_and_its_manifest(built, tmp_path):
     package.remove()
     assert not package.package_path.exists() and not package.manifest_path.exists()
     assert package.load() is None
+
+
+def test_load_problem_says_why_a_package_does_not_load_in_a_new_process(built, tmp_path):
+    """The probe a package must pass before it is kept: a good package loads; bytes that are no
+    package fail with the loader's last line; a loader that crashes (as every CUDA package did on
+    the H200 image of 2026-12-01; a child killing itself with SIGSEGV stands in) names the signal."""
+    from mlff_export.runtime.aot_package import load_problem
+
+    _, cache, _ = built
+    (package,) = cache.glob("*/joint-graph.pt2")
+    assert load_problem(package) is None
+    (tmp_path / "junk.pt2").write_bytes(b"not a package")
+    assert load_problem(tmp_path / "junk.pt2").startswith("loading it failed: ")
+    crashing_loader = "import os, signal, sys; os.kill(os.getpid(), signal.SIGSEGV)"
+    assert load_problem(package, probe=crashing_loader) == "the process loading it died of signal 11 (SIGSEGV)"
+
+
+def test_a_package_that_does_not_load_in_a_new_process_is_not_kept(built, tmp_path, monkeypatch):
+    """AotPackage.build keeps nothing (no package, no manifest) when the new-process probe fails.
+    Fakes, named as such: the packager writes bytes instead of compiling (the compile is the
+    library's, tested above) and the probe reports the crash seen on the H200."""
+    import torch
+
+    from mlff_export.runtime import aot_package
+
+    factory, _, _ = built
+    backend = load_calculator(tiny_model(factory), "cpu", backend="compile", compile_cache=tmp_path).backend
+
+    def fake_packager_for_tests(program, package_path, inductor_configs):
+        with open(package_path, "wb") as handle:
+            handle.write(b"package bytes")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fake_packager_for_tests)
+    monkeypatch.setattr(aot_package, "load_problem", lambda path: "the process loading it died of signal 11 (SIGSEGV)")
+    with pytest.raises(aot_package.AotPackageError, match="does not load in a new process .*signal 11.*not kept"):
+        backend.aot_package.build(backend.graph, backend.example_inputs)
+    assert not backend.aot_package.package_path.exists() and not backend.aot_package.manifest_path.exists()
+    assert backend.aot_package.load() is None

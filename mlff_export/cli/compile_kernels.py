@@ -107,16 +107,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_package(backend, spec, device, backend_name: str, cache, structures: list, checked: int = 3) -> int:
-    """Build the AOTInductor package of ``backend``'s graph, then load it as a new calculator would
-    and compare its forces with eager's on the first ``checked`` structures (1e-4 eV/Å, the FP32
-    tolerance); a package that disagrees is removed."""
+    """Build the AOTInductor package of ``backend``'s graph (kept only if a new process loads it),
+    then load it as a new calculator would and compare its forces with eager's on the first
+    ``checked`` structures (1e-4 eV/Å, the FP32 tolerance); a package that disagrees is removed."""
     import numpy as np
 
     from mlff_export.runtime import load_calculator
+    from mlff_export.runtime.aot_package import AotPackageError
 
     start = time.perf_counter()
     print(f"{backend_name} on {device}: compiling the joint graph ahead of time (one package for every bucket)...", flush=True)
-    path = backend.aot_package.build(backend.graph, backend.example_inputs)
+    try:
+        path = backend.aot_package.build(backend.graph, backend.example_inputs)
+    except AotPackageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"  built {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - start:.1f} s")
     began = time.perf_counter()
     packaged = load_calculator(spec.load().module, device=device, backend=backend_name, compile_cache=cache)

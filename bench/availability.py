@@ -22,7 +22,9 @@ ALL_BACKENDS = (
 )
 GPU_ONLY = frozenset({"eager-fp16-autocast", "compile-reduce-overhead", "compile-max-autotune", "cuda-graphs", "tensorrt"})
 ARTIFACT_BACKENDS = frozenset({"onnxruntime", "tensorrt"})
-"""Backends that run exported graphs, at every precision; the others run the PyTorch model in fp32."""
+"""Backends that run exported graphs, at every precision."""
+HALF_BODY_BACKENDS = frozenset({"compile", "compile-reduce-overhead", "compile-max-autotune", "cuda-graphs"})
+"""Backends that run the PyTorch model's joint graph, on a GPU also with the FP16 body; the others fp32 only."""
 
 TENSORRT_ADVICE = (
     'from a checkout: pip install -e ".[trt]"; from a wheel: pip install tensorrt-cu12 (CUDA 12) or tensorrt-cu13 '
@@ -39,9 +41,17 @@ def reason_unavailable(backend: str, device_type: str, precisions: list[str]) ->
         return f"TensorRT is not installed ({TENSORRT_ADVICE})"
     if backend == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
         return 'onnxruntime is not installed (pip install -e ".[ort]", or onnxruntime-gpu on a GPU machine)'
-    if backend not in ARTIFACT_BACKENDS and "fp32" not in precisions:
-        return f"runs the PyTorch model in fp32 only (--precision {','.join(precisions)})"
+    if not backend_precisions(backend, device_type, precisions):
+        return f"runs the PyTorch model in fp32 only here (--precision {','.join(precisions)})"
     return None
+
+
+def backend_precisions(backend: str, device_type: str, precisions: list[str]) -> list[str]:
+    """The rows ``backend`` gives of ``precisions``: artifact backends every one, the joint-graph
+    backends every one on CUDA (the FP16 body is for tensor cores), all others fp32 only."""
+    if backend in ARTIFACT_BACKENDS or (backend in HALF_BODY_BACKENDS and device_type == "cuda"):
+        return list(precisions)
+    return [precision for precision in precisions if precision == "fp32"]
 
 
 def unavailable_backends(backends, device_type: str, precisions: list[str]) -> dict[str, str]:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from mlff_export.bench.availability import backend_precisions
 from mlff_export.interface import AtomicInputs
 from mlff_export.model_spec import ModelSpec
 from mlff_export.runtime.calculator import MLFFCalculator, load_calculator
@@ -71,30 +73,29 @@ def plan_cases(
     backends: list[str],
     precisions: list[str],
 ) -> list[Case]:
-    """The rows for ``backends`` (each able to run here: see :mod:`.availability`): artifact
-    backends at every precision, the others in fp32."""
+    """The rows for ``backends`` (each able to run here: see :mod:`.availability`), each at the
+    precisions :func:`~.availability.backend_precisions` gives it."""
     cases: list[Case] = []
     for backend in backends:
-        if backend == "tensorrt":
-            cases += [Case(backend, precision, _engine_case(onnx_files[precision], precision, device)) for precision in precisions]
-        elif backend == "onnxruntime":
-            cases += [
-                Case(backend, precision, lambda path=onnx_files[precision]: load_calculator(path, device))
-                for precision in precisions
-            ]
-        else:
-            cases.append(Case(backend, "fp32", _module_case(backend, model, device)))
+        for precision in backend_precisions(backend, device.type, precisions):
+            if backend == "tensorrt":
+                build = _engine_case(onnx_files[precision], precision, device)
+            elif backend == "onnxruntime":
+                build = partial(load_calculator, onnx_files[precision], device)
+            else:
+                build = _module_case(backend, model, device, precision)
+            cases.append(Case(backend, precision, build))
     return cases
 
 
-def _module_case(backend: str, spec: ModelSpec, device: torch.device) -> Callable[[], MLFFCalculator]:
+def _module_case(backend: str, spec: ModelSpec, device: torch.device, precision: str) -> Callable[[], MLFFCalculator]:
     def build() -> MLFFCalculator:  # a fresh module per row: backends may move or convert it
         model = spec.load().module
         if backend == "eager-fp16-autocast":
             return _calculator_with(AutocastEagerBackend(model, device, torch.float32), model)
         if backend == "torchscript":
             return _calculator_with(TorchScriptBackend(model, device), model)
-        return load_calculator(model, device, backend=backend)
+        return load_calculator(model, device, backend=backend, precision=None if backend == "eager" else precision)
 
     return build
 

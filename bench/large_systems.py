@@ -1,19 +1,21 @@
 """Large systems: periodic water of 10k, 100k and 1M atoms through the calculator on one GPU.
 
     python3 -m mlff_export.bench.large_systems --out DIR [--backends compile-reduce-overhead,cuda-graphs]
-        [--sizes 10000,100000,1000000] [--parity-up-to 100000] [--repeats 3]
+        [--precisions fp32,fp16] [--sizes 10000,100000,1000000] [--parity-up-to 100000] [--repeats 3]
 
-For each backend and size, in one process: the first call (neighbor search on the GPU, domains,
+For each backend, precision (``fp16``: the FP16 body, ``load_calculator``'s ``precision``) and size, in one process: the first call (neighbor search on the GPU, domains,
 compilation or capture: ``first_call_s``), then the median of ``--repeats`` calls with a new
 geometry each (``median_s``), the peak of torch's GPU memory (``peak_gpu_gib``), the energy per
 atom, and, up to ``--parity-up-to`` atoms, the largest force and energy-per-atom differences from
 eager FP32 on the same structure. Writes ``DIR/large_systems.jsonl`` (a line per row, as it is
-measured) and ``DIR/large_systems.json`` (rows, the 100k/10k and 1M/100k time ratios, environment).
+measured) and ``DIR/large_systems.json`` (rows, the 100k/10k and 1M/100k time ratios, the FP32/FP16
+time ratio per size, environment).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import time
@@ -29,12 +31,12 @@ from mlff_export.bench.workloads import water_box
 from mlff_export.runtime import load_calculator
 
 
-def measure(backend: str, atoms, repeats: int, reference: dict | None) -> dict:
+def measure(backend: str, atoms, repeats: int, reference: dict | None, precision: str = "fp32") -> dict:
     """One row: first call, median of ``repeats`` calls, peak memory, parity with ``reference``."""
     device = torch.device("cuda")
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
-    calc = load_calculator(REFERENCE_CHECKPOINT, device="cuda", backend=backend)
+    calc = load_calculator(REFERENCE_CHECKPOINT, device="cuda", backend=backend, precision=precision)
     atoms, forces, energy, first = first_call(calc, atoms)
     seconds = []
     for step in range(repeats):
@@ -42,7 +44,7 @@ def measure(backend: str, atoms, repeats: int, reference: dict | None) -> dict:
         start = time.perf_counter()
         atoms.get_forces()
         seconds.append(time.perf_counter() - start)
-    row = {"backend": backend, "atoms": len(atoms), "first_call_s": first, "median_s": float(np.median(seconds)),
+    row = {"backend": backend, "precision": precision, "atoms": len(atoms), "first_call_s": first, "median_s": float(np.median(seconds)),
            "samples_s": seconds, "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30,
            "energy_per_atom_ev": energy / len(atoms), "domain_max_pairs": getattr(getattr(calc.backend, "domains", None), "max_pairs", None)}
     if reference is not None:
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--backends", default="compile-reduce-overhead,cuda-graphs")
+    parser.add_argument("--precisions", default="fp32", help="fp32, fp16 (the FP16 body) or both, comma-separated")
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--parity-up-to", type=int, default=100_000, help="compare with eager FP32 up to this many atoms")
     parser.add_argument("--repeats", type=int, default=3)
@@ -67,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         reference = None
         if len(atoms) <= args.parity_up_to:
             reference = load_calculator(REFERENCE_CHECKPOINT, device="cuda").predict([atoms])[0]
-        for backend in args.backends.split(","):
+        for backend, precision in itertools.product(args.backends.split(","), args.precisions.split(",")):
             try:
-                row = measure(backend, atoms, args.repeats, reference)
+                row = measure(backend, atoms, args.repeats, reference, precision)
             except Exception as error:  # noqa: BLE001 - reported as the row, the others still run
-                row = {"backend": backend, "atoms": len(atoms), "error": f"{type(error).__name__}: {str(error)[:300]}"}
+                row = {"backend": backend, "precision": precision, "atoms": len(atoms), "error": f"{type(error).__name__}: {str(error)[:300]}"}
             rows.append(row)
             with open(args.out / "large_systems.jsonl", "a") as handle:
                 handle.write(json.dumps(row) + "\n")
@@ -83,12 +86,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def time_ratios(rows: list[dict]) -> dict[str, float]:
-    """Per backend: median time at each size over the median at the next smaller size."""
+    """Per backend and precision: median time at each size over the median at the next smaller
+    size; per backend and size: the FP32 median over the FP16 median (the FP16 body's speed-up)."""
     ratios = {}
-    for backend in {row["backend"] for row in rows}:
-        sized = sorted((row["atoms"], row["median_s"]) for row in rows if row["backend"] == backend and "median_s" in row)
+    medians = {(row["backend"], row.get("precision", "fp32"), row["atoms"]): row["median_s"] for row in rows if "median_s" in row}
+    for backend, precision in {key[:2] for key in medians}:
+        sized = sorted((atoms, seconds) for (b, p, atoms), seconds in medians.items() if (b, p) == (backend, precision))
         for (small, small_s), (large, large_s) in zip(sized, sized[1:]):
-            ratios[f"{backend} {large}/{small} atoms"] = large_s / small_s
+            ratios[f"{backend} {precision} {large}/{small} atoms"] = large_s / small_s
+    for (backend, precision, atoms), seconds in medians.items():
+        if precision == "fp16" and (backend, "fp32", atoms) in medians:
+            ratios[f"{backend} {atoms} atoms fp32/fp16"] = medians[backend, "fp32", atoms] / seconds
     return ratios
 
 

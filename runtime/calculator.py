@@ -323,6 +323,7 @@ ARTIFACT_BACKENDS = {".onnx": "onnxruntime", ".plan": "tensorrt"}
 COMPILE_BACKENDS = {"compile": "default", "compile-reduce-overhead": "reduce-overhead", "compile-max-autotune": "max-autotune"}
 MODULE_BACKENDS = ("eager", *COMPILE_BACKENDS, "cuda-graphs")
 BACKENDS = (*MODULE_BACKENDS, *ARTIFACT_BACKENDS.values())
+PRECISIONS = ("fp32", "fp16")  # the body precisions of :mod:`mlff_export.export.precision`
 
 
 def _artifact_backend(path: Path, device: torch.device, memory: MemoryBudget):
@@ -337,7 +338,8 @@ def _artifact_backend(path: Path, device: torch.device, memory: MemoryBudget):
 
 
 def _module_backend(
-    module: nn.Module, name: str, device: torch.device, dtype: torch.dtype, memory: MemoryBudget, compile_cache: Path | None
+    module: nn.Module, name: str, device: torch.device, dtype: torch.dtype, memory: MemoryBudget, compile_cache: Path | None,
+    precision: str,
 ):
     if name == "eager":
         return EagerBackend(module, device, dtype, memory=memory)
@@ -348,8 +350,27 @@ def _module_backend(
     from mlff_export.runtime.joint_graph import CompiledBackend, CudaGraphBackend
 
     if name == "cuda-graphs":
-        return CudaGraphBackend(module, device, memory=memory)
-    return CompiledBackend(module, device, mode=COMPILE_BACKENDS[name], memory=memory, cache_folder=compile_cache)
+        return CudaGraphBackend(module, device, memory=memory, precision=precision)
+    return CompiledBackend(module, device, mode=COMPILE_BACKENDS[name], memory=memory, cache_folder=compile_cache, precision=precision)
+
+
+def _checked_precision(precision: str | None, backend: str | None, artifact_suffix: str | None) -> str:
+    """The body precision of a module backend (``"fp32"`` unless asked); refuses the impossible."""
+    if precision is None:
+        return "fp32"
+    if precision not in PRECISIONS:
+        raise CalculatorSetupError(f"precision must be one of {list(PRECISIONS)} (or None), got {precision!r}")
+    if artifact_suffix is not None:
+        raise CalculatorSetupError(
+            f"a {artifact_suffix} artifact keeps the precision it was exported with; drop precision={precision!r} "
+            "(mlff-export export --precision fp16 writes an FP16 graph)"
+        )
+    if precision == "fp16" and backend in (None, "eager"):
+        raise CalculatorSetupError(
+            "precision='fp16' (the exporter's half body) runs on the joint-graph backends "
+            f"{[name for name in MODULE_BACKENDS if name != 'eager']}; backend 'eager' runs the model as written"
+        )
+    return precision
 
 
 def _compile_cache_folder(compile_cache: str | Path | bool, backend: str | None) -> Path | None:
@@ -379,6 +400,7 @@ def load_calculator(
     *,
     backend: str | None = None,
     dtype: str = "float32",
+    precision: str | None = None,
     skin: float = 0.0,
     min_distance: float = DEFAULT_MIN_DISTANCE,
     memory_limit_gb: float | None = None,
@@ -402,6 +424,9 @@ def load_calculator(
             structure's inputs on the GPU (small molecules: all pairs, no search; otherwise
             vesin-torch where installed), so only positions cross to the device.
         dtype: ``"float32"`` (default) or ``"float64"`` (reference precision; eager only).
+        precision: ``"fp32"`` (default) or ``"fp16"``: the network body in float16, geometry, energy
+            sum, forces and virial in float32, as in an FP16 export (:mod:`mlff_export.export.precision`);
+            compile and cuda-graphs backends only (an artifact keeps its export's precision).
         skin: Verlet skin in Å; with ``skin > 0`` the neighbor list is reused across MD steps.
         min_distance: structures with two atoms (or an atom and its image) closer than this, Å,
             are refused (:mod:`mlff_export.structure_sanity`; default 0.5 Å, 0: no check).
@@ -425,6 +450,7 @@ def load_calculator(
     limit_bytes = None if memory_limit_gb is None else int(memory_limit_gb * 1e9)
     memory = MemoryBudget(resolved_device, limit_bytes)
     suffix = Path(model).suffix if isinstance(model, (str, Path)) else None
+    body_precision = _checked_precision(precision, backend, suffix if suffix in ARTIFACT_BACKENDS else None)
     if suffix in ARTIFACT_BACKENDS:
         if backend not in (None, ARTIFACT_BACKENDS[suffix]):
             raise CalculatorSetupError(f"a {suffix} file runs on backend '{ARTIFACT_BACKENDS[suffix]}', not {backend!r}")
@@ -440,7 +466,7 @@ def load_calculator(
                 "load the .onnx) or build an engine (mlff-export build-engine, then load the .plan)"
             )
         module = _resolve_model(model)
-        engine = _module_backend(module, name, resolved_device, DTYPES[dtype], memory, cache_folder)
+        engine = _module_backend(module, name, resolved_device, DTYPES[dtype], memory, cache_folder, body_precision)
         cutoff, species = float(module.cutoff), tuple(module.species)
     logger.info("mlff-export: backend '%s' on %s", engine.name, resolved_device)
     return MLFFCalculator(

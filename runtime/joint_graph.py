@@ -30,8 +30,10 @@ import torch
 from torch import nn
 
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
+from mlff_export.export.half_gemms import half_precision_products
 from mlff_export.export.joint_graph import trace_joint_graph
 from mlff_export.export.precision import model_for_precision
+from mlff_export.forces import has_pair_energy
 from mlff_export.interface import OUTPUT_NAMES, AtomicInputs
 from mlff_export.memory import MemoryBudget, model_bytes_per_pair
 from mlff_export.runtime.aot_package import AotPackage
@@ -90,19 +92,40 @@ class _CapturedBucket:
         return self.outputs
 
 
+def traced_in_precision(model: nn.Module, precision: str, device: torch.device) -> tuple[nn.Module, torch.fx.GraphModule, tuple]:
+    """``model`` on ``device`` in ``precision`` and its joint graph on the neighbor table, with the
+    FP16 split of the exporter (:func:`mlff_export.export.onnx_export.export_graph`): a pair-energy
+    model's copy with float16 parameters, any other model's graph with its weight products in
+    float16 (:mod:`~mlff_export.export.half_gemms`). Returns the model, the graph and its example inputs."""
+    half_body = precision == "fp16" and has_pair_energy(model)
+    model = model_for_precision(model, "fp16" if half_body else "fp32").to(device)
+    graph, example_inputs = trace_joint_graph(model, NEIGHBOR_TABLE, device)
+    if precision == "fp16" and not half_body:
+        graph, products = half_precision_products(graph)
+        if products == 0:
+            raise ValueError(f"precision 'fp16': {type(model).__name__}'s graph has no matrix product with its weights to run in float16")
+    return model, graph, example_inputs
+
+
 class JointGraphBackend(PaddedTableBackend):
-    """Runs a pair-energy model's joint graph, float32, on padded neighbor-table feeds.
+    """Runs a pair-energy model's joint graph on padded neighbor-table feeds (float32 inputs and outputs).
 
     ``call`` is what runs a bucket (the traced graph, or its compiled form); with ``capture`` (CUDA
     only) each bucket up to :data:`CAPTURE_MAX_PAIR_SLOTS` is captured once and replayed.
+    ``precision``: ``"fp32"``, or ``"fp16"`` for the exporter's half body
+    (:mod:`mlff_export.export.precision`: geometry, energy sum, forces and virial stay float32;
+    parity within the FP16 tolerances of :mod:`mlff_export.validation.tolerances`).
     """
 
     name = "joint-graph"
 
-    def __init__(self, model: nn.Module, device: torch.device, capture: bool = False, memory: MemoryBudget | None = None):
+    def __init__(
+        self, model: nn.Module, device: torch.device, capture: bool = False, memory: MemoryBudget | None = None,
+        precision: str = "fp32",
+    ):
         super().__init__(device, model.cutoff, model.species)
-        self.model = model_for_precision(model, "fp32").to(device)
-        self.graph, self.example_inputs = trace_joint_graph(self.model, NEIGHBOR_TABLE, device)
+        self.precision = precision
+        self.model, self.graph, self.example_inputs = traced_in_precision(model, precision, device)
         self.call: Callable = self.graph
         self.capture = capture and device.type == "cuda"
         self._buckets: dict[tuple, _CapturedBucket] = {}
@@ -180,14 +203,14 @@ class CompiledBackend(JointGraphBackend):
 
     def __init__(
         self, model: nn.Module, device: torch.device, mode: str = "default", memory: MemoryBudget | None = None,
-        cache_folder: str | Path | None = None,
+        cache_folder: str | Path | None = None, precision: str = "fp32",
     ):
         """``cache_folder``: where compiled kernels are kept across processes
         (:mod:`~mlff_export.runtime.compile_cache`; ``None``: nowhere but Inductor's own cache)."""
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {list(COMPILE_MODES)}, got {mode!r}")
         inductor_mode, capture = COMPILE_MODES[mode]
-        super().__init__(model, device, capture=capture, memory=memory)
+        super().__init__(model, device, capture=capture, memory=memory, precision=precision)
         self.name = "compile" if mode == "default" else f"compile-{mode}"
         self.mode = mode
         self.inductor_mode = inductor_mode
@@ -234,7 +257,7 @@ class CudaGraphBackend(JointGraphBackend):
 
     name = "cuda-graphs"
 
-    def __init__(self, model: nn.Module, device: torch.device, memory: MemoryBudget | None = None):
+    def __init__(self, model: nn.Module, device: torch.device, memory: MemoryBudget | None = None, precision: str = "fp32"):
         if device.type != "cuda":
             raise ValueError(f"backend 'cuda-graphs' needs a CUDA device, got '{device}'")
-        super().__init__(model, device, capture=True, memory=memory)
+        super().__init__(model, device, capture=True, memory=memory, precision=precision)

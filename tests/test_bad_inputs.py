@@ -1138,6 +1138,24 @@ def _(options_model, tmp_path):
         load_calculator(options_model, backend="compile", compile_cache=tmp_path / "file")
 
 
+@case("option-precision-fp16-on-eager")
+def _(options_model):
+    with refused(CalculatorSetupError, "precision='fp16'", "joint-graph backends", "'eager' runs the model as written"):
+        load_calculator(options_model, precision="fp16")
+
+
+@case("option-precision-unknown")
+def _(options_model):
+    with refused(CalculatorSetupError, "precision must be one of", "'half'"):
+        load_calculator(options_model, backend="compile", precision="half")
+
+
+@case("option-precision-of-an-artifact")
+def _(tmp_path):
+    with refused(CalculatorSetupError, "keeps the precision it was exported with", "--precision fp16"):
+        load_calculator(tmp_path / "model.fp32.onnx", precision="fp16")
+
+
 @case("option-compile-cache-damaged-aot-package")
 def _(options_model, tmp_path, caplog):
     import logging

@@ -194,3 +194,20 @@ def test_nothing_to_measure_is_refused_before_any_work(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["bench", "--suite", "full", "--backends", "compile", "--only", "loop", "--device", "cpu", "--out", str(out)]) == 1
     assert "nothing to measure" in capsys.readouterr().err and not out.exists()
+
+
+def test_joint_graph_backends_get_fp16_rows_on_a_gpu_only():
+    """Rows planned per backend and precision: exported graphs at every precision anywhere, the
+    joint-graph backends' FP16 body on CUDA only, the rest fp32 (cases are built lazily: no GPU needed)."""
+    from mlff_export import REFERENCE_CHECKPOINT
+    from mlff_export.bench.cases import plan_cases
+    from mlff_export.model_spec import ModelSpec
+
+    backends = ["eager", "compile-reduce-overhead", "cuda-graphs", "onnxruntime"]
+    onnx_files = {"fp32": "m.fp32.onnx", "fp16": "m.fp16.onnx"}
+    model = ModelSpec(str(REFERENCE_CHECKPOINT))
+    on_gpu = [case.label for case in plan_cases(model, onnx_files, torch.device("cuda"), backends, ["fp32", "fp16"])]
+    assert on_gpu == ["eager fp32", "compile-reduce-overhead fp32", "compile-reduce-overhead fp16", "cuda-graphs fp32",
+                      "cuda-graphs fp16", "onnxruntime fp32", "onnxruntime fp16"]
+    on_cpu = [case.label for case in plan_cases(model, onnx_files, torch.device("cpu"), ["eager", "compile", "onnxruntime"], ["fp32", "fp16"])]
+    assert on_cpu == ["eager fp32", "compile fp32", "onnxruntime fp32", "onnxruntime fp16"]

@@ -124,3 +124,16 @@ def test_a_model_with_every_built_in_element_uses_the_whole_set_without_notes(tm
     report = validate_artifact(card, reference=model, nve_steps=0, compare_runtimes=False)
     assert report.structure_names == list(builtin_structures())
     assert report.notes == ["NVE check not run (nve_steps=0)"] and report.nve is None
+
+
+def test_a_checkpoint_on_a_compile_backend_is_validated_in_the_precision_asked(tmp_path):
+    """``precision="fp16"`` with a compile backend runs the FP16 body (not float32 judged by FP16
+    tolerances: its forces differ from the float64 reference by more than float32's rounding)."""
+    card, model = checkpoint_of((1, 6, 7, 8), tmp_path)
+    structures = write_frames(tmp_path / "two.extxyz", [molecule("CH4"), molecule("H2O")])
+    options = {"reference": model, "structures": structures, "backend": "compile", **QUICK}
+    half = validate_artifact(card, precision="fp16", **options)
+    assert (half.precision, half.backend) == ("fp16", "compile")
+    assert half.passed, half.failures()
+    forces = next(c for c in half.comparisons if c.label == "artifact vs reference" and c.output == "forces")
+    assert forces.max_abs_error > 1e-6, "float32's error: the checkpoint did not run its FP16 body"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mlff_export.bench.availability import ALL_BACKENDS, ARTIFACT_BACKENDS, unavailable_backends
+from mlff_export.bench.availability import ALL_BACKENDS, ARTIFACT_BACKENDS, backend_precisions, unavailable_backends
 from mlff_export.cli.options import (
     PRECISIONS,
     UsageError,
@@ -94,7 +94,8 @@ def backends_to_run(requested: list[str] | None, suite, device_type: str, precis
 
 def plan_line(suite, backends: list[str], precisions: list[str], device_name: str, exporting: bool) -> str:
     """What the run will do, printed before it starts."""
-    rows = sum(suite.runs(backend, workload) * (len(precisions) if backend in ARTIFACT_BACKENDS else 1)
+    device_type = device_name.partition(":")[0]
+    rows = sum(suite.runs(backend, workload) * len(backend_precisions(backend, device_type, precisions))
                for backend in backends for workload in suite.workloads)
     line = f"bench {suite.name} on {device_name}: {rows} rows ({', '.join(backends)} x {len(suite.workloads)} workloads)"
     if exporting:

@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artifact", help="exported .onnx or TensorRT .plan (or a checkpoint .json with --backend)")
     add_model_options(parser, flags=("--reference",), role="the PyTorch model the artifact was exported from")
     parser.add_argument("--structures", metavar="FILE", help="structures (any format ase.io.read reads); default: built-in set")
-    parser.add_argument("--precision", choices=PRECISIONS, help="tolerance set (default: the artifact's precision)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="tolerance set (default: the artifact's precision); a checkpoint on a compile or cuda-graphs --backend also runs in it")
     add_device_option(parser, default="cpu")
     parser.add_argument("--backend", help="the artifact's runtime backend (default: from its suffix; e.g. compile)")
     parser.add_argument("--report", metavar="DIR", help="write report.json, report.md and force_parity.png here")

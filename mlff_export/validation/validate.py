@@ -18,6 +18,7 @@ from torch import nn
 from mlff_export import REFERENCE_CHECKPOINT
 from mlff_export.model_intake import LoadedModel, load_model
 from mlff_export.runtime import load_calculator
+from mlff_export.runtime.calculator import ARTIFACT_BACKENDS
 from mlff_export.validation.comparison import compare_predictions
 from mlff_export.validation.physics import check_forces_by_finite_differences, compare_nve
 from mlff_export.validation.provenance import check_provenance
@@ -35,7 +36,7 @@ NVE_MOLECULE = "C6H6"
 def artifact_precision(calculator) -> str:
     """The precision the artifact declares in its metadata (``"fp32"`` for one that declares none)."""
     metadata = getattr(calculator.backend, "metadata", None)
-    return getattr(metadata, "precision", "fp32")
+    return getattr(metadata, "precision", None) or getattr(calculator.backend, "precision", "fp32")
 
 
 def validate_artifact(
@@ -58,6 +59,8 @@ def validate_artifact(
     Args:
         structures: a file ASE reads (all its structures), or None for the built-in set.
         precision: which default tolerances apply (``"fp32"``/``"fp16"``); default: the artifact's.
+            A checkpoint or module run on a compile or cuda-graphs ``backend`` also runs in it
+            (``load_calculator``'s ``precision``: ``"fp16"`` is the exporter's half body).
         device: where the artifact and the reference run (``"cpu"``, ``"cuda"``).
         backend: the artifact's runtime backend (``load_calculator``'s ``backend``; default:
             from the artifact's suffix), e.g. ``"compile"`` to validate torch.compile on a checkpoint.
@@ -73,7 +76,8 @@ def validate_artifact(
     """
     if isinstance(nve_steps, bool) or not isinstance(nve_steps, int) or nve_steps < 0:
         raise ValueError(f"nve_steps | received {nve_steps!r} | expected a number of steps >= 0 (0: no NVE check)")
-    artifact_calculator = load_calculator(artifact, device=device, backend=backend)
+    runs_in = precision if backend not in (None, "eager") and Path(artifact).suffix not in ARTIFACT_BACKENDS else None
+    artifact_calculator = load_calculator(artifact, device=device, backend=backend, precision=runs_in)
     if isinstance(reference, nn.Module):
         reference = LoadedModel(copy.deepcopy(reference), f"<{type(reference).__name__} module>")
     elif not isinstance(reference, LoadedModel):

@@ -155,3 +155,24 @@ def test_each_captured_bucket_keeps_the_blas_library_whose_replay_was_fastest():
     assert set(seconds) == {"cublas", "cublaslt"} and all(value > 0 for value in seconds.values())
     assert seconds[library] == min(seconds.values())
     assert torch.backends.cuda.preferred_blas_library() == preference
+
+
+@pytest.mark.parametrize("backend", ["cuda-graphs", "compile-reduce-overhead"])
+def test_fp16_body_on_the_gpu_keeps_the_fp16_tolerances(backend, eager_results):
+    """``precision="fp16"``, batched and one by one (captured buckets), within the FP16 tolerances
+    of eager float32 on every structure of the zoo, and not float32's numbers."""
+    from mlff_export.validation.tolerances import default_tolerances
+
+    tolerances = default_tolerances("fp16").outputs
+    structures, expected = eager_results
+    calc = load_calculator(REFERENCE_CHECKPOINT, device="cuda", backend=backend, precision="fp16")
+    assert calc.backend.precision == "fp16"
+    largest_force_error = 0.0
+    for atoms, want, batched in zip(structures, expected, calc.predict(structures)):
+        atoms = atoms.copy()
+        atoms.calc = calc
+        for forces, energy in ((batched["forces"], batched["energy"]), (atoms.get_forces(), atoms.get_potential_energy())):
+            assert abs(energy - want["energy"]) / len(atoms) <= tolerances["energy_per_atom"].atol
+            np.testing.assert_allclose(forces, want["forces"], atol=tolerances["forces"].atol, rtol=tolerances["forces"].rtol)
+            largest_force_error = max(largest_force_error, float(np.abs(forces - want["forces"]).max()))
+    assert largest_force_error > 1e-5, "float32's numbers: the body did not run in float16"

@@ -1,7 +1,7 @@
 """Cold start: what a new process pays before it answers, and how the compile cache shortens it.
 
     python3 -m mlff_export.bench.cold_start --out DIR [--backends compile-reduce-overhead,...]
-        [--device cuda] [--onnx MODEL.onnx] [--timeout 540]
+        [--device cuda] [--onnx MODEL.onnx] [--timeout 540] [--phases cold,warm,aot]
 
 For each backend, two fresh processes run the same task, one after the other:
 
@@ -124,10 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--onnx", help="also time ONNX Runtime on this exported graph")
     parser.add_argument("--timeout", type=float, default=540.0, help="seconds per process")
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"which of {','.join(PHASES)} to run (default: all)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--launched", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    phases = [phase for phase in args.phases.split(",") if phase]
+    if not set(phases) <= set(PHASES):
+        parser.error(f"--phases: expected some of {','.join(PHASES)}, got {args.phases!r}")
     if args.child:
         print(json.dumps(child(args.child, args.device, args.launched, args.model)))
         return 0
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for backend, model in runs:
         cold = None
-        for phase in PHASES:
+        for phase in phases:
             if phase == "aot" and not backend.startswith("compile"):
                 continue
             built = build_package(backend, args.out, args.device, args.timeout) if phase == "aot" else {}

@@ -93,20 +93,24 @@ class CompileCacheKey:
 
 
 class CompileCache:
-    """One key's compiled kernels under ``folder/<key digest>/``: per process that compiled
-    something new, ``<stamp>.bin`` (Inductor's artifacts) and ``<stamp>.json`` (the key, the
-    payload's SHA-256 and the buckets it holds). Each process writes only its own pair, so
+    """One key's compiled kernels under ``folder/<key digest>/``: per save of a process that
+    compiled something new, ``<stamp>-<n>.bin`` (Inductor's artifacts) and ``<stamp>-<n>.json`` (the
+    key, the payload's SHA-256 and the buckets it adds). Each process writes only its own files, so
     processes sharing a folder never overwrite each other."""
 
     def __init__(self, folder: str | Path, key: CompileCacheKey):
         self.folder = Path(folder).expanduser() / key.digest
         self.key = key
-        stamp = f"{time.time_ns()}-{os.getpid()}"
-        self.payload_path = self.folder / f"{stamp}.bin"
-        self.manifest_path = self.folder / f"{stamp}.json"
+        self._stamp = f"{time.time_ns()}-{os.getpid()}"
+        self._saves = 0
+        self.payload_path, self.manifest_path = self._files(0)
+        """Where this process's next save goes: ``<stamp>-<n>.bin`` and ``.json``."""
         self.buckets: list[list] = []
         """Buckets compiled before (loaded) or in this process."""
-        self._written: list[list] = []  # buckets this process compiled: listed in its own manifest
+        self._unsaved: list[list] = []  # buckets run since the last save: listed in the next manifest
+
+    def _files(self, save: int) -> tuple[Path, Path]:
+        return self.folder / f"{self._stamp}-{save}.bin", self.folder / f"{self._stamp}-{save}.json"
 
     def load(self) -> int:
         """Hand every usable stored payload to Inductor; returns how many were loaded. Unusable
@@ -128,21 +132,26 @@ class CompileCache:
         return loaded
 
     def add(self, bucket: tuple) -> None:
-        """Record ``bucket`` (a tuple of input shapes) as compiled; if it is new, save everything
-        Inductor has produced or reused in this process (written to a temporary file, renamed)."""
+        """Record ``bucket`` (a tuple of input shapes) as compiled; if it is new, save what Inductor
+        has produced or reused since the last save as a new file pair (each written to a temporary
+        file, renamed). A new pair per save: ``save_cache_artifacts`` returns only what is new since
+        its last call (torch 2.13), so rewriting one file would drop the earlier compiles."""
         entry = json.loads(json.dumps(bucket))  # tuples as lists, as they come back from a file
         if entry in self.buckets:
             return
         self.buckets.append(entry)
+        self._unsaved.append(entry)
         saved = torch.compiler.save_cache_artifacts()
         if saved is None:
             return
-        self._written.append(entry)
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         manifest = {"format": FORMAT, "key": asdict(self.key), "payload_sha256": hashlib.sha256(saved[0]).hexdigest(),
-                    "buckets": self._written}
+                    "buckets": self._unsaved}
         write_atomically(self.payload_path, saved[0])
         write_atomically(self.manifest_path, json.dumps(manifest, indent=1).encode())
+        self._saves += 1
+        self._unsaved = []
+        self.payload_path, self.manifest_path = self._files(self._saves)
 
 
 def checked_manifest(manifest_path: Path, payload_path: Path, format: str, key: CompileCacheKey) -> tuple[dict | None, str | None]:

@@ -1,6 +1,6 @@
-"""Temporary: where the CPU side of one benzene calculator call goes (cProfile), compile-reduce-overhead."""
+"""Where the CPU side of one benzene calculator call goes (cProfile), compile-reduce-overhead; as run on the H200 (cpu-side.txt)."""
 import cProfile, pstats, sys, time
-import numpy as np, torch
+import numpy as np
 from ase.build import molecule
 from mlff_export import REFERENCE_CHECKPOINT
 from mlff_export.runtime import load_calculator

@@ -323,7 +323,6 @@ ARTIFACT_BACKENDS = {".onnx": "onnxruntime", ".plan": "tensorrt"}
 COMPILE_BACKENDS = {"compile": "default", "compile-reduce-overhead": "reduce-overhead", "compile-max-autotune": "max-autotune"}
 MODULE_BACKENDS = ("eager", *COMPILE_BACKENDS, "cuda-graphs")
 BACKENDS = (*MODULE_BACKENDS, *ARTIFACT_BACKENDS.values())
-PRECISIONS = ("fp32", "fp16")  # the body precisions of :mod:`mlff_export.export.precision`
 
 
 def _artifact_backend(path: Path, device: torch.device, memory: MemoryBudget):
@@ -358,6 +357,8 @@ def _checked_precision(precision: str | None, backend: str | None, artifact_suff
     """The body precision of a module backend (``"fp32"`` unless asked); refuses the impossible."""
     if precision is None:
         return "fp32"
+    from mlff_export.export.precision import PRECISIONS
+
     if precision not in PRECISIONS:
         raise CalculatorSetupError(f"precision must be one of {list(PRECISIONS)} (or None), got {precision!r}")
     if artifact_suffix is not None:

@@ -56,13 +56,14 @@ def test_statistics_and_the_worst_atom():
 
 
 def test_rtol_scales_with_the_reference():
-    """An error of 0.5 on a reference of 10: allowed at rtol 0.06 (0.6), refused at 0.04 (0.4);
-    0.2 on a reference of 20 is allowed at both (1.2, 0.8). No value sits on a boundary, where the
-    last bit of a product decides (with atol 0, an exact zero error would be one)."""
+    """An error of 0.5 on a reference of 10: allowed at rtol 0.06 (0.6 + atol), refused at 0.04
+    (0.4 + atol); 0.2 on a reference of 20 is allowed at both (1.2, 0.8). The atol, 1e-3, alone
+    would refuse both errors, so rtol decides; no value sits near a boundary, where the last bit of
+    a product would decide."""
     reference = values([[10.0], [20.0]], ["a", "b"], [-1, -1])
     predicted = values([[10.5], [20.2]], ["a", "b"], [-1, -1])
-    assert compare_output("t", "energy_per_atom", predicted, reference, OutputTolerance(atol=0.0, rtol=0.06)).passed
-    failed = compare_output("t", "energy_per_atom", predicted, reference, OutputTolerance(atol=0.0, rtol=0.04))
+    assert compare_output("t", "energy_per_atom", predicted, reference, OutputTolerance(atol=1e-3, rtol=0.06)).passed
+    failed = compare_output("t", "energy_per_atom", predicted, reference, OutputTolerance(atol=1e-3, rtol=0.04))
     assert failed.violations == 1 and failed.worst_location == "a"
 
 

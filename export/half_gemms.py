@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import fx
 
+from mlff_export.export.errors import ExportError
+
 aten = torch.ops.aten
 
 _PRODUCTS = {aten.mm.default: (0, 1), aten.bmm.default: (0, 1), aten.addmm.default: (1, 2)}
@@ -65,3 +67,12 @@ def half_precision_products(graph_module: fx.GraphModule) -> tuple[fx.GraphModul
     graph.lint()
     graph_module.recompile()
     return graph_module, converted
+
+
+def with_half_weight_products(graph_module: fx.GraphModule, model_name: str) -> fx.GraphModule:
+    """:func:`half_precision_products` of ``graph_module`` (``model_name``'s joint graph); raises
+    :class:`ExportError` when it has no weight product to run in float16 (FP16 would change nothing)."""
+    graph_module, products = half_precision_products(graph_module)
+    if products == 0:
+        raise ExportError(f"fp16: {model_name}'s graph has no matrix product with its weights to run in float16; use precision 'fp32'")
+    return graph_module

@@ -32,7 +32,7 @@ from mlff_export.export.errors import ExportError
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE, OUTPUT_AXES, PAIR_LIST, GraphLayout
 from mlff_export.export.interface_check import check_declares_interface, check_interface_outputs
 from mlff_export.export.functional import functionalized
-from mlff_export.export.half_gemms import half_precision_products
+from mlff_export.export.half_gemms import with_half_weight_products
 from mlff_export.export.joint_graph import RewriteRefused, rewritten_to_neighbor_table, trace_joint_graph, trace_pair_list_graph
 from mlff_export.export.joint_graph_ops import ONNX_TRANSLATIONS
 from mlff_export.export.metadata import FORCE_METHOD, ArtifactMetadata, graph_sha256, non_finite_initializers, sealed_model_bytes
@@ -164,12 +164,7 @@ def export_graph(model: nn.Module, precision: str) -> ExportGraph:
         except RewriteRefused as refusal:
             export = ExportGraph(pair_graph, pair_args, PAIR_LIST, str(refusal))
     if precision == "fp16":
-        export.graph, products = half_precision_products(export.graph)
-        if products == 0:
-            raise ExportError(
-                f"fp16: {type(model).__name__}'s graph has no matrix product with its weights to run in float16; "
-                "export it with precision='fp32'"
-            )
+        export.graph = with_half_weight_products(export.graph, type(model).__name__)
     return export
 
 

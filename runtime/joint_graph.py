@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
-from mlff_export.export.half_gemms import half_precision_products
+from mlff_export.export.half_gemms import with_half_weight_products
 from mlff_export.export.joint_graph import trace_joint_graph
 from mlff_export.export.precision import model_for_precision
 from mlff_export.forces import has_pair_energy
@@ -101,9 +101,7 @@ def traced_in_precision(model: nn.Module, precision: str, device: torch.device) 
     model = model_for_precision(model, "fp16" if half_body else "fp32").to(device)
     graph, example_inputs = trace_joint_graph(model, NEIGHBOR_TABLE, device)
     if precision == "fp16" and not half_body:
-        graph, products = half_precision_products(graph)
-        if products == 0:
-            raise ValueError(f"precision 'fp16': {type(model).__name__}'s graph has no matrix product with its weights to run in float16")
+        graph = with_half_weight_products(graph, type(model).__name__)
     return model, graph, example_inputs
 
 
@@ -214,14 +212,17 @@ class CompiledBackend(JointGraphBackend):
         self.name = "compile" if mode == "default" else f"compile-{mode}"
         self.mode = mode
         self.inductor_mode = inductor_mode
-        key = None if cache_folder is None else CompileCacheKey.of(self.graph, device, mode)
-        self.compile_cache = None if key is None else CompileCache(cache_folder, key)
-        if self.compile_cache is not None:
+        self.compile_cache: CompileCache | None = None
+        self.aot_package: AotPackage | None = None
+        package = None
+        if cache_folder is not None:
+            key = CompileCacheKey.of(self.graph, device, mode)
+            self.compile_cache = CompileCache(cache_folder, key)
             self.compile_cache.load()  # before anything compiles
-        self.aot_package = None if key is None else AotPackage(cache_folder, key)
+            self.aot_package = AotPackage(cache_folder, key)
+            package = self.aot_package.load()
         self._ran_buckets: set[tuple] = set()
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, MAX_COMPILED_BUCKETS)
-        package = None if self.aot_package is None else self.aot_package.load()
         self.ahead_of_time = package is not None
         """Whether the graph runs from the AOTInductor package (``mlff-export compile --aot``), not ``torch.compile``."""
         self.call = package if self.ahead_of_time else self.compiled(self.graph)

@@ -91,6 +91,14 @@ def pair_repulsion(positions, pair_index, pair_shifts, cutoff: float) -> torch.T
     return torch.zeros(positions.shape[0], dtype=positions.dtype).index_add(0, pair_index[0], pair_energies)
 
 
+class PairRepulsionOnly(DistilledStudent):
+    """A correct model with no weights in its energy: nothing for FP16 to run in float16."""
+
+    def forward(self, positions, species, pair_index, pair_shifts, structure_index, cell):
+        atom_energies = pair_repulsion(positions, pair_index, pair_shifts, self.cutoff)
+        return torch.zeros(cell.shape[0], dtype=positions.dtype).index_add(0, structure_index, atom_energies)
+
+
 class ReadsStructureCount(DistilledStudent):
     """Reads the number of structures from tensor data (``int(structure_index[-1]) + 1``)."""
 

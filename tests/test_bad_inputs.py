@@ -769,6 +769,17 @@ def _(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@case("model-fp16-without-weight-products")
+def _(tmp_path):
+    from byom_models import PairRepulsionOnly
+
+    with refused(ExportError, "fp16: PairRepulsionOnly", "no matrix product with its weights", "precision 'fp32'"):
+        to_onnx(PairRepulsionOnly(), tmp_path / "out" / "repulsion.onnx", precision="fp16")
+    assert not (tmp_path / "out").exists()
+    with refused(ExportError, "no matrix product with its weights"):
+        load_calculator(PairRepulsionOnly(), backend="compile", precision="fp16", compile_cache=False)
+
+
 @case("cli-weights-with-a-checkpoint-card")
 def _(tmp_path, capsys):
     weights = written(tmp_path / "w.safetensors", b"not read")

@@ -103,14 +103,19 @@ class CompileCache:
         self.key = key
         self._stamp = f"{time.time_ns()}-{os.getpid()}"
         self._saves = 0
-        self.payload_path, self.manifest_path = self._files(0)
-        """Where this process's next save goes: ``<stamp>-<n>.bin`` and ``.json``."""
         self.buckets: list[list] = []
         """Buckets compiled before (loaded) or in this process."""
         self._unsaved: list[list] = []  # buckets run since the last save: listed in the next manifest
 
-    def _files(self, save: int) -> tuple[Path, Path]:
-        return self.folder / f"{self._stamp}-{save}.bin", self.folder / f"{self._stamp}-{save}.json"
+    @property
+    def payload_path(self) -> Path:
+        """Where this process's next save puts its payload: ``<stamp>-<n>.bin``."""
+        return self.folder / f"{self._stamp}-{self._saves}.bin"
+
+    @property
+    def manifest_path(self) -> Path:
+        """The next save's manifest: ``<stamp>-<n>.json``."""
+        return self.payload_path.with_suffix(".json")
 
     def load(self) -> int:
         """Hand every usable stored payload to Inductor; returns how many were loaded. Unusable
@@ -151,7 +156,6 @@ class CompileCache:
         write_atomically(self.manifest_path, json.dumps(manifest, indent=1).encode())
         self._saves += 1
         self._unsaved = []
-        self.payload_path, self.manifest_path = self._files(self._saves)
 
 
 def checked_manifest(manifest_path: Path, payload_path: Path, format: str, key: CompileCacheKey) -> tuple[dict | None, str | None]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -83,17 +84,16 @@ class AotPackage:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         temporary = self.folder / ".joint-graph.tmp.pt2"  # the packager wants the .pt2 suffix
         torch._inductor.aoti_compile_and_package(program, package_path=str(temporary), inductor_configs=INDUCTOR_CONFIGS[mode])
-        payload = temporary.read_bytes()
-        temporary.unlink()
-        write_atomically(self.package_path, payload)
-        problem = load_problem(self.package_path)
-        if problem is not None:  # no manifest: never loaded by anyone
-            self.package_path.unlink()
+        problem = load_problem(temporary)
+        if problem is not None:  # never moved into place, no manifest: never loaded by anyone
+            temporary.unlink()
             raise AotPackageError(
                 f"the AOTInductor package just built does not load in a new process ({problem}; torch {torch.__version__}); "
                 "it was not kept. The compile cache (mlff-export compile without --aot) serves this machine"
             )
-        manifest = {"format": FORMAT, "key": asdict(self.key), "payload_sha256": hashlib.sha256(payload).hexdigest()}
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, self.package_path)  # the compile cache's atomic write, without a second copy
+        manifest = {"format": FORMAT, "key": asdict(self.key), "payload_sha256": hashlib.sha256(self.package_path.read_bytes()).hexdigest()}
         write_atomically(self.manifest_path, json.dumps(manifest, indent=1).encode())
         return self.package_path
 

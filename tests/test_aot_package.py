@@ -161,4 +161,5 @@ def test_a_package_that_does_not_load_in_a_new_process_is_not_kept(built, tmp_pa
     with pytest.raises(aot_package.AotPackageError, match="does not load in a new process .*signal 11.*not kept"):
         backend.aot_package.build(backend.graph, backend.example_inputs)
     assert not backend.aot_package.package_path.exists() and not backend.aot_package.manifest_path.exists()
+    assert list(backend.aot_package.folder.iterdir()) == [], "the built bytes were left behind"
     assert backend.aot_package.load() is None

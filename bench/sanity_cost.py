@@ -193,9 +193,9 @@ def device_check_us(calc: MLFFCalculator, atoms: Atoms, repeats: int) -> dict:
         return {}
     device = backend.device
     if isinstance(backend, joint_graph.JointGraphBackend) and backend.capture:
-        with_check = joint_graph._CapturedBucket(backend.call, feeds, backend.closest_call)
+        with_check = joint_graph._CapturedBucket(backend.call, feeds, device, backend.closest_call)
         infinity = torch.full((1,), math.inf, device=device)
-        without_check = joint_graph._CapturedBucket(backend.call, feeds, lambda _buffers: infinity)
+        without_check = joint_graph._CapturedBucket(backend.call, feeds, device, lambda _buffers: infinity)
         with_us = replay_us(with_check.graph.replay, device, repeats)
         without_us = replay_us(without_check.graph.replay, device, repeats)
         return {"how": "inside the bucket's CUDA graph", "graph_replay_with_us": with_us, "graph_replay_without_us": without_us,
@@ -205,7 +205,7 @@ def device_check_us(calc: MLFFCalculator, atoms: Atoms, repeats: int) -> dict:
         if bucket.closest is not None:
             return {"how": "its own CUDA graph, one replay per call (back-to-back replays, CUDA events)",
                     "device_check_us": replay_us(bucket.closest, device, repeats)}
-    return {"how": "plain torch ops", "device_check_us": median_us(lambda: device_feeds.closest_distance(feeds), device, repeats)}
+    return {"how": "plain torch ops", "device_check_us": median_us(lambda: device_feeds.closest_distance(device_feeds.on_device(feeds, device)), device, repeats)}
 
 
 def per_call_costs(backend_name: str, onnx_path: Path, device: torch.device, repeats: int) -> dict:

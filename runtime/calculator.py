@@ -110,17 +110,18 @@ class MLFFCalculator(Calculator):
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
         """What changed since the last calculation: positions, numbers, cell or pbc (what the
         model sees). ASE's version compares every property with ``np.isclose``, which was about
-        half of a small molecule's CPU time per call; exact comparison only ever recomputes more."""
+        half of a small molecule's CPU time per call; comparing the bytes (exact: -0.0 differs
+        from 0.0) only ever recomputes more."""
         previous = self.atoms
         if previous is None or len(previous) != len(atoms):
             return list(all_changes)
         checks = {
-            "positions": (previous.positions, atoms.positions),
-            "numbers": (previous.numbers, atoms.numbers),
+            "positions": (previous.arrays["positions"], atoms.arrays["positions"]),
+            "numbers": (previous.arrays["numbers"], atoms.arrays["numbers"]),
             "cell": (previous.cell.array, atoms.cell.array),
             "pbc": (previous.pbc, atoms.pbc),
         }
-        return [name for name, (old, new) in checks.items() if not np.array_equal(old, new)]
+        return [name for name, (old, new) in checks.items() if not _same_bytes(old, new)]
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         atoms = self.atoms if atoms is None else atoms
@@ -226,6 +227,11 @@ def _numbered(index: int) -> Iterator[None]:
         yield
     except StructureError as error:
         raise StructureError(f"structure {index}: {error}") from None
+
+
+def _same_bytes(old: np.ndarray, new: np.ndarray) -> bool:
+    """Whether two arrays hold the same values bit for bit (same dtype and shape)."""
+    return old.dtype == new.dtype and old.shape == new.shape and old.tobytes() == new.tobytes()
 
 
 def all_finite(arrays: Iterable[np.ndarray]) -> bool:

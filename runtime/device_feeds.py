@@ -11,7 +11,7 @@ padded to a shape bucket: :mod:`mlff_export.runtime.shape_buckets`). Three ways 
   every other atom of the padded bucket is a neighbor. No neighbor search at all: an interface
   model's pair terms vanish beyond its cutoff (value and gradient, docs/interface.md), so pairs
   beyond it add exact zeros. The index tensors depend only on the atom count and are built once;
-  a call moves the positions only (one pinned host-to-device copy).
+  a call moves the positions only (one copy from a pinned host buffer into the graph's input).
 * :class:`DeviceFeeds`, everything else on a CUDA device: vesin-torch searches neighbors on the
   GPU and the table is built there; positions are the only host data that moves.
 
@@ -52,6 +52,11 @@ def table_feeds(inputs: AtomicInputs, device: torch.device, padding_species: int
     feeds = NEIGHBOR_TABLE.feeds(inputs.to(where, torch.float32))
     padded = pad_table_feeds(feeds, choose_bucket(*table_sizes(feeds), [UNBOUNDED]), padding_species)
     return {name: tensor.to(device, non_blocking=True) for name, tensor in padded.items()}
+
+
+def on_device(feeds: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """``feeds`` with every tensor on ``device`` (:class:`DeviceFeeds` keeps positions on the host)."""
+    return {name: tensor.to(device, non_blocking=True) for name, tensor in feeds.items()}
 
 
 def closest_distance(feeds: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -153,7 +158,9 @@ class DeviceFeeds:
     ``__call__(atoms)`` returns the feeds (``NEIGHBOR_TABLE`` names), or ``None`` for a structure
     this object cannot build (periodic or larger than :data:`DENSE_MAX_ATOMS` without
     vesin-torch, or more pairs than asked for): the caller then uses the CPU neighbor list. Returned feeds stay valid until the
-    next call (positions go through one reused pinned buffer); cached tensors are never modified,
+    next call. A small molecule's positions stay on the host, in a reused pinned buffer (the
+    backend's captured graph copies them into its own input: one copy; :func:`on_device` for
+    anything else); cached tensors are never modified,
     so a consumer may skip copying a tensor it has already seen.
     """
 
@@ -162,7 +169,7 @@ class DeviceFeeds:
         self.padding_species = int(padding_species)
         self.device = device
         self._tables: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
-        self._species: dict[tuple[int, bytes], torch.Tensor] = {}
+        self._molecule_feeds: dict[tuple[int, bytes], dict[str, torch.Tensor]] = {}
         self._staging: dict[int, torch.Tensor] = {}
         self._batch_table: tuple[tuple[int, ...], dict[str, torch.Tensor]] | None = None
         self._search = None
@@ -202,36 +209,39 @@ class DeviceFeeds:
         numbers = np.full(bucket_atoms, self.padding_species, dtype=np.int64)
         numbers[: sum(sizes)] = np.concatenate([atoms.numbers for atoms in structures])
         species = torch.from_numpy(numbers).to(self.device, non_blocking=True)
-        positions = self._moved_positions(np.concatenate([atoms.positions for atoms in structures]), bucket_atoms)
+        positions = self._staged_positions(np.concatenate([atoms.positions for atoms in structures]), bucket_atoms)
         feeds = {"positions": positions, "species": species, **table}
         return {name: feeds[name] for name in NEIGHBOR_TABLE.input_names}
 
-    def _moved_positions(self, positions: np.ndarray, bucket_atoms: int) -> torch.Tensor:
-        """``positions`` [n, 3] padded with zero rows to ``bucket_atoms``, on the device (through a
-        reused pinned buffer, zero beyond the real rows)."""
+    def _staged_positions(self, positions: np.ndarray, bucket_atoms: int) -> torch.Tensor:
+        """``positions`` [n, 3] padded with zero rows to ``bucket_atoms``, float32 on the host: a
+        reused pinned buffer on CUDA (the consumer copies it straight into its own device buffer),
+        a new tensor on the CPU."""
         staging = self._staging.get(bucket_atoms)
         if staging is None:
             pinned = self.device.type == "cuda"
             staging = self._staging[bucket_atoms] = torch.zeros((bucket_atoms, 3), pin_memory=pinned)
         staging.numpy()[: len(positions)] = positions
         staging.numpy()[len(positions) :] = 0.0
-        return staging.to(self.device, non_blocking=True) if self.device.type == "cuda" else staging.clone()
+        return staging if self.device.type == "cuda" else staging.clone()
 
     def _dense(self, atoms: Atoms) -> dict[str, torch.Tensor]:
+        """A molecule's feeds: on CUDA the same dict for the same elements (its positions are the
+        bucket's staging buffer, rewritten in place), a new dict on the CPU."""
         num_atoms = len(atoms)
         bucket_atoms = bucket_size(num_atoms, UNBOUNDED.atoms)
-        table = self._tables.get((num_atoms, bucket_atoms))
-        if table is None:
-            table = self._tables[num_atoms, bucket_atoms] = dense_molecule_table(num_atoms, bucket_atoms, self.device)
-        species_key = (bucket_atoms, atoms.numbers.tobytes())
-        species = self._species.get(species_key)
-        if species is None:
+        positions = self._staged_positions(atoms.positions, bucket_atoms)
+        key = (bucket_atoms, atoms.numbers.tobytes())
+        feeds = self._molecule_feeds.get(key)
+        if feeds is None:
+            table = self._tables.get((num_atoms, bucket_atoms))
+            if table is None:
+                table = self._tables[num_atoms, bucket_atoms] = dense_molecule_table(num_atoms, bucket_atoms, self.device)
             padded = np.full(bucket_atoms, self.padding_species, dtype=np.int64)
             padded[:num_atoms] = atoms.numbers
-            species = self._species[species_key] = torch.from_numpy(padded).to(self.device)
-        positions = self._moved_positions(atoms.positions, bucket_atoms)
-        feeds = {"positions": positions, "species": species, **table}
-        return {name: feeds[name] for name in NEIGHBOR_TABLE.input_names}
+            built = {"positions": positions, "species": torch.from_numpy(padded).to(self.device), **table}
+            feeds = self._molecule_feeds[key] = {name: built[name] for name in NEIGHBOR_TABLE.input_names}
+        return feeds if feeds["positions"] is positions else {**feeds, "positions": positions}
 
     def search(self, atoms: Atoms) -> AtomicInputs | None:
         """``atoms`` as interface inputs (float32) with their pair list, searched on the device by

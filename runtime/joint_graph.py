@@ -17,7 +17,8 @@ CUDA graphs are captured here, not by torch.compile's cudagraph trees: the bucke
 are ours (:class:`~mlff_export.runtime.static_feeds.StaticFeeds`), so a small molecule's call
 copies only its positions. Buckets above :data:`CAPTURE_MAX_PAIR_SLOTS` run uncaptured: launch
 overhead is negligible there and a captured graph would keep its activations' memory. A single
-structure above :data:`DOMAIN_PAIRS` pairs runs in spatial domains (:mod:`~mlff_export.runtime.domains`)
+structure whose activations would not fit in the device's free memory (the call's
+:class:`~mlff_export.memory.MemoryBudget`) runs in spatial domains (:mod:`~mlff_export.runtime.domains`)
 through a second trace of the graph with per-atom energy weights.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,7 +41,7 @@ from mlff_export.memory import MemoryBudget, model_bytes_per_pair
 from mlff_export.runtime.aot_package import AotPackage
 from mlff_export.runtime.blas_choice import capture_fastest
 from mlff_export.runtime.compile_cache import CompileCache, CompileCacheKey
-from mlff_export.runtime.device_feeds import PAIRS_BUILT_ON_DEVICE, closest_distance, closest_pair_distance
+from mlff_export.runtime.device_feeds import PAIRS_BUILT_ON_DEVICE, closest_distance, closest_pair_distance, on_device
 from mlff_export.runtime.domains import DomainSplitter
 from mlff_export.runtime.padded_table import PaddedTableBackend
 from mlff_export.runtime.shape_buckets import table_sizes
@@ -53,43 +55,80 @@ COMPILE_MODES = {
 }
 MAX_COMPILED_BUCKETS = 64
 CAPTURE_MAX_PAIR_SLOTS = 1 << 18  # atoms x table width of the largest bucket captured as a CUDA graph
-# One structure above this many pairs runs in spatial domains: on the H100 the graph's activations
-# took 7.1 GB at 0.53 M pairs (10k water), and a whole 100k-atom box (5.3 M pairs) did not fit.
-DOMAIN_PAIRS = 2_000_000
 
 
 class _CapturedBucket:
     """One bucket's CUDA graph with its static input and output buffers. The graph also measures
     the structure's closest pair with ``closest_call`` (``"closest_distance"``: the GPU path's
-    sanity check, no extra launch). It is captured once per BLAS library and the fastest kept
-    (:mod:`~mlff_export.runtime.blas_choice`; ``blas`` says which and every library's replay time)."""
+    sanity check, no extra launch) and ends by copying every output into one pinned host buffer
+    (:meth:`launch`: no copy, slicing or concatenation launched per call). It is captured once per
+    BLAS library and the fastest kept (:mod:`~mlff_export.runtime.blas_choice`; ``blas`` says
+    which and every library's replay time)."""
 
-    def __init__(self, graph_call: Callable, feeds: dict[str, torch.Tensor], closest_call: Callable = closest_distance):
-        self.inputs = StaticFeeds(feeds)
+    def __init__(self, graph_call: Callable, feeds: dict[str, torch.Tensor], device: torch.device, closest_call: Callable = closest_distance):
+        self.inputs = StaticFeeds(feeds, device)
         arguments = tuple(self.inputs.buffers.values())
+        num_atoms, _, num_structures = table_sizes(self.inputs.buffers)
+        self.padded_sizes = (num_structures, num_atoms)
+        self.host_outputs = torch.empty(num_structures * 10 + num_atoms * 3 + 1, pin_memory=True)
+        self._host_values = self.host_outputs.numpy()
+        self._done = torch.cuda.Event()
+
+        def body() -> dict[str, torch.Tensor]:
+            outputs = dict(zip(OUTPUT_NAMES, graph_call(*arguments)))
+            outputs["closest_distance"] = closest_call(self.inputs.buffers)
+            packed = torch.cat([outputs[name].reshape(-1) for name in (*OUTPUT_NAMES, "closest_distance")])
+            self.host_outputs.copy_(packed, non_blocking=True)
+            return outputs
 
         def warm_up() -> None:  # outside the capture: compilation, allocator, the library's lazy init
-            stream = torch.cuda.Stream(feeds["positions"].device)
+            stream = torch.cuda.Stream(device)
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                graph_call(*arguments)
-                closest_call(self.inputs.buffers)
+                body()
             torch.cuda.current_stream().wait_stream(stream)
 
         def capture() -> tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor]]:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                outputs = dict(zip(OUTPUT_NAMES, graph_call(*arguments)))
-                outputs["closest_distance"] = closest_call(self.inputs.buffers)
+                outputs = body()
             return graph, outputs
 
         self.blas = capture_fastest(warm_up, capture)
         self.graph, self.outputs = self.blas.graph, self.blas.outputs
 
     def replay(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Outputs on the device (padded; overwritten by the next replay)."""
         self.inputs.load(feeds)
         self.graph.replay()
         return self.outputs
+
+    def launch(self, feeds: dict[str, torch.Tensor], num_atoms: int, num_structures: int) -> Callable[[], dict[str, np.ndarray]]:
+        """Replay on ``feeds`` and return ``finish`` (:meth:`PaddedTableBackend.launch_atoms`'s):
+        it waits, then gives the real atoms' and structures' outputs as float64 arrays."""
+        self.replay(feeds)
+        self._done.record()
+        padded_structures, padded_atoms = self.padded_sizes
+        forces_start = padded_structures
+        virial_start = forces_start + 3 * padded_atoms
+
+        def finish() -> dict[str, np.ndarray]:
+            self._done.synchronize()
+            values = self._host_values
+            return {
+                "energy": values[:num_structures].astype(np.float64),
+                "forces": values[forces_start : forces_start + 3 * num_atoms].reshape(num_atoms, 3).astype(np.float64),
+                "virial": values[virial_start : virial_start + 9 * num_structures].reshape(num_structures, 3, 3).astype(np.float64),
+                "closest_distance": values[-1:].astype(np.float64),
+            }
+
+        return finish
+
+
+def has_half_body(model: nn.Module, precision: str) -> bool:
+    """Whether ``model`` in ``precision`` runs with float16 parameters and activations (a
+    pair-energy model in FP16); any other FP16 model keeps float32 activations (half weight products only)."""
+    return precision == "fp16" and has_pair_energy(model)
 
 
 def traced_in_precision(model: nn.Module, precision: str, device: torch.device) -> tuple[nn.Module, torch.fx.GraphModule, tuple]:
@@ -97,7 +136,7 @@ def traced_in_precision(model: nn.Module, precision: str, device: torch.device) 
     FP16 split of the exporter (:func:`mlff_export.export.onnx_export.export_graph`): a pair-energy
     model's copy with float16 parameters, any other model's graph with its weight products in
     float16 (:mod:`~mlff_export.export.half_gemms`). Returns the model, the graph and its example inputs."""
-    half_body = precision == "fp16" and has_pair_energy(model)
+    half_body = has_half_body(model, precision)
     model = model_for_precision(model, "fp16" if half_body else "fp32").to(device)
     graph, example_inputs = trace_joint_graph(model, NEIGHBOR_TABLE, device)
     if precision == "fp16" and not half_body:
@@ -128,16 +167,19 @@ class JointGraphBackend(PaddedTableBackend):
         self.capture = capture and device.type == "cuda"
         self._buckets: dict[tuple, _CapturedBucket] = {}
         self.closest_call: Callable = closest_distance  # the device sanity check captured with each bucket
-        self.bytes_per_pair = model_bytes_per_pair(model, torch.float32)
-        self.domains = DomainSplitter(DOMAIN_PAIRS, memory or MemoryBudget(device), self.bytes_per_pair)
+        # The half body keeps its activations in float16: half the memory per pair, fewer domains.
+        activations = torch.float16 if has_half_body(model, precision) else torch.float32
+        self.bytes_per_pair = model_bytes_per_pair(model, activations)
+        self.domains = DomainSplitter(None, memory or MemoryBudget(device), self.bytes_per_pair)
         self._weighted_call: Callable | None = None
 
     def compiled(self, graph: torch.fx.GraphModule) -> Callable:
         """How this backend runs a traced graph (as traced here; compiled in subclasses)."""
         return graph
 
-    def device_pair_limit(self) -> int | None:
-        return self.domains.max_pairs
+    def takes_whole(self, pairs: int) -> bool:
+        limit = self.domains.pair_limit(pairs)
+        return limit is None or pairs <= limit
 
     def evaluate(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:
         """As :meth:`PaddedTableBackend.evaluate`; one structure above ``domains.max_pairs`` pairs
@@ -148,7 +190,7 @@ class JointGraphBackend(PaddedTableBackend):
         return self.domains.evaluate(inputs, hops, super().evaluate, self.evaluate_weighted)
 
     def launch_large(self, inputs: AtomicInputs):
-        """A structure above the pair limit, searched on the device: evaluated in domains there
+        """A structure too large for one call, searched on the device: evaluated in domains there
         (no CPU neighbor list for 100k or 1M atoms), its closest pair measured on its pair list."""
         outputs = self.evaluate(inputs)
         return self._copied_back(outputs, closest_pair_distance(inputs))
@@ -166,17 +208,29 @@ class JointGraphBackend(PaddedTableBackend):
         return energy[:1], forces[: inputs.num_atoms], virial[:1]
 
     def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        bucket = self._captured_bucket(feeds)
+        if bucket is not None:
+            return bucket.replay(feeds)
+        outputs = dict(zip(OUTPUT_NAMES, self.call(*on_device(feeds, self.device).values())))
+        self.bucket_ran(tuple(tuple(tensor.shape) for tensor in feeds.values()))
+        return outputs
+
+    def launch_captured(self, feeds: dict[str, torch.Tensor], num_atoms: int, num_structures: int):
+        bucket = self._captured_bucket(feeds)
+        return None if bucket is None else bucket.launch(feeds, num_atoms, num_structures)
+
+    def _captured_bucket(self, feeds: dict[str, torch.Tensor]) -> _CapturedBucket | None:
+        """The CUDA graph of the feeds' bucket (captured on first use), or ``None`` where buckets
+        are not captured (no capture asked, or above :data:`CAPTURE_MAX_PAIR_SLOTS`)."""
         num_atoms, width, _ = table_sizes(feeds)
-        key = tuple(tuple(tensor.shape) for tensor in feeds.values())
         if not self.capture or num_atoms * width > CAPTURE_MAX_PAIR_SLOTS:
-            outputs = dict(zip(OUTPUT_NAMES, self.call(*feeds.values())))
-            self.bucket_ran(key)
-            return outputs
+            return None
+        key = tuple(tuple(tensor.shape) for tensor in feeds.values())
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = _CapturedBucket(self.call, feeds, self.closest_call)
+            bucket = self._buckets[key] = _CapturedBucket(self.call, feeds, self.device, self.closest_call)
             self.bucket_ran(key)
-        return bucket.replay(feeds)
+        return bucket
 
     def bucket_ran(self, bucket: tuple) -> None:
         """Called after a bucket (a tuple of input shapes) ran; compiled backends keep its kernels."""

@@ -181,7 +181,7 @@ class _SessionBucket:
         self.session = onnxruntime.InferenceSession(artifact.model_bytes, sess_options=options, providers=providers)
         _check_io(self.session, artifact.path, NEIGHBOR_TABLE.input_names)
         self.device = device
-        self.inputs = StaticFeeds(feeds)
+        self.inputs = StaticFeeds(feeds, device)
         self.outputs = _empty_outputs(num_atoms, num_structures, device)
         self.binding = self.session.io_binding()
         _bind(self.binding, self.inputs.buffers, self.outputs, device)

@@ -6,7 +6,7 @@ with CUDA graphs) the same entry points around one ``run(feeds)``:
 * ``evaluate(inputs)``: interface inputs (a pair list, any batch) -> table feeds -> outputs;
 * ``launch_atoms(atoms)``: one ASE structure -> feeds built on the
   CUDA device (:class:`~mlff_export.runtime.device_feeds.DeviceFeeds`: no CPU neighbor search)
-  -> outputs on the host; ``None`` where the device cannot build them (the calculator then uses
+  -> outputs on the host (a captured graph copies them there itself: ``launch_captured``); ``None`` where the device cannot build them (the calculator then uses
   the CPU list); a structure above the backend's pair limit goes to ``launch_large`` with its
   pair list (domains, where the backend has them);
 * ``launch_batch(structures)``: the same for a batch of small molecules, one table for all.
@@ -25,7 +25,7 @@ import torch
 from ase import Atoms
 
 from mlff_export.interface import OUTPUT_NAMES, AtomicInputs
-from mlff_export.runtime.device_feeds import DeviceFeeds, closest_distance, table_feeds
+from mlff_export.runtime.device_feeds import DeviceFeeds, closest_distance, on_device, table_feeds
 from mlff_export.runtime.shape_buckets import strip_padding
 
 
@@ -50,10 +50,10 @@ class PaddedTableBackend:
         """Padded neighbor-table feeds of ``inputs`` on the device."""
         return table_feeds(inputs, self.device, self.species[0])
 
-    def device_pair_limit(self) -> int | None:
-        """Largest pair count :meth:`launch_atoms` takes (``None``: any); larger structures go
-        through :meth:`evaluate`."""
-        return None
+    def takes_whole(self, pairs: int) -> bool:
+        """Whether a call of ``pairs`` pairs (or table slots) runs as one graph call now; larger
+        structures go through :meth:`launch_large` (domains), larger batches through :meth:`evaluate`."""
+        return True
 
     def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The graph on prepared feeds; outputs include the padding and may be reused by the next
@@ -79,13 +79,12 @@ class PaddedTableBackend:
         inputs = self.device_feeds.search(atoms)
         if inputs is None:
             return None
-        limit = self.device_pair_limit()
-        if limit is not None and inputs.num_pairs > limit:
+        if not self.takes_whole(inputs.num_pairs):
             return self.launch_large(inputs)
         return self._launch(table_feeds(inputs, self.device, self.species[0]), len(atoms), 1)
 
     def launch_large(self, inputs: AtomicInputs) -> Callable[[], dict[str, np.ndarray]] | None:
-        """As :meth:`launch_atoms` for one structure above :meth:`device_pair_limit` whose pair
+        """As :meth:`launch_atoms` for one structure that :meth:`takes_whole` refuses, whose pair
         list was searched on the device (``inputs``); ``None`` here: the calculator's CPU path."""
         return None
 
@@ -93,14 +92,24 @@ class PaddedTableBackend:
         """As :meth:`launch_atoms` for many molecules in one call (feeds built on the device:
         :meth:`DeviceFeeds.batch`): energy [B], forces [N, 3] (structures in order), virial
         [B, 3, 3], closest_distance [1] (the shortest pair of them all). ``None`` unless every
-        structure is a small non-periodic molecule and the call fits :meth:`device_pair_limit`."""
-        feeds = self.device_feeds.batch(list(structures), self.device_pair_limit()) if self.device_feeds is not None else None
-        return None if feeds is None else self._launch(feeds, sum(len(atoms) for atoms in structures), len(structures))
+        structure is a small non-periodic molecule and the table :meth:`takes_whole`."""
+        feeds = self.device_feeds.batch(list(structures)) if self.device_feeds is not None else None
+        if feeds is None or not self.takes_whole(feeds["neighbor_index"].numel()):
+            return None
+        return self._launch(feeds, sum(len(atoms) for atoms in structures), len(structures))
+
+    def launch_captured(self, feeds: dict[str, torch.Tensor], num_atoms: int, num_structures: int) -> Callable[[], dict[str, np.ndarray]] | None:
+        """``finish`` of a launch that a captured graph completes by itself (its outputs copied to
+        the host inside the graph), or ``None`` where this backend has none for ``feeds``."""
+        return None
 
     def _launch(self, feeds: dict[str, torch.Tensor], num_atoms: int, num_structures: int) -> Callable[[], dict[str, np.ndarray]]:
+        finish = self.launch_captured(feeds, num_atoms, num_structures)
+        if finish is not None:
+            return finish
         padded_outputs = self.run(feeds)
         closest = padded_outputs.get("closest_distance")
-        closest = closest_distance(feeds) if closest is None else closest
+        closest = closest_distance(on_device(feeds, self.device)) if closest is None else closest
         return self._copied_back(strip_padding(padded_outputs, num_atoms, num_structures), closest)
 
     def _copied_back(self, outputs: dict[str, torch.Tensor], closest: torch.Tensor) -> Callable[[], dict[str, np.ndarray]]:

@@ -336,3 +336,27 @@ def test_finite_results_whose_sum_overflows_are_returned():
     outputs = {"energy": np.array([1e308]), "forces": huge, "virial": np.zeros((1, 3, 3))}
     (result,) = calc._results([atoms], outputs, [None])
     assert result["energy"] == 1e308 and np.array_equal(result["forces"], huge)
+
+
+def test_the_calculator_recomputes_after_any_change_of_what_the_model_sees():
+    """``check_state`` names exactly what changed (a 1e-12 Å move, an element, the cell, the
+    periodicity) and nothing for an equal copy; a moved atom gets new forces, not cached ones."""
+    atoms = structure_zoo()["triclinic"]
+    calc = load_calculator()
+    atoms.calc = calc
+    forces = atoms.get_forces()
+    assert calc.check_state(atoms.copy()) == []
+    changes = {
+        "positions": lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 1e-12),
+        "numbers": lambda a: a.numbers.__setitem__(0, 8 if a.numbers[0] != 8 else 6),
+        "cell": lambda a: a.set_cell(a.cell.array * (1 + 1e-12)),
+        "pbc": lambda a: a.set_pbc([True, True, False]),
+    }
+    for name, change in changes.items():
+        changed = atoms.copy()
+        change(changed)
+        assert calc.check_state(changed) == [name], name
+    atoms.positions[0, 0] += 0.01
+    moved = atoms.get_forces()
+    assert not np.allclose(moved, forces, atol=1e-6), "new geometry, new forces"
+    np.testing.assert_allclose(moved, load_calculator().get_forces(atoms), atol=1e-6)

@@ -159,7 +159,7 @@ def test_vesin_torch_tables_give_the_neighbor_list_numbers(reference_graph, name
 
 def test_static_feeds_copy_new_tensors_and_skip_the_ones_already_loaded():
     cached, positions = torch.arange(4.0), torch.zeros(3)
-    static = StaticFeeds({"cached": cached, "positions": positions})
+    static = StaticFeeds({"cached": cached, "positions": positions}, CPU)
     static.buffers["cached"].fill_(-1.0)  # a stale buffer shows whether load() copied
     new_positions = torch.ones(3)
     static.load({"cached": cached, "positions": new_positions})

@@ -2,6 +2,7 @@
 
     python3 -m mlff_export.bench.large_systems --out DIR [--backends compile-reduce-overhead,cuda-graphs]
         [--precisions fp32,fp16] [--sizes 10000,100000,1000000] [--parity-up-to 100000] [--repeats 3]
+        [--memory-limit-gb 40]
 
 For each backend, precision (``fp16``: the FP16 body, ``load_calculator``'s ``precision``) and size, in one process: the first call (neighbor search on the GPU, domains,
 compilation or capture: ``first_call_s``), then the median of ``--repeats`` calls with a new
@@ -31,12 +32,12 @@ from mlff_export.bench.workloads import water_box
 from mlff_export.runtime import load_calculator
 
 
-def measure(backend: str, atoms, repeats: int, reference: dict | None, precision: str = "fp32") -> dict:
+def measure(backend: str, atoms, repeats: int, reference: dict | None, precision: str = "fp32", memory_limit_gb: float | None = None) -> dict:
     """One row: first call, median of ``repeats`` calls, peak memory, parity with ``reference``."""
     device = torch.device("cuda")
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
-    calc = load_calculator(REFERENCE_CHECKPOINT, device="cuda", backend=backend, precision=precision)
+    calc = load_calculator(REFERENCE_CHECKPOINT, device="cuda", backend=backend, precision=precision, memory_limit_gb=memory_limit_gb)
     atoms, forces, energy, first = first_call(calc, atoms)
     seconds = []
     for step in range(repeats):
@@ -46,7 +47,7 @@ def measure(backend: str, atoms, repeats: int, reference: dict | None, precision
         seconds.append(time.perf_counter() - start)
     row = {"backend": backend, "precision": precision, "atoms": len(atoms), "first_call_s": first, "median_s": float(np.median(seconds)),
            "samples_s": seconds, "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30,
-           "energy_per_atom_ev": energy / len(atoms), "domain_max_pairs": getattr(getattr(calc.backend, "domains", None), "max_pairs", None)}
+           "energy_per_atom_ev": energy / len(atoms), "memory_limit_gb": memory_limit_gb}
     if reference is not None:
         row["max_abs_force_error_ev_per_a"] = float(np.abs(forces - reference["forces"]).max())
         row["energy_per_atom_error_ev"] = abs(energy - reference["energy"]) / len(atoms)
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--parity-up-to", type=int, default=100_000, help="compare with eager FP32 up to this many atoms")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-limit-gb", type=float, help="memory a call may take (domains below it; default: 80%% of the free memory)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the domain grid of each call is logged
     args.out.mkdir(parents=True, exist_ok=True)
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             reference = load_calculator(REFERENCE_CHECKPOINT, device="cuda").predict([atoms])[0]
         for backend, precision in itertools.product(args.backends.split(","), args.precisions.split(",")):
             try:
-                row = measure(backend, atoms, args.repeats, reference, precision)
+                row = measure(backend, atoms, args.repeats, reference, precision, args.memory_limit_gb)
             except Exception as error:  # noqa: BLE001 - reported as the row, the others still run
                 row = {"backend": backend, "precision": precision, "atoms": len(atoms), "error": f"{type(error).__name__}: {str(error)[:300]}"}
             rows.append(row)

@@ -192,6 +192,15 @@ class DomainSplitter:
     def _pairs_that_fit(self, pairs: int) -> int | None:
         return None if self.bytes_per_pair is None else self.memory.pairs_that_fit(pairs, self.bytes_per_pair)
 
+    def pair_limit(self, pairs: int) -> int | None:
+        """The most pairs one evaluation may hold now, asked for a call of ``pairs`` pairs:
+        ``max_pairs`` and what fits in memory (``None``: no limit; a small call skips the memory query)."""
+        return self._limit(self._pairs_that_fit(pairs))
+
+    def _limit(self, fit: int | None) -> int | None:
+        limits = [value for value in (self.max_pairs, fit) if value is not None]
+        return min(limits) if limits else None
+
     def evaluate(
         self,
         inputs: AtomicInputs,
@@ -207,8 +216,8 @@ class DomainSplitter:
             fit = self._pairs_that_fit(pairs)
             try:
                 if splittable:
-                    limit = min(value for value in (self.max_pairs, fit, pairs) if value is not None)
-                    if pairs > limit:
+                    limit = self._limit(fit)
+                    if limit is not None and pairs > limit:
                         return evaluate_in_domains(weighted, inputs, hops, max(limit, 1))
                 elif fit is not None and pairs > fit:
                     raise self.memory.refusal(

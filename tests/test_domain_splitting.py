@@ -481,3 +481,28 @@ def test_limit_below_two_pairs_splits_into_domains_of_one_pair(splitter):
     inputs = atoms_with_pairs([0.0, 1.0, 10.0, 11.0], [(0, 1), (2, 3)])
     with pytest.raises(ValueError, match=r"holds about 2 pairs, more than max_pairs=1:"):
         splitter().evaluate(inputs, 1, lambda _inputs: pytest.fail("ran whole"), pair_potential)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_joint_graph_domains_follow_its_memory_estimate_with_no_fixed_pair_limit(precision):
+    """A joint-graph backend splits a structure only where its memory estimate says it would not
+    fit (no pair limit of its own; the GPU input path asks the same estimate), and the estimate of an FP16 body with float16 activations (the
+    reference PaiNN) is half the float32 one, while a user's model in FP16, whose activations stay
+    float32 (half weight products only), keeps the float32 estimate."""
+    from byom_models import make_student
+
+    from mlff_export import REFERENCE_CHECKPOINT
+    from mlff_export.checkpoint import load_checkpoint
+    from mlff_export.memory import model_bytes_per_pair
+    from mlff_export.runtime.joint_graph import JointGraphBackend
+
+    cpu = torch.device("cpu")
+    for model, halves in ((load_checkpoint(REFERENCE_CHECKPOINT), True), (make_student(), False)):
+        backend = JointGraphBackend(model, cpu, memory=MemoryBudget(cpu, 10**9), precision=precision)
+        float32_bytes = model_bytes_per_pair(model, torch.float32)
+        expected = float32_bytes // 2 if precision == "fp16" and halves else float32_bytes
+        assert backend.domains.bytes_per_pair == expected, type(model).__name__
+        assert backend.domains.max_pairs is None, "memory alone decides"
+        fitting = 10**9 // expected
+        assert backend.takes_whole(fitting), "the device path runs what fits as one call"
+        assert not backend.takes_whole(fitting + 1), "and sends anything larger to domains"

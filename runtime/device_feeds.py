@@ -157,7 +157,7 @@ class DeviceFeeds:
 
     ``__call__(atoms)`` returns the feeds (``NEIGHBOR_TABLE`` names), or ``None`` for a structure
     this object cannot build (periodic or larger than :data:`DENSE_MAX_ATOMS` without
-    vesin-torch, or more pairs than asked for): the caller then uses the CPU neighbor list. Returned feeds stay valid until the
+    vesin-torch): the caller then uses the CPU neighbor list. Returned feeds stay valid until the
     next call. A small molecule's positions stay on the host, in a reused pinned buffer (the
     backend's captured graph copies them into its own input: one copy; :func:`on_device` for
     anything else); cached tensors are never modified,
@@ -178,34 +178,28 @@ class DeviceFeeds:
 
             self._search = NeighborList(cutoff=self.cutoff, full_list=True)
 
-    def __call__(self, atoms: Atoms, max_pairs: int | None = None) -> dict[str, torch.Tensor] | None:
-        """``max_pairs``: return ``None`` for a searched structure with more pairs (the caller
-        evaluates it another way, e.g. in domains: :meth:`search` gives its pair list)."""
+    def __call__(self, atoms: Atoms) -> dict[str, torch.Tensor] | None:
         if self.takes_dense(atoms):
             return self._dense(atoms)
         inputs = self.search(atoms)
-        if inputs is None or (max_pairs is not None and inputs.num_pairs > max_pairs):
-            return None
-        return table_feeds(inputs, self.device, self.padding_species)
+        return None if inputs is None else table_feeds(inputs, self.device, self.padding_species)
 
     @staticmethod
     def takes_dense(atoms: Atoms) -> bool:
         """Whether ``atoms`` gets the every-atom table (a small molecule) rather than a search."""
         return not atoms.pbc.any() and len(atoms) <= DENSE_MAX_ATOMS
 
-    def batch(self, structures: list[Atoms], max_pairs: int | None = None) -> dict[str, torch.Tensor] | None:
+    def batch(self, structures: list[Atoms]) -> dict[str, torch.Tensor] | None:
         """Feeds of many molecules in one table (:func:`dense_batch_table`), or ``None`` unless
-        every structure is non-periodic with at most :data:`DENSE_MAX_ATOMS` atoms and the table
-        has at most ``max_pairs`` slots. Same validity as ``__call__``'s feeds."""
+        every structure is non-periodic with at most :data:`DENSE_MAX_ATOMS` atoms. Same validity
+        as ``__call__``'s feeds."""
         if not all(self.takes_dense(atoms) for atoms in structures):
             return None
         sizes = tuple(len(atoms) for atoms in structures)
         if self._batch_table is None or self._batch_table[0] != sizes:  # the last batch's table: repeated batches reuse it
             self._batch_table = (sizes, dense_batch_table(sizes, self.padding_species, self.device))
         table = self._batch_table[1]
-        bucket_atoms, width = table["neighbor_index"].shape
-        if max_pairs is not None and bucket_atoms * width > max_pairs:
-            return None
+        bucket_atoms = table["neighbor_index"].shape[0]
         numbers = np.full(bucket_atoms, self.padding_species, dtype=np.int64)
         numbers[: sum(sizes)] = np.concatenate([atoms.numbers for atoms in structures])
         species = torch.from_numpy(numbers).to(self.device, non_blocking=True)

@@ -182,8 +182,8 @@ class JointGraphBackend(PaddedTableBackend):
         return limit is None or pairs <= limit
 
     def evaluate(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:
-        """As :meth:`PaddedTableBackend.evaluate`; one structure above ``domains.max_pairs`` pairs
-        runs in spatial domains (uncaptured), with the graph traced once more with atom weights."""
+        """As :meth:`PaddedTableBackend.evaluate`; one structure that does not fit (``domains``'
+        memory estimate) runs in spatial domains (uncaptured), with the graph traced once more with atom weights."""
         hops = getattr(self.model, "receptive_hops", None)
         if inputs.num_pairs >= PAIRS_BUILT_ON_DEVICE:  # large: split and build tables on the device
             inputs = inputs.to(self.device)

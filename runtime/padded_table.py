@@ -6,9 +6,10 @@ with CUDA graphs) the same entry points around one ``run(feeds)``:
 * ``evaluate(inputs)``: interface inputs (a pair list, any batch) -> table feeds -> outputs;
 * ``launch_atoms(atoms)``: one ASE structure -> feeds built on the
   CUDA device (:class:`~mlff_export.runtime.device_feeds.DeviceFeeds`: no CPU neighbor search)
-  -> outputs on the host (a captured graph copies them there itself: ``launch_captured``); ``None`` where the device cannot build them (the calculator then uses
-  the CPU list); a structure above the backend's pair limit goes to ``launch_large`` with its
-  pair list (domains, where the backend has them);
+  -> outputs on the host (a captured graph copies them there itself: ``launch_captured``);
+  ``None`` where the device cannot build them (the calculator then uses the CPU list); a structure
+  the backend does not take whole (``takes_whole``: memory) goes to ``launch_large`` with its pair
+  list (domains, where the backend has them);
 * ``launch_batch(structures)``: the same for a batch of small molecules, one table for all.
 
 The launches measure the closest pair on the device too

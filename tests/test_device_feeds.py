@@ -14,6 +14,7 @@ from ase import Atoms
 from ase.build import molecule
 from conftest import rattled, structure_zoo
 
+from mlff_export.memory import model_bytes_per_pair
 from mlff_export.neighbors import StructureError, batch_inputs, compute_pairs
 from mlff_export.runtime import load_calculator
 from mlff_export.runtime.device_feeds import (
@@ -95,10 +96,22 @@ def test_a_batch_the_device_cannot_build_is_left_to_the_caller():
     chain = Atoms("C" * (DENSE_MAX_ATOMS + 1), positions=[[1.4 * i, 0.0, 0.0] for i in range(DENSE_MAX_ATOMS + 1)])
     assert device_feeds.batch([molecule("H2O"), structure_zoo()["triclinic"]]) is None, "periodic"
     assert device_feeds.batch([molecule("H2O"), chain]) is None, "more atoms than DENSE_MAX_ATOMS"
-    feeds = device_feeds.batch([molecule("H2O"), molecule("CH4")])
-    slots = feeds["neighbor_index"].numel()
-    assert device_feeds.batch([molecule("H2O"), molecule("CH4")], max_pairs=slots - 1) is None, "above max_pairs"
-    assert device_feeds.batch([molecule("H2O"), molecule("CH4")], max_pairs=slots) is not None
+    assert device_feeds.batch([molecule("H2O"), molecule("CH4")]) is not None
+
+
+def test_a_batch_above_the_memory_estimate_is_left_to_the_calculator(reference_graph):
+    """``launch_batch`` builds the table, then asks ``takes_whole`` (the backend's memory
+    estimate): a batch that would not fit goes back to the calculator (``None``), which halves it.
+    DeviceFeeds runs on the CPU here; the refusal happens before anything is launched."""
+    from mlff_export.memory import MemoryBudget
+
+    model, _ = reference_graph
+    structures = [molecule("H2O"), molecule("CH4")]
+    slots = DeviceFeeds(model.cutoff, model.species[0], CPU).batch(structures)["neighbor_index"].numel()
+    backend = JointGraphBackend(model, CPU, memory=MemoryBudget(CPU, limit_bytes=(slots - 1) * model_bytes_per_pair(model, torch.float32)))
+    backend.device_feeds = DeviceFeeds(model.cutoff, model.species[0], CPU)
+    assert not backend.takes_whole(slots) and backend.takes_whole(slots - 1)
+    assert backend.launch_batch(structures) is None
 
 
 def _two_distant_molecules() -> Atoms:
@@ -153,8 +166,6 @@ def test_vesin_torch_tables_give_the_neighbor_list_numbers(reference_graph, name
     got, want = _run(backend, feeds, atoms), _expected(atoms)
     assert got["energy"][0] == pytest.approx(want["energy"], rel=1e-6, abs=2e-4)  # float32 totals
     np.testing.assert_allclose(got["forces"], want["forces"], atol=1e-4)
-    too_many = DeviceFeeds(model.cutoff, model.species[0], CPU)(atoms, max_pairs=expected_inputs.num_pairs - 1)
-    assert too_many is None, "a structure above the pair limit is left to the caller (domains)"
 
 
 def test_static_feeds_copy_new_tensors_and_skip_the_ones_already_loaded():

@@ -43,7 +43,7 @@ from mlff_export.runtime.blas_choice import capture_fastest
 from mlff_export.runtime.compile_cache import CompileCache, CompileCacheKey
 from mlff_export.runtime.device_feeds import PAIRS_BUILT_ON_DEVICE, closest_distance, closest_pair_distance, on_device
 from mlff_export.runtime.domains import DomainSplitter
-from mlff_export.runtime.padded_table import PaddedTableBackend
+from mlff_export.runtime.padded_table import PaddedTableBackend, packed_outputs, unpacked_outputs
 from mlff_export.runtime.shape_buckets import table_sizes
 from mlff_export.runtime.static_feeds import StaticFeeds
 
@@ -77,8 +77,7 @@ class _CapturedBucket:
         def body() -> dict[str, torch.Tensor]:
             outputs = dict(zip(OUTPUT_NAMES, graph_call(*arguments)))
             outputs["closest_distance"] = closest_call(self.inputs.buffers)
-            packed = torch.cat([outputs[name].reshape(-1) for name in (*OUTPUT_NAMES, "closest_distance")])
-            self.host_outputs.copy_(packed, non_blocking=True)
+            self.host_outputs.copy_(packed_outputs(outputs), non_blocking=True)
             return outputs
 
         def warm_up() -> None:  # outside the capture: compilation, allocator, the library's lazy init
@@ -109,18 +108,10 @@ class _CapturedBucket:
         self.replay(feeds)
         self._done.record()
         padded_structures, padded_atoms = self.padded_sizes
-        forces_start = padded_structures
-        virial_start = forces_start + 3 * padded_atoms
 
         def finish() -> dict[str, np.ndarray]:
             self._done.synchronize()
-            values = self._host_values
-            return {
-                "energy": values[:num_structures].astype(np.float64),
-                "forces": values[forces_start : forces_start + 3 * num_atoms].reshape(num_atoms, 3).astype(np.float64),
-                "virial": values[virial_start : virial_start + 9 * num_structures].reshape(num_structures, 3, 3).astype(np.float64),
-                "closest_distance": values[-1:].astype(np.float64),
-            }
+            return unpacked_outputs(self._host_values, num_atoms, num_structures, padded_atoms, padded_structures)
 
         return finish
 

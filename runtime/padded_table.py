@@ -116,23 +116,41 @@ class PaddedTableBackend:
     def _copied_back(self, outputs: dict[str, torch.Tensor], closest: torch.Tensor) -> Callable[[], dict[str, np.ndarray]]:
         """``finish`` of :meth:`launch_atoms` for unpadded outputs on the device."""
         num_structures, num_atoms = outputs["energy"].shape[0], outputs["forces"].shape[0]
-        packed = torch.cat([outputs[name].reshape(-1) for name in OUTPUT_NAMES] + [closest])
+        packed = packed_outputs({**outputs, "closest_distance": closest})
         if self._host_outputs.numel() < packed.numel():  # one pinned buffer, grown to the largest call
             self._host_outputs = torch.empty(packed.numel(), pin_memory=True)
         host = self._host_outputs[: packed.numel()]
         host.copy_(packed, non_blocking=True)  # one device-to-host copy for all outputs
         done = torch.cuda.Event()
         done.record()
-        forces_end = num_structures + 3 * num_atoms
 
         def finish() -> dict[str, np.ndarray]:
             done.synchronize()
-            values = host.numpy().astype(np.float64)
-            return {
-                "energy": values[:num_structures],
-                "forces": values[num_structures:forces_end].reshape(-1, 3),
-                "virial": values[forces_end:-1].reshape(num_structures, 3, 3),
-                "closest_distance": values[-1:],
-            }
+            return unpacked_outputs(host.numpy(), num_atoms, num_structures)
 
         return finish
+
+
+HOST_OUTPUTS = (*OUTPUT_NAMES, "closest_distance")
+"""What a launch brings back to the host, in the order of :func:`packed_outputs`."""
+
+
+def packed_outputs(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:data:`HOST_OUTPUTS` flattened into one vector (one device-to-host copy brings them all)."""
+    return torch.cat([outputs[name].reshape(-1) for name in HOST_OUTPUTS])
+
+
+def unpacked_outputs(
+    values: np.ndarray, num_atoms: int, num_structures: int, padded_atoms: int | None = None, padded_structures: int | None = None
+) -> dict[str, np.ndarray]:
+    """The real atoms' and structures' outputs of a :func:`packed_outputs` vector whose outputs
+    were padded to ``padded_atoms`` and ``padded_structures`` (default: not padded), as float64
+    copies: energy [B] eV, forces [N, 3] eV/Å, virial [B, 3, 3] eV, closest_distance [1] Å."""
+    forces_start = num_structures if padded_structures is None else padded_structures
+    virial_start = forces_start + 3 * (num_atoms if padded_atoms is None else padded_atoms)
+    return {
+        "energy": values[:num_structures].astype(np.float64),
+        "forces": values[forces_start : forces_start + 3 * num_atoms].reshape(num_atoms, 3).astype(np.float64),
+        "virial": values[virial_start : virial_start + 9 * num_structures].reshape(num_structures, 3, 3).astype(np.float64),
+        "closest_distance": values[-1:].astype(np.float64),
+    }

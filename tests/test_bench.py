@@ -211,3 +211,11 @@ def test_joint_graph_backends_get_fp16_rows_on_a_gpu_only():
                       "cuda-graphs fp16", "onnxruntime fp32", "onnxruntime fp16"]
     on_cpu = [case.label for case in plan_cases(model, onnx_files, torch.device("cpu"), ["eager", "compile", "onnxruntime"], ["fp32", "fp16"])]
     assert on_cpu == ["eager fp32", "compile fp32", "onnxruntime fp32", "onnxruntime fp16"]
+
+
+def test_the_benchmarks_fp16_body_backends_are_the_runtimes_joint_graph_backends():
+    """bench/availability names them without importing torch; they must stay the runtime's list."""
+    from mlff_export.bench.availability import HALF_BODY_BACKENDS
+    from mlff_export.runtime.calculator import MODULE_BACKENDS
+
+    assert HALF_BODY_BACKENDS == set(MODULE_BACKENDS) - {"eager"}

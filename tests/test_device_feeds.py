@@ -193,3 +193,25 @@ def test_closest_pair_of_a_pair_list_is_where_the_cpu_check_draws_the_line(name)
     check_closest_pair(atoms, pairs, closest * (1 - 1e-6))
     with pytest.raises(StructureError):
         check_closest_pair(atoms, pairs, closest * (1 + 1e-6))
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_packed_outputs_unpack_to_the_real_atoms_and_structures(padded):
+    """The one-vector layout both GPU launch paths copy back (a captured graph's, padded; the
+    uncaptured path's, not): unpacking gives each output's real rows, as float64."""
+    from mlff_export.runtime.padded_table import packed_outputs, unpacked_outputs
+
+    generator = torch.Generator().manual_seed(0)
+    atoms, structures = (7, 3) if padded else (5, 2)
+    outputs = {
+        "energy": torch.randn(structures, generator=generator),
+        "forces": torch.randn(atoms, 3, generator=generator),
+        "virial": torch.randn(structures, 3, 3, generator=generator),
+        "closest_distance": torch.rand(1, generator=generator),
+    }
+    padding = {"padded_atoms": atoms, "padded_structures": structures} if padded else {}
+    got = unpacked_outputs(packed_outputs(outputs).numpy(), 5, 2, **padding)
+    for name, want in (("energy", outputs["energy"][:2]), ("forces", outputs["forces"][:5]), ("virial", outputs["virial"][:2]),
+                       ("closest_distance", outputs["closest_distance"])):
+        assert got[name].dtype == np.float64
+        np.testing.assert_array_equal(got[name], want.double().numpy(), err_msg=name)

@@ -37,6 +37,13 @@ def pytest_configure(config):
     os.environ.setdefault("MLFF_EXPORT_COMPILE_CACHE", tempfile.mkdtemp(prefix="mlff-export-test-compile-cache-"))
 
 
+def skip_without_onnxruntime_cuda() -> None:
+    """Skip the calling test where onnxruntime (or its CUDAExecutionProvider) is not installed."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime here has no CUDAExecutionProvider (install onnxruntime-gpu)")
+
+
 def make_small_painn(seed: int = 0) -> PaiNN:
     """A randomly initialised, narrow PaiNN (fast on CPU); physics tests hold for any weights."""
     torch.manual_seed(seed)

@@ -27,7 +27,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.calculator import CalculatorSetupError, PropertyNotImplementedError
-from conftest import make_small_painn
+from conftest import make_small_painn, skip_without_onnxruntime_cuda
 from torch import nn
 
 onnx = pytest.importorskip("onnx")
@@ -1390,6 +1390,8 @@ def _(exported, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda-graphs", "compile-reduce-overhead", "onnxruntime"])
 def test_gpu_input_path_refuses_overlapping_atoms(backend, model, exported):
+    if backend == "onnxruntime":
+        skip_without_onnxruntime_cuda()
     calc = load_calculator(exported if backend == "onnxruntime" else model, "cuda", backend=None if backend == "onnxruntime" else backend)
     good = benzene()
     assert energy(calc, good) == pytest.approx(energy(load_calculator(model), good), abs=1e-3)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk, molecule
-from conftest import make_small_painn, rattled, structure_zoo
+from conftest import make_small_painn, rattled, skip_without_onnxruntime_cuda, structure_zoo
 from torch import nn
 
 onnx = pytest.importorskip("onnx")
@@ -233,8 +233,7 @@ def test_bad_input_is_refused_before_writing(tmp_path, make_model, options, mess
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_cuda_execution_provider_matches_eager(painn, painn_onnx, precision):
-    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        pytest.skip("onnxruntime here has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    skip_without_onnxruntime_cuda()
     backend = OnnxRuntimeBackend(painn_onnx[precision], torch.device("cuda"))
     assert_parity(backend, painn, list(ZOO.values()), precision)
 
@@ -257,8 +256,7 @@ def test_bucket_sessions_match_eager_and_are_reused(painn, painn_onnx):
 def test_cuda_graph_sessions_match_eager_across_replays(painn, painn_onnx, precision):
     """load_calculator on CUDA picks the CUDA-graph bucket backend; replays with new geometry
     (calculator path, inputs built on the GPU) track eager."""
-    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        pytest.skip("onnxruntime here has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    skip_without_onnxruntime_cuda()
     calc = load_calculator(painn_onnx[precision], device="cuda")
     assert isinstance(calc.backend, OnnxRuntimeBucketBackend)
     eager = load_calculator(painn)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import pytest
-from conftest import structure_zoo
+from conftest import skip_without_onnxruntime_cuda, structure_zoo
 
 from mlff_export import REFERENCE_CHECKPOINT
 from mlff_export.runtime import load_calculator
@@ -100,9 +100,7 @@ def test_a_batch_of_molecules_is_built_on_the_gpu_and_matches_eager(backend, tmp
     structures = small_molecule_batch(64)
     model = REFERENCE_CHECKPOINT
     if backend == "onnxruntime":
-        onnxruntime = pytest.importorskip("onnxruntime")
-        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            pytest.skip("onnxruntime here has no CUDAExecutionProvider (install onnxruntime-gpu)")
+        skip_without_onnxruntime_cuda()
         from mlff_export.checkpoint import load_checkpoint
         from mlff_export.export.onnx_export import to_onnx
 
@@ -179,3 +177,27 @@ def test_fp16_body_on_the_gpu_keeps_the_fp16_tolerances(backend, eager_results):
             np.testing.assert_allclose(forces, want["forces"], atol=tolerances["forces"].atol, rtol=tolerances["forces"].rtol)
             largest_force_error = max(largest_force_error, float(np.abs(forces - want["forces"]).max()))
     assert largest_force_error > 1e-5, "float32's numbers: the body did not run in float16"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_compiled_graph_stays_within_its_memory_estimate(precision):
+    """The compiled joint graph's estimate per pair (what sizes its domains: 3/4 of eager's) is not
+    below what a 10k-atom water box (550k pairs, one call) really takes at its peak."""
+    from mlff_export.bench.workloads import water_box
+    from mlff_export.neighbors import compute_pairs
+
+    calc = load_calculator(REFERENCE_CHECKPOINT, device="cuda", backend="compile-reduce-overhead", precision=precision)
+    atoms = water_box(10000)
+    pairs = compute_pairs(atoms, calc.neighbor_list.cutoff).pair_index.shape[1]
+    assert calc.backend.takes_whole(pairs), "the box must run as one call to measure its peak"
+    atoms.calc = calc
+    atoms.get_forces()  # compiles
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    atoms.positions[0, 0] += 1e-3
+    atoms.get_forces()
+    peak = torch.cuda.max_memory_allocated() - before
+    estimate = calc.backend.bytes_per_pair * pairs
+    assert peak <= estimate, f"{peak / pairs:.0f} bytes per pair, estimated {calc.backend.bytes_per_pair}"
+    assert peak > estimate / 4, "the call ran uncaptured, allocating its activations (else nothing was measured)"

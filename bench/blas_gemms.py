@@ -12,10 +12,13 @@ why captured buckets choose their BLAS library (:mod:`mlff_export.runtime.blas_c
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 
 import torch
+
+from mlff_export.cli.options import require_cuda
 
 SHAPES = [(16, 128, 128), (16, 128, 384), (256, 20, 384), (48, 128, 128), (16, 256, 128), (16, 384, 128),
           (256, 384, 20), (16, 64, 128), (16, 128, 64), (240, 20, 384), (4096, 20, 384), (4096, 128, 384)]
@@ -51,7 +54,10 @@ def graph_microseconds(call, repeats: int = 50, replays: int = 20) -> float:
     return start.elapsed_time(end) * 1000 / (repeats * replays)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args(argv)
+    require_cuda(parser, "GEMM times")
     device = torch.device("cuda")
     print("clocks idle:", clocks())
     broadcast_sum = torch.compile(lambda x, w: (x[:, None, :] * w[None, :, :]).sum(-1), fullgraph=True)

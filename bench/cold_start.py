@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from mlff_export.cli.options import add_device_option, resolve_device_or_exit
+
 PHASES = ("cold", "warm", "aot")
 DEFAULT_BACKENDS = ("eager", "cuda-graphs", "compile-reduce-overhead", "compile-max-autotune")
 
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--backends", default=",".join(DEFAULT_BACKENDS))
-    parser.add_argument("--device", default="cuda")
+    add_device_option(parser, default="cuda")
     parser.add_argument("--onnx", help="also time ONNX Runtime on this exported graph")
     parser.add_argument("--timeout", type=float, default=540.0, help="seconds per process")
     parser.add_argument("--phases", default=",".join(PHASES), help=f"which of {','.join(PHASES)} to run (default: all)")
@@ -137,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.out is None:
         parser.error("--out is required")
+    args.device = resolve_device_or_exit(parser, args.device)  # not in a child: its clock runs from launch
     from mlff_export import REFERENCE_CHECKPOINT
 
     args.out.mkdir(parents=True, exist_ok=True)

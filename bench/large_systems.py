@@ -29,6 +29,7 @@ from mlff_export import REFERENCE_CHECKPOINT
 from mlff_export.bench.environment import describe_environment
 from mlff_export.bench.timing import first_call
 from mlff_export.bench.workloads import water_box
+from mlff_export.cli.options import require_cuda
 from mlff_export.runtime import load_calculator
 
 
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-limit-gb", type=float, help="memory a call may take (domains below it; default: 80%% of the free memory)")
     args = parser.parse_args(argv)
+    require_cuda(parser, "time and memory")
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the domain grid of each call is logged
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []

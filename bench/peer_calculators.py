@@ -38,6 +38,7 @@ from ase import Atoms, units
 from mlff_export.bench.environment import describe_environment
 from mlff_export.bench.timing import first_call, time_calls
 from mlff_export.bench.workloads import seed_molecule, water_box
+from mlff_export.cli.options import add_device_option, resolve_device_or_exit
 from mlff_export.model_intake import load_model
 from mlff_export.runtime import load_calculator
 
@@ -148,7 +149,7 @@ def fastest_ratios(rows: list[dict]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--device", default="cuda")
+    add_device_option(parser)
     parser.add_argument("--model", required=True, help="factory of an interface module wrapping a third-party model "
                         "(e.g. examples/byom/mace_model.py:make_model, examples/byom/hippynn_hipnn.py:make_model)")
     parser.add_argument("--backends", default="eager,cuda-graphs,compile-reduce-overhead", help="ours ('' for none)")
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--water-atoms", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args(argv)
+    args.device = resolve_device_or_exit(parser, args.device)
 
     def fresh_adapter() -> torch.nn.Module:  # every side its own model: a GPU calculator moves the one it gets
         return load_model(args.model).module

@@ -18,6 +18,7 @@ import torch
 from ase.build import molecule
 
 from mlff_export import REFERENCE_CHECKPOINT
+from mlff_export.cli.options import require_cuda
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
 from mlff_export.neighbors import batch_inputs, compute_pairs
 from mlff_export.runtime import load_calculator
@@ -38,11 +39,12 @@ def median_microseconds(call, repeats: int = 200) -> float:
     return 1e6 * float(np.median(samples))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--molecule", default="C6H6")
     parser.add_argument("--backend", default="compile-reduce-overhead", choices=("compile", "compile-reduce-overhead", "compile-max-autotune", "cuda-graphs"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    require_cuda(parser, "a calculator call's stages")
     device = torch.device("cuda")
     calc = load_calculator(REFERENCE_CHECKPOINT, device, backend=args.backend)
     backend = calc.backend

@@ -35,6 +35,7 @@ import torch
 from mlff_export import REFERENCE_CHECKPOINT
 from mlff_export.bench.environment import describe_environment
 from mlff_export.bench.workloads import small_molecule_batch
+from mlff_export.cli.options import add_device_option, resolve_device_or_exit
 from mlff_export.screening import ModelSettings, screen
 
 RUNS = {"ray-1": ("local", 1), "ray-2": ("local", 2), "embedded": (None, None)}  # the ratio first
@@ -80,7 +81,7 @@ def energies(out: Path) -> dict[str, float]:
         return {row["structure_id"]: float(row["energy_eV"]) for row in csv.DictReader(file) if row["status"] == "ok"}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="folder for runs.jsonl and screening_scale.json")
     parser.add_argument("--molecules", type=int, default=100_000)
@@ -88,10 +89,11 @@ def main() -> None:
     parser.add_argument("--model", default=str(REFERENCE_CHECKPOINT))
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated of {', '.join(RUNS)}")
-    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (a smoke test of this script)")
+    add_device_option(parser, default="cuda")  # cpu: a smoke test of this script (its Ray cluster is this machine)
     parser.add_argument("--work", type=Path, default=None,
                         help="folder for the dataset (reused if there) and outputs (default: a temporary one)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.device = resolve_device_or_exit(parser, args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="screening-scale-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -36,12 +36,14 @@ import torch
 
 from mlff_export import REFERENCE_CHECKPOINT
 from mlff_export.checkpoint import load_checkpoint
+from mlff_export.cli.options import require_cuda
 from mlff_export.export import to_onnx
 from mlff_export.export.engine_builder import EngineBuildError, OnnxParseError, build_engine, parse_onnx
 from mlff_export.export.engine_profiles import select_profiles
 from mlff_export.export.engine_sidecar import EngineMismatchError, check_engine, sidecar_path
 from mlff_export.export.tensorrt_compat import (
     TensorRTLibrary,
+    TensorRTUnavailableError,
     count_layers_by_type,
     create_logger,
     import_tensorrt,
@@ -148,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", help="folder for ONNX files and plans (default: a temporary folder)")
     parser.add_argument("--profile", action="append", default=[], help="engine profiles (default: small-molecules, medium)")
     args = parser.parse_args(argv)
+    require_cuda(parser, "TensorRT-RTX's parse and build")
+    try:
+        library = import_tensorrt(RTX_MODULES)
+    except TensorRTUnavailableError as error:
+        parser.error(str(error))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="trt-rtx-check-"))
@@ -159,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
             run_log.write(line + "\n")
             run_log.flush()
 
-        library = import_tensorrt(RTX_MODULES)
         model = load_checkpoint(REFERENCE_CHECKPOINT)
         profiles = select_profiles(args.profile or ["small-molecules", "medium"])
         major, minor = torch.cuda.get_device_capability()

@@ -219,3 +219,26 @@ def test_the_benchmarks_fp16_body_backends_are_the_runtimes_joint_graph_backends
     from mlff_export.runtime.calculator import MODULE_BACKENDS
 
     assert HALF_BODY_BACKENDS == set(MODULE_BACKENDS) - {"eager"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("script, argv, message", [
+    ("large_systems", ["--out", "OUT"], "it measures time and memory on a CUDA GPU: none is visible here"),
+    ("cold_start", ["--out", "OUT", "--device", "cuda"], "--device cuda: no CUDA GPU is visible here; use --device cpu"),
+    ("cold_start", ["--out", "OUT", "--device", "gpu"], "expected cpu, cuda or cuda:N, got 'gpu'"),
+    ("screening_scale", ["--out", "OUT"], "--device cuda: no CUDA GPU is visible here; use --device cpu"),
+    ("trt_rtx_check", ["--out", "OUT"], "it measures TensorRT-RTX's parse and build on a CUDA GPU: none is visible here"),
+    ("profile_call", [], "it measures a calculator call's stages on a CUDA GPU: none is visible here"),
+    ("blas_gemms", [], "it measures GEMM times on a CUDA GPU: none is visible here"),
+])
+def test_the_gpu_scripts_refuse_a_machine_without_cuda_in_one_line(script, argv, message, tmp_path, capsys):
+    """``python -m mlff_export.bench.<script>`` where the GPU is missing: a usage error (exit
+    status 2) naming why, before any output folder or work; not a traceback from the first CUDA call."""
+    import importlib
+
+    main = importlib.import_module(f"mlff_export.bench.{script}").main
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "out") if arg == "OUT" else arg for arg in argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from ase.build import bulk, molecule
 
 from mlff_export.model_intake import load_model
@@ -95,3 +96,14 @@ def test_a_model_no_peer_serves_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--model", "tests/byom_models.py:make_student", "--out", str(tmp_path), "--device", "cpu"])
     assert "which no peer calculator serves (mace-torch, hippynn, graph-pes" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_device_on_a_machine_without_one_is_a_usage_error_before_any_row(tmp_path, capsys):
+    """Not a file of error rows and a traceback from the environment's description."""
+    from mlff_export.bench.peer_calculators import main
+
+    with pytest.raises(SystemExit):
+        main(["--model", "tests/byom_models.py:make_student", "--out", str(tmp_path / "out"), "--device", "cuda"])
+    assert "--device cuda: no CUDA GPU is visible here; use --device cpu" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -164,6 +164,24 @@ def resolve_device(name: str | None) -> str:
     return name
 
 
+def require_cuda(parser: argparse.ArgumentParser, what: str) -> None:
+    """``parser``'s one-line usage error (exit status 2) unless a CUDA GPU is visible here: for
+    scripts that measure ``what`` on one. Imports torch."""
+    import torch
+
+    if not torch.cuda.is_available():
+        parser.error(f"it measures {what} on a CUDA GPU: none is visible here")
+
+
+def resolve_device_or_exit(parser: argparse.ArgumentParser, name: str | None) -> str:
+    """:func:`resolve_device` for a script's own ``parser``: a device this machine lacks is that
+    parser's one-line usage error (exit status 2), before any work."""
+    try:
+        return resolve_device(name)
+    except UsageError as error:
+        parser.error(str(error))
+
+
 # --- CPU threads -------------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -133,8 +133,7 @@ class MLFFCalculator(Calculator):
             # Backends that build their inputs on the GPU skip the CPU neighbor list (None: they
             # cannot) and measure the closest pair there; ASE's bookkeeping (a copy of the atoms)
             # runs while the GPU works.
-            launch_atoms = getattr(self.backend, "launch_atoms", None)
-            finish = launch_atoms(atoms) if launch_atoms is not None else None
+            finish = self._launch_on_device(atoms)
             super().calculate(atoms, properties, system_changes)
             if finish is not None:
                 outputs = finish()
@@ -145,6 +144,23 @@ class MLFFCalculator(Calculator):
             pairs = self.neighbor_list.pairs(atoms)
             check_closest_pair(atoms, pairs, self.min_distance)
             (self.results,) = self._evaluate([atoms], [pairs], [None])
+
+    def _launch_on_device(self, atoms: Atoms) -> Callable[[], dict[str, np.ndarray]] | None:
+        """The backend's GPU input path for ``atoms`` (its ``finish``), or ``None`` where it has
+        none, or where the call ran out of memory (a memory estimate too low for this model): the
+        CPU path then evaluates it, in domains after an out-of-memory there too."""
+        launch_atoms = getattr(self.backend, "launch_atoms", None)
+        if launch_atoms is None:
+            return None
+        try:
+            return launch_atoms(atoms)
+        except RuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        logger.warning("mlff-export: out of memory on the GPU input path (%d atoms); evaluating through the domain path", len(atoms))
+        return None
 
     def predict(self, structures: Sequence[Atoms]) -> list[dict[str, float | np.ndarray]]:
         """Energy, free_energy, forces (and stress for 3-D periodic cells) of many structures.

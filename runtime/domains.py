@@ -58,18 +58,20 @@ def _grid_coordinates(inputs: AtomicInputs) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def _grid_shape(num_domains: int, widths: torch.Tensor, halo: float) -> tuple[int, int, int]:
-    """Cores per axis, powers of two with product ``num_domains`` (a power of two), chosen so
-    that a domain (core plus ``halo`` Å on both sides, at most the whole width) is smallest:
-    slabs where the halo is wide against the structure, near-cubes in large ones."""
-    exponent = num_domains.bit_length() - 1
+    """Cores per axis with product ``num_domains``, chosen so that a domain (core plus ``halo`` Å
+    on both sides, at most the whole width) is smallest: slabs where the halo is wide against the
+    structure, near-cubes in large ones."""
     width = [float(w) for w in widths]
 
     def domain_volume(split: tuple[int, int, int]) -> float:
-        return math.prod(min(w, w / 2**e + 2 * halo) for w, e in zip(width, split))
+        return math.prod(min(w, w / n + 2 * halo) for w, n in zip(width, split))
 
-    splits = [(a, b, exponent - a - b) for a in range(exponent + 1) for b in range(exponent + 1 - a)]
-    best = min(splits, key=lambda split: (domain_volume(split), [-e for e in split]))  # ties: the first axes
-    return tuple(2**e for e in best)
+    splits = [(a, b, num_domains // (a * b)) for a in _divisors(num_domains) for b in _divisors(num_domains // a)]
+    return min(splits, key=lambda split: (domain_volume(split), [-n for n in split]))  # ties: the first axes
+
+
+def _divisors(number: int) -> list[int]:
+    return [d for d in range(1, number + 1) if number % d == 0]
 
 
 def _core_ids(coordinates: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -140,8 +142,9 @@ def evaluate_in_domains(
     energy ``sum_i w_i E_i`` of a sub-structure. Cores are the cells of a grid
     (:func:`_grid_shape`: slabs, columns or near-cubes, whichever carries the least halo); their
     number starts at the power of two at or above ``E / max_pairs`` and doubles until every
-    domain (core + halo) has at most ``max_pairs`` pairs. Raises ``ValueError`` when smaller cores
-    stop helping (the halo alone is too large).
+    domain (core + halo) has at most ``max_pairs`` pairs, then the smallest count above the last
+    power of two that fits is taken (3 domains rather than 4: less halo in all). Raises
+    ``ValueError`` when smaller cores stop helping (the halo alone is too large).
     """
     if inputs.num_structures != 1:
         raise ValueError(f"domains split one structure; got {inputs.num_structures}")
@@ -159,6 +162,13 @@ def evaluate_in_domains(
                 "give the evaluation more memory (a larger max_pairs) or use a smaller cutoff"
             )
         previous, num_domains = largest, 2 * num_domains
+    # Every domain carries its own halo: the fewest domains that fit evaluate the fewest pairs, so
+    # counts between the last power of two that did not fit and the one that does are tried too.
+    for fewer in range(max(num_domains // 2 + 1, math.ceil(inputs.num_pairs / max_pairs)), num_domains):
+        fewer_ids = _core_ids(coordinates, _grid_shape(fewer, widths, halo))
+        if (fewer_largest := _largest_domain(inputs, fewer_ids, hops, max_pairs)) <= max_pairs:
+            core_ids, largest, num_domains = fewer_ids, fewer_largest, fewer
+            break
     logger.info("mlff-export: %d atoms in %d domains of <= %d pairs (grid %s)", inputs.num_atoms,
                 int(torch.unique(core_ids).numel()), largest, _grid_shape(num_domains, widths, halo))
     energy = inputs.positions.new_zeros(1)

@@ -242,6 +242,9 @@ def test_domain_decomposition_gives_whole_structure_results():
         (64, (215.0, 215.0, 215.0), 10.0, (4, 4, 4)),  # a 1M-atom water box: slabs would be all halo
         (4, (200.0, 50.0, 50.0), 10.0, (4, 1, 1)),  # a long box: across its length
         (1, (30.0, 30.0, 30.0), 5.0, (1, 1, 1)),
+        (6, (100.0, 100.0, 100.0), 10.0, (6, 1, 1)),  # any count, not only powers of two: 37 x 100 x 100 Å
+        (12, (215.0, 215.0, 215.0), 10.0, (4, 3, 1)),  # 74 x 92 x 215 Å beats 2 x 2 x 3 and 12 slabs; ties: the first axes split most
+        (27, (215.0, 215.0, 215.0), 10.0, (3, 3, 3)),
     ],
 )
 def test_domain_grids_carry_the_least_halo(num_domains, widths, halo, expected):

@@ -236,18 +236,19 @@ def test_structure_within_the_budget_is_one_domain():
     assert recorder.pairs == [18] and recorder.core_atoms == [10]
 
 
-def test_domains_double_until_every_domain_fits():
+def test_domains_double_until_every_domain_fits_then_the_fewest_that_fit_are_taken():
     """64 atoms 1 Å apart along x (126 pairs), a 10-hop halo, at most 64 pairs a domain. The count
     starts at ceil(126 / 64) = 2 and doubles: 2 slabs (32 core atoms + 10 halo: 82 pairs) and 4
-    (16 + 2 x 10 atoms: 70 pairs) are too large; 8 slabs of 8 core atoms fit: 8 + 10 atoms (34
-    pairs) at the ends, 8 + 8 + 10 (50) next to them, 8 + 20 (54) inside. Results are the whole
-    structure's."""
+    (16 + 2 x 10 atoms: 70 pairs) are too large; 8 slabs of 8 core atoms fit (384 pairs in all),
+    and so do 5, the fewest above 4: cores of 12-13 atoms, 13 + 10 atoms (44 pairs) at the ends,
+    10 + 13 + 10 (64) next to them, 10 + 12 + 10 (62) inside: 278 pairs in all. Results are the
+    whole structure's."""
     inputs = even_chain(64)
     recorder = Recorder()
     split = evaluate_in_domains(recorder, inputs, 10, 64)
     assert_same_results(split, whole_structure(inputs))
-    assert recorder.core_atoms == [8] * 8
-    assert recorder.pairs == [34, 50, 54, 54, 54, 54, 50, 34]
+    assert recorder.core_atoms == [13, 13, 12, 13, 13]
+    assert recorder.pairs == [44, 64, 62, 64, 44]
 
 
 def test_a_short_halo_is_not_exact():
@@ -375,8 +376,8 @@ def test_out_of_memory_retries_in_domains_of_a_quarter(num_atoms, limit):
     splitter = DomainSplitter()
     split = splitter.evaluate(inputs, 1, out_of_memory(), recorder)
     assert splitter.max_pairs == limit >= domains.MIN_DOMAIN_PAIRS
-    # 4 slabs hold a quarter of the atoms + 2 halo atoms (limit + 2 pairs): 8 slabs
-    assert len(recorder.pairs) == 8 and max(recorder.pairs) <= limit and sum(recorder.core_atoms) == num_atoms
+    # 4 slabs hold a quarter of the atoms + 2 halo atoms (limit + 2 pairs): 5 slabs, the fewest that fit
+    assert len(recorder.pairs) == 5 and max(recorder.pairs) <= limit and sum(recorder.core_atoms) == num_atoms
     assert_same_results(split, whole_structure(inputs))
 
 

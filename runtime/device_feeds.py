@@ -47,11 +47,10 @@ def has_vesin_torch() -> bool:
 
 def table_feeds(inputs: AtomicInputs, device: torch.device, padding_species: int) -> dict[str, torch.Tensor]:
     """Neighbor-table feeds of ``inputs`` padded to their bucket in :data:`UNBOUNDED`, on ``device``."""
-    on_device = inputs.positions.device == device or inputs.num_pairs >= PAIRS_BUILT_ON_DEVICE
-    where = device if on_device else torch.device("cpu")
+    built_there = inputs.positions.device == device or inputs.num_pairs >= PAIRS_BUILT_ON_DEVICE
+    where = device if built_there else torch.device("cpu")
     feeds = NEIGHBOR_TABLE.feeds(inputs.to(where, torch.float32))
-    padded = pad_table_feeds(feeds, choose_bucket(*table_sizes(feeds), [UNBOUNDED]), padding_species)
-    return {name: tensor.to(device, non_blocking=True) for name, tensor in padded.items()}
+    return on_device(pad_table_feeds(feeds, choose_bucket(*table_sizes(feeds), [UNBOUNDED]), padding_species), device)
 
 
 def on_device(feeds: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.calculator import CalculatorSetupError, PropertyNotImplementedError
-from conftest import make_small_painn, skip_without_onnxruntime_cuda
+from conftest import make_small_painn, skip_without_onnxruntime_cuda, triclinic_cell
 from torch import nn
 
 onnx = pytest.importorskip("onnx")
@@ -1078,6 +1078,33 @@ def _(model):
 
     with refused(InsufficientMemoryError, "out of memory on cpu", f"12 atoms with {inputs.num_pairs} pairs", "can't allocate"):
         DomainSplitter().evaluate(inputs, 2, whole_that_runs_out, EagerBackend(model, torch.device("cpu"), torch.float32).evaluate_weighted)
+
+
+@case("gpu-input-path-out-of-memory-falls-back")
+def _(model):
+    """An out-of-memory on the GPU input path (a memory estimate too low for a user's model) is not
+    the user's error: the calculator evaluates the structure through the backend's CPU input path
+    (which splits into domains after an out-of-memory of its own) and gives the same numbers. The
+    GPU path is a stand-in raising torch's out-of-memory error (no GPU here); any other error from
+    it still surfaces."""
+    atoms = triclinic_cell()
+    expected = load_calculator(model).predict([atoms])[0]["forces"]
+    calc = load_calculator(model)
+
+    def out_of_memory(_atoms):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
+
+    calc.backend.launch_atoms = out_of_memory
+    atoms.calc = calc
+    np.testing.assert_allclose(atoms.get_forces(), expected, atol=1e-6)
+
+    def broken(_atoms):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    calc.backend.launch_atoms = broken
+    calc.reset()
+    with refused(RuntimeError, "illegal memory access"):
+        atoms.get_forces()
 
 
 @case("cpu-allocator-failure-falls-back-to-domains")

@@ -50,6 +50,7 @@ def _trace(model: nn.Module, layout: GraphLayout, args: tuple, weighted: bool) -
             raise explain_trace_failure(error, model) from error
     check_sizes_stayed_symbolic(traced, layout.input_axes, model)
     _detach_weights(traced)
+    scalar_constants_on(traced, args[0].device)
     return traced.eval()
 
 
@@ -61,6 +62,22 @@ def _detach_weights(graph: torch.fx.GraphModule) -> None:
         module_name, _, attribute = name.rpartition(".")
         owner = graph.get_submodule(module_name) if module_name else graph
         setattr(owner, attribute, nn.Parameter(parameter.detach(), requires_grad=False))
+
+
+def scalar_constants_on(graph: torch.fx.GraphModule, device: torch.device) -> None:
+    """Move ``graph``'s 0-dim tensor constants (a model's ``torch.tensor(0.0)`` in ``forward``,
+    made on the CPU whatever the device) to ``device``. Eager PyTorch copies such a scalar to the
+    device at each use, from pageable host memory, which a CUDA graph capture refuses; on the
+    device once, it gives the same numbers. The weights are left as they are."""
+    parameters = {id(value) for value in graph.parameters()}
+    for node in graph.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        module_name, _, attribute = node.target.rpartition(".")
+        owner = graph.get_submodule(module_name) if module_name else graph
+        value = getattr(owner, attribute)
+        if isinstance(value, torch.Tensor) and id(value) not in parameters and value.dim() == 0 and value.device != device:
+            setattr(owner, attribute, value.to(device))
 
 
 def trace_pair_list_graph(model: nn.Module, device: torch.device | str = "cpu") -> tuple[torch.fx.GraphModule, tuple]:

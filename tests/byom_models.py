@@ -3,8 +3,9 @@
 * :class:`DistilledStudent`: what a distilled student looks like in practice: precomputed pairs,
   a radial basis of edge features, several message-passing layers that sum onto both pair ends
   with ``index_add`` and ``scatter_reduce(sum)``, a ``@torch.jit.script`` helper taking
-  ``dim_size: int``, an input check skipped under ``torch.compiler.is_compiling()``, and a
-  per-structure energy by ``index_add`` over ``structure_index``.
+  ``dim_size: int``, an input check skipped under ``torch.compiler.is_compiling()``, a cutoff
+  by ``torch.where`` against a ``torch.tensor(0.0)`` made in ``forward`` (on the CPU, whatever the
+  device), and a per-structure energy by ``index_add`` over ``structure_index``.
 * :class:`SpeciesChannelStudent`: sums pairs onto (atom, element) channels through a computed
   index, which the scatter-free rewrite does not take: exported on the pair list, with the reason.
 * Models that break the interface in one way each.
@@ -49,7 +50,8 @@ class DistilledStudent(nn.Module):
         centers, neighbors = pair_index[0], pair_index[1]
         vectors = positions[neighbors] - positions[centers] + pair_shifts
         distances = torch.linalg.vector_norm(vectors, dim=1)
-        envelope = 0.5 * (torch.cos(distances * (math.pi / self.cutoff)) + 1.0) * (distances < self.cutoff)
+        cosine = 0.5 * (torch.cos(distances * (math.pi / self.cutoff)) + 1.0)
+        envelope = torch.where(distances < self.cutoff, cosine, torch.tensor(0.0))  # a CPU scalar, made per call
         radial = torch.sin(distances.unsqueeze(1) * self.frequencies) / distances.unsqueeze(1)
         features = self.embedding(species)
         num_atoms = positions.shape[0]

@@ -232,6 +232,21 @@ def test_scripted_helpers_run_as_python_while_traced():
     assert byom_models.scatter_sum is scripted and not torch.compiler.is_compiling()
 
 
+def test_a_scalar_the_model_makes_in_forward_goes_where_its_graph_runs():
+    """The student's ``torch.tensor(0.0)`` is a CPU constant of its traced graph; eager copies it
+    to the GPU at each use, which a CUDA graph capture refuses (graph-pes' TensorNet does the same).
+    The graph's scalars move to its device once ("meta" stands in for CUDA here); weights stay."""
+    from mlff_export.export.joint_graph import scalar_constants_on, trace_joint_graph
+
+    graph, _ = trace_joint_graph(make_student())
+    scalars = [node.target for node in graph.graph.nodes if node.op == "get_attr" and getattr(graph, node.target).dim() == 0]
+    assert scalars, "the student's graph has no scalar constant: this test would prove nothing"
+    weights = dict(graph.named_parameters())
+    scalar_constants_on(graph, torch.device("meta"))
+    assert all(getattr(graph, name).device.type == "meta" for name in scalars)
+    assert all(value.device.type == "cpu" for value in graph.parameters()) and dict(graph.named_parameters()).keys() == weights.keys()
+
+
 def test_a_sum_the_rewrite_cannot_prove_keeps_the_pair_list_and_says_why(tmp_path):
     model = make_species_channel_student()
     with warnings.catch_warnings(record=True) as recorded:

@@ -24,6 +24,8 @@ through a second trace of the graph with per-atom energy weights.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,12 +49,17 @@ from mlff_export.runtime.padded_table import PaddedTableBackend, packed_outputs,
 from mlff_export.runtime.shape_buckets import table_sizes
 from mlff_export.runtime.static_feeds import StaticFeeds
 
+logger = logging.getLogger("mlff_export")
+
 # Our mode name -> (Inductor mode, whether we capture a CUDA graph per bucket).
 COMPILE_MODES = {
     "default": ("default", False),
     "reduce-overhead": ("default", True),
     "max-autotune": ("max-autotune-no-cudagraphs", True),
 }
+QUIET_AUTOTUNING = {"autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
+"""Inductor options that keep its autotuning tables (every GEMM's candidates, written to stderr:
+~500 lines for one ``validate`` on the H200) out of a calculator's output."""
 MAX_COMPILED_BUCKETS = 64
 CAPTURE_MAX_PAIR_SLOTS = 1 << 18  # atoms x table width of the largest bucket captured as a CUDA graph
 
@@ -114,6 +121,16 @@ class _CapturedBucket:
             return unpacked_outputs(self._host_values, num_atoms, num_structures, padded_atoms, padded_structures)
 
         return finish
+
+
+def inductor_options(inductor_mode: str) -> dict[str, object]:
+    """The options of Inductor's ``inductor_mode`` (what ``torch.compile(mode=...)`` applies), with
+    :data:`QUIET_AUTOTUNING` where the mode autotunes, unless the user set
+    ``TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED``; options this torch lacks are left out."""
+    options = dict(torch._inductor.list_mode_options(inductor_mode))
+    if options.get("max_autotune") and "TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED" not in os.environ:
+        options |= {name: value for name, value in QUIET_AUTOTUNING.items() if hasattr(torch._inductor.config, name)}
+    return options
 
 
 def has_half_body(model: nn.Module, precision: str) -> bool:
@@ -280,6 +297,9 @@ class CompiledBackend(JointGraphBackend):
         self.ahead_of_time = package is not None
         """Whether the graph runs from the AOTInductor package (``mlff-export compile --aot``), not ``torch.compile``."""
         self.call = package if self.ahead_of_time else self.compiled(self.graph)
+        if mode == "max-autotune" and not self.ahead_of_time:
+            logger.info("mlff-export: compile-max-autotune autotunes the GEMMs of each new input shape on its first call "
+                        "(minutes; kept in the compile cache)")
         # Fused into one or two kernels (seven tiny ones uncompiled) inside each bucket's CUDA graph.
         self.closest_call = torch.compile(closest_distance, fullgraph=True)
 
@@ -289,7 +309,7 @@ class CompiledBackend(JointGraphBackend):
             self.compile_cache.add(bucket)
 
     def compiled(self, graph: torch.fx.GraphModule) -> Callable:
-        return torch.compile(with_numel_as_method(graph), mode=self.inductor_mode, fullgraph=True, dynamic=None)
+        return torch.compile(with_numel_as_method(graph), options=inductor_options(self.inductor_mode), fullgraph=True, dynamic=None)
 
 
 def _numel(tensor: torch.Tensor) -> int:

@@ -173,3 +173,27 @@ def test_the_compile_backend_compiles_twice_for_any_number_of_buckets(tmp_path):
             assert have["energy"] == pytest.approx(want["energy"], abs=1e-4)
             np.testing.assert_allclose(have["forces"], want["forces"], atol=1e-4)
     assert counters["stats"]["unique_graphs"] - before == 2
+
+
+def test_max_autotune_keeps_inductors_options_without_its_autotuning_tables(monkeypatch, caplog):
+    """Inductor writes every autotuned GEMM's candidates to stderr (~500 lines for one ``validate``
+    on the H200): compile-max-autotune compiles with Inductor's own max-autotune options plus the
+    two that silence those tables, says once that it autotunes, and leaves other modes' options
+    (hence their caches) as they were. A user who sets TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED
+    gets Inductor's tables."""
+    from mlff_export.runtime.joint_graph import COMPILE_MODES, inductor_options
+
+    monkeypatch.delenv("TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED", raising=False)
+    autotuning_mode = COMPILE_MODES["max-autotune"][0]
+    options = inductor_options(autotuning_mode)
+    assert options.items() >= torch._inductor.list_mode_options(autotuning_mode).items() and options["max_autotune"]
+    assert options["autotune_num_choices_displayed"] == 0 and options["max_autotune_report_choices_stats"] is False
+    assert inductor_options(COMPILE_MODES["reduce-overhead"][0]) == {}
+    monkeypatch.setenv("TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED", "10")
+    assert "autotune_num_choices_displayed" not in inductor_options(autotuning_mode)
+
+    torch.manual_seed(0)
+    model = PaiNN(PaiNNConfig(num_features=8, num_interactions=1, num_radial=4, cutoff=4.0)).eval()
+    with caplog.at_level(logging.INFO, logger="mlff_export"):
+        load_calculator(model, backend="compile-max-autotune", compile_cache=False)
+    assert "autotunes the GEMMs of each new input shape" in caplog.text

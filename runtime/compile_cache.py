@@ -92,11 +92,22 @@ class CompileCacheKey:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:32]
 
 
+def artifact_keys(info: object) -> set[tuple[str, str]]:
+    """The (kind, key) of every artifact a ``torch.compiler`` ``CacheInfo`` lists."""
+    return {(kind, key) for kind, keys in getattr(info, "artifacts", {}).items() for key in keys}
+
+
 class CompileCache:
-    """One key's compiled kernels under ``folder/<key digest>/``: per save of a process that
-    compiled something new, ``<stamp>-<n>.bin`` (Inductor's artifacts) and ``<stamp>-<n>.json`` (the
-    key, the payload's SHA-256 and the buckets it adds). Each process writes only its own files, so
-    processes sharing a folder never overwrite each other."""
+    """One key's compiled kernels under ``folder/<key digest>/``: per save that holds something the
+    folder lacked, ``<stamp>-<n>.bin`` (Inductor's artifacts) and ``<stamp>-<n>.json`` (the key, the
+    payload's SHA-256 and the buckets it adds). Each process writes only its own files, so
+    processes sharing a folder never overwrite each other.
+
+    A new pair per save: ``load_cache_artifacts`` keeps, per kind of artifact, only those of the
+    last save in a payload (torch 2.13; a process whose one file was rewritten compiled its first
+    bucket again). A bucket whose kernels were all loaded from the folder or already saved (the
+    third and later buckets, which the symbolic-size compile serves) writes nothing: with a pair per
+    bucket, each repeating the earlier compiles, the H200's folder had reached 266 MB for 8 buckets."""
 
     def __init__(self, folder: str | Path, key: CompileCacheKey):
         self.folder = Path(folder).expanduser() / key.digest
@@ -105,6 +116,7 @@ class CompileCache:
         self._saves = 0
         self.buckets: list[list] = []
         """Buckets compiled before (loaded) or in this process."""
+        self._stored: set[tuple[str, str]] = set()  # artifact keys the folder holds (loaded or written here)
         self._unsaved: list[list] = []  # buckets run since the last save: listed in the next manifest
 
     @property
@@ -127,9 +139,11 @@ class CompileCache:
             if problem is not None:
                 logger.warning("mlff-export: compile cache %s not used: %s", manifest_path, problem)
                 continue
-            if torch.compiler.load_cache_artifacts(payload_path.read_bytes()) is None:
+            info = torch.compiler.load_cache_artifacts(payload_path.read_bytes())
+            if info is None:
                 logger.warning("mlff-export: compile cache %s not used: torch cannot read its payload", payload_path)
                 continue
+            self._stored |= artifact_keys(info)
             self.buckets += [bucket for bucket in manifest["buckets"] if bucket not in self.buckets]
             loaded += 1
         if loaded:
@@ -137,10 +151,9 @@ class CompileCache:
         return loaded
 
     def add(self, bucket: tuple) -> None:
-        """Record ``bucket`` (a tuple of input shapes) as compiled; if it is new, save what Inductor
-        has produced or reused since the last save as a new file pair (each written to a temporary
-        file, renamed). A new pair per save: ``save_cache_artifacts`` returns only what is new since
-        its last call (torch 2.13), so rewriting one file would drop the earlier compiles."""
+        """Record ``bucket`` (a tuple of input shapes) as compiled; if it is new and Inductor has made
+        or used artifacts the folder lacks, save them as a new file pair (each file through a
+        temporary file and a rename)."""
         entry = json.loads(json.dumps(bucket))  # tuples as lists, as they come back from a file
         if entry in self.buckets:
             return
@@ -149,13 +162,17 @@ class CompileCache:
         saved = torch.compiler.save_cache_artifacts()
         if saved is None:
             return
+        payload, keys = saved[0], artifact_keys(saved[1])
+        if keys and keys <= self._stored:
+            return  # the folder holds all of it (a torch whose CacheInfo names no keys: always saved)
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        manifest = {"format": FORMAT, "key": asdict(self.key), "payload_sha256": hashlib.sha256(saved[0]).hexdigest(),
+        manifest = {"format": FORMAT, "key": asdict(self.key), "payload_sha256": hashlib.sha256(payload).hexdigest(),
                     "buckets": self._unsaved}
-        write_atomically(self.payload_path, saved[0])
+        write_atomically(self.payload_path, payload)
         write_atomically(self.manifest_path, json.dumps(manifest, indent=1).encode())
         self._saves += 1
         self._unsaved = []
+        self._stored |= keys
 
 
 def checked_manifest(manifest_path: Path, payload_path: Path, format: str, key: CompileCacheKey) -> tuple[dict | None, str | None]:

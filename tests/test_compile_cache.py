@@ -61,18 +61,23 @@ def run_child(cache: Path, inductor_cache: Path, molecules: str = "C6H6") -> dic
 
 @pytest.mark.slow
 def test_a_new_process_uses_the_kernels_the_first_one_compiled(tmp_path):
-    """The first process compiles two buckets (benzene's static, then C60's with symbolic sizes);
-    a new one doing the same compiles nothing. (Each save holds only what is new since the last:
-    when the second overwrote the first, a new process compiled benzene again, 33 s on the CPU.)"""
-    first = run_child(tmp_path / "cache", tmp_path / "inductor-1", "C6H6,C60")
+    """The first process compiles two buckets (benzene's static, then C60's with symbolic sizes)
+    and runs a third (biphenyl's) on the symbolic-size kernels; a new one doing the same compiles
+    nothing and writes nothing. One file pair per save that adds kernels: a pair per bucket
+    repeated the earlier compiles in each (torch returns all of them at every save), and when one
+    file was rewritten instead, a new process compiled benzene again (torch loads only the last
+    save's kernels from a payload)."""
+    first = run_child(tmp_path / "cache", tmp_path / "inductor-1", "C6H6,C60,biphenyl")
     assert first["misses"] >= 2 and first["hits"] == 0
     (folder,) = (tmp_path / "cache").iterdir()
     manifests = sorted(folder.glob("*.json"))
-    assert [len(json.loads(manifest.read_text())["buckets"]) for manifest in manifests] == [1, 1], "one file pair per compiled bucket"
+    assert [len(json.loads(manifest.read_text())["buckets"]) for manifest in manifests] == [1, 1], "one file pair per compile"
     assert {oct(path.stat().st_mode & 0o777) for path in folder.iterdir()} == {oct(0o600)}
-    second = run_child(tmp_path / "cache", tmp_path / "inductor-2", "C6H6,C60")  # nothing in Inductor's own cache
+    files = sorted(folder.iterdir())
+    second = run_child(tmp_path / "cache", tmp_path / "inductor-2", "C6H6,C60,biphenyl")  # nothing in Inductor's own cache
     assert second["hits"] >= 2 and second["misses"] == 0
     assert second["energy"] == pytest.approx(first["energy"], abs=1e-5)
+    assert sorted(folder.iterdir()) == files, "a process that compiled nothing added files"
 
 
 def test_the_key_changes_with_everything_a_kernel_depends_on():

@@ -104,8 +104,8 @@ class CompileCache:
     processes sharing a folder never overwrite each other.
 
     A new pair per save: ``load_cache_artifacts`` keeps, per kind of artifact, only those of the
-    last save in a payload (torch 2.13; a process whose one file was rewritten compiled its first
-    bucket again). A bucket whose kernels were all loaded from the folder or already saved (the
+    last save in a payload (torch 2.13; a process whose one file was rewritten compiled one of its
+    graphs again). A bucket whose kernels were all loaded from the folder or already saved (the
     third and later buckets, which the symbolic-size compile serves) writes nothing: with a pair per
     bucket, each repeating the earlier compiles, the H200's folder had reached 266 MB for 8 buckets."""
 

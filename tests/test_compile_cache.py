@@ -65,7 +65,7 @@ def test_a_new_process_uses_the_kernels_the_first_one_compiled(tmp_path):
     and runs a third (biphenyl's) on the symbolic-size kernels; a new one doing the same compiles
     nothing and writes nothing. One file pair per save that adds kernels: a pair per bucket
     repeated the earlier compiles in each (torch returns all of them at every save), and when one
-    file was rewritten instead, a new process compiled benzene again (torch loads only the last
+    file was rewritten instead, a new process compiled a graph again (torch loads only the last
     save's kernels from a payload)."""
     first = run_child(tmp_path / "cache", tmp_path / "inductor-1", "C6H6,C60,biphenyl")
     assert first["misses"] >= 2 and first["hits"] == 0

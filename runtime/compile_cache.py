@@ -118,6 +118,8 @@ class CompileCache:
         """Buckets compiled before (loaded) or in this process."""
         self._stored: set[tuple[str, str]] = set()  # artifact keys the folder holds (loaded or written here)
         self._unsaved: list[list] = []  # buckets run since the last save: listed in the next manifest
+        self._last_manifest: dict | None = None  # this process's last manifest, and where it is
+        self._last_manifest_path: Path | None = None
 
     @property
     def payload_path(self) -> Path:
@@ -153,7 +155,7 @@ class CompileCache:
     def add(self, bucket: tuple) -> None:
         """Record ``bucket`` (a tuple of input shapes) as compiled; if it is new and Inductor has made
         or used artifacts the folder lacks, save them as a new file pair (each file through a
-        temporary file and a rename)."""
+        temporary file and a rename); if not, list it in this process's last manifest, if any."""
         entry = json.loads(json.dumps(bucket))  # tuples as lists, as they come back from a file
         if entry in self.buckets:
             return
@@ -163,13 +165,18 @@ class CompileCache:
         if saved is None:
             return
         payload, keys = saved[0], artifact_keys(saved[1])
-        if keys and keys <= self._stored:
-            return  # the folder holds all of it (a torch whose CacheInfo names no keys: always saved)
+        if keys and keys <= self._stored:  # the folder holds all of it (a torch whose CacheInfo names no keys: always saved)
+            if self._last_manifest is not None:  # listed in this process's last manifest, beside its payload
+                self._last_manifest["buckets"] += self._unsaved
+                write_atomically(self._last_manifest_path, json.dumps(self._last_manifest, indent=1).encode())
+                self._unsaved = []
+            return
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        manifest = {"format": FORMAT, "key": asdict(self.key), "payload_sha256": hashlib.sha256(payload).hexdigest(),
-                    "buckets": self._unsaved}
+        self._last_manifest = {"format": FORMAT, "key": asdict(self.key), "payload_sha256": hashlib.sha256(payload).hexdigest(),
+                               "buckets": self._unsaved}
+        self._last_manifest_path = self.manifest_path
         write_atomically(self.payload_path, payload)
-        write_atomically(self.manifest_path, json.dumps(manifest, indent=1).encode())
+        write_atomically(self.manifest_path, json.dumps(self._last_manifest, indent=1).encode())
         self._saves += 1
         self._unsaved = []
         self._stored |= keys

@@ -437,3 +437,26 @@ def test_artifacts_other_than_onnx_get_no_provenance_checks(model, tmp_path):
     for name in ("model.plan", "model.engine", "model.pt2"):
         assert check_provenance(tmp_path / name, model) == []
 
+
+
+def test_the_single_structure_path_of_md_is_the_one_compared(exported, model, monkeypatch):
+    """A neighbor list that loses a pair in ASE's calculator path only (the path of
+    ``atoms.get_forces()``, MD and relaxations; ``predict`` searches its own pairs) fails
+    "batched vs one by one" and nothing else: the one-by-one results come through ASE."""
+    from mlff_export.neighbors import Pairs, VerletNeighborList
+
+    searched = VerletNeighborList.pairs
+
+    def one_pair_lost(self, atoms):  # the first pair and its reverse: still a full list
+        pairs = searched(self, atoms)
+        (center, neighbor), shift = pairs.pair_index[:, 0], pairs.cell_shifts[0]
+        reverse = (pairs.pair_index[0] == neighbor) & (pairs.pair_index[1] == center) & (pairs.cell_shifts == -shift).all(axis=1)
+        kept = np.ones(pairs.pair_index.shape[1], dtype=bool)
+        kept[0] = False
+        kept[np.flatnonzero(reverse)[0]] = False
+        return Pairs(pairs.pair_index[:, kept], pairs.cell_shifts[kept])
+
+    monkeypatch.setattr(VerletNeighborList, "pairs", one_pair_lost)
+    report = validate_artifact(exported, reference=model, **FAST)
+    failed = failed_checks(report)
+    assert failed and {check.split(":")[0] for check in failed} == {"artifact batched vs one by one"}, failed

@@ -1,8 +1,8 @@
 """``validate_artifact``: the whole validation of one deployed artifact against its PyTorch model.
 
 Order: load both calculators (artifact on ``device``; reference in eager float64), check
-provenance, evaluate the structures (artifact: one mixed batch and one by one; reference: one
-batch), compare outputs, check forces against finite differences of the artifact's own energy,
+provenance, evaluate the structures (artifact: one mixed batch, and one by one through ASE's
+calculator interface, the path of MD and relaxations; reference: one batch), compare outputs, check forces against finite differences of the artifact's own energy,
 run NVE with both, compare the ONNX graph across runtimes, and write the report.
 """
 
@@ -12,6 +12,7 @@ import copy
 from pathlib import Path
 
 import numpy as np
+from ase import Atoms
 from ase.build import molecule
 from torch import nn
 
@@ -28,6 +29,16 @@ from mlff_export.validation.structures import builtin_structures, check_structur
 from mlff_export.validation.tolerances import default_tolerances
 
 FINITE_DIFFERENCE_STRUCTURES = 8
+
+
+def through_ase(calculator, structure: Atoms) -> dict:
+    """``calculator``'s results for a copy of ``structure`` through ASE's interface
+    (``atoms.get_potential_energy()``): the single-structure path that MD and relaxations take
+    (its neighbor list with skin; on a GPU, inputs built on the device), not ``predict``'s."""
+    atoms = structure.copy()
+    atoms.calc = calculator
+    atoms.get_potential_energy()
+    return dict(calculator.results)
 """At most this many structures (the first ones) get the finite-difference check."""
 
 NVE_MOLECULE = "C6H6"
@@ -105,7 +116,7 @@ def validate_artifact(
     names, atoms = list(selected), list(selected.values())
 
     batched = artifact_calculator.predict(atoms)
-    one_by_one = [artifact_calculator.predict([structure])[0] for structure in atoms]
+    one_by_one = [through_ase(artifact_calculator, structure) for structure in atoms]
     reference_results = reference_calculator.predict(atoms)
     comparisons = compare_predictions("artifact vs reference", names, atoms, batched, reference_results, tolerances.outputs)
     comparisons += compare_predictions("artifact batched vs one by one", names, atoms, batched, one_by_one, tolerances.outputs)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the project, run on the lent H100 (see README.md beside this file).
 # Usage: bash bench/device/gpu_checks.sh STEP...
-#   steps: install tests ort-parity trt-rtx validate profile bench-quick bench-full bench-full-uncompiled bench-full-compiled
+#   steps: install tests ort-parity trt-rtx validate validate-backends profile bench-quick bench-full bench-full-uncompiled bench-full-compiled
 #          byom-student byom-mace byom-hippynn (users' models: needs the byom-examples wheels for mace, hippynn)
 #          peer-mace peer-hippynn peer-graph-pes (the package's own calculator beside ours on the same model: the byom-examples wheels)
 #          screening-scale (two GPUs and Ray: nvidia-h200-x2)
@@ -33,6 +33,13 @@ for step in "$@"; do
     validate)
       (cd /tmp && $cli export --out /tmp/onnx) > "$out/validate.log" 2>&1 \
         && for p in fp32 fp16; do (cd /tmp && $cli validate /tmp/onnx/painn-hcno.$p.onnx --precision $p --device cuda --report "$out/validate-$p"); done >> "$out/validate.log" 2>&1 ;;
+    validate-backends)  # the reference checkpoint on each GPU backend and precision that a result quotes
+      # VALIDATE_RUNS: backend:precision pairs (compile-max-autotune: minutes of autotuning per precision)
+      failed=0
+      for run in ${VALIDATE_RUNS:-cuda-graphs:fp32 compile-reduce-overhead:fp32 compile-reduce-overhead:fp16 compile-max-autotune:fp32}; do
+        (cd /tmp && $cli validate /tmp/mlff/mlff_export/reference/painn-hcno.json --backend ${run%:*} --precision ${run#*:} \
+          --device cuda --report "$out/validate-${run%:*}-${run#*:}") || failed=1
+      done > "$out/$step.log" 2>&1; (exit $failed) ;;
     profile)  # where one benzene call goes, per GPU backend (bench/profile_call.py)
       for b in ${PROFILE_BACKENDS:-cuda-graphs compile-reduce-overhead compile-max-autotune}; do
         (cd /tmp && python3 "$repo/bench/profile_call.py" --backend $b); done > "$out/profile.log" 2>&1 ;;

@@ -2,8 +2,9 @@
 
 Order: load both calculators (artifact on ``device``; reference in eager float64), check
 provenance, evaluate the structures (artifact: one mixed batch, and one by one through ASE's
-calculator interface, the path of MD and relaxations; reference: one batch), compare outputs, check forces against finite differences of the artifact's own energy,
-run NVE with both, compare the ONNX graph across runtimes, and write the report.
+calculator interface, the path of MD and relaxations; reference: one batch), compare outputs,
+check forces against finite differences of the artifact's own energy, run NVE with both, compare
+the ONNX graph across runtimes, and write the report.
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ from mlff_export.validation.structures import builtin_structures, check_structur
 from mlff_export.validation.tolerances import default_tolerances
 
 FINITE_DIFFERENCE_STRUCTURES = 8
+"""At most this many structures (the first ones) get the finite-difference check."""
+
+NVE_MOLECULE = "C6H6"
+
+
+def artifact_precision(calculator) -> str:
+    """The precision the artifact declares in its metadata (``"fp32"`` for one that declares none)."""
+    metadata = getattr(calculator.backend, "metadata", None)
+    return getattr(metadata, "precision", None) or getattr(calculator.backend, "precision", "fp32")
 
 
 def through_ase(calculator, structure: Atoms) -> dict:
@@ -39,15 +49,6 @@ def through_ase(calculator, structure: Atoms) -> dict:
     atoms.calc = calculator
     atoms.get_potential_energy()
     return dict(calculator.results)
-"""At most this many structures (the first ones) get the finite-difference check."""
-
-NVE_MOLECULE = "C6H6"
-
-
-def artifact_precision(calculator) -> str:
-    """The precision the artifact declares in its metadata (``"fp32"`` for one that declares none)."""
-    metadata = getattr(calculator.backend, "metadata", None)
-    return getattr(metadata, "precision", None) or getattr(calculator.backend, "precision", "fp32")
 
 
 def validate_artifact(

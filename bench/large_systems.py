@@ -2,7 +2,7 @@
 
     python3 -m mlff_export.bench.large_systems --out DIR [--backends compile-reduce-overhead,cuda-graphs]
         [--precisions fp32,fp16] [--sizes 10000,100000,1000000] [--parity-up-to 100000] [--repeats 3]
-        [--memory-limit-gb 40]
+        [--memory-limit-gb 40] [--profile]
 
 For each backend, precision (``fp16``: the FP16 body, ``load_calculator``'s ``precision``) and size, in one process: the first call (neighbor search on the GPU, domains,
 compilation or capture: ``first_call_s``), then the median of ``--repeats`` calls with a new
@@ -10,7 +10,9 @@ geometry each (``median_s``), the peak of torch's GPU memory (``peak_gpu_gib``),
 atom, and, up to ``--parity-up-to`` atoms, the largest force and energy-per-atom differences from
 eager FP32 on the same structure. Writes ``DIR/large_systems.jsonl`` (a line per row, as it is
 measured) and ``DIR/large_systems.json`` (rows, the 100k/10k and 1M/100k time ratios, the FP32/FP16
-time ratio per size, environment).
+time ratio per size, environment). With ``--profile``, one more call per row runs under
+torch.profiler: ``DIR/profile-<backend>-<precision>-<atoms>.txt`` lists the 25 operations with the
+most GPU time and the 25 with the most CPU time of their own (neighbor search, table, model, checks).
 """
 
 from __future__ import annotations
@@ -33,8 +35,23 @@ from mlff_export.cli.options import require_cuda
 from mlff_export.runtime import load_calculator
 
 
-def measure(backend: str, atoms, repeats: int, reference: dict | None, precision: str = "fp32", memory_limit_gb: float | None = None) -> dict:
-    """One row: first call, median of ``repeats`` calls, peak memory, parity with ``reference``."""
+def write_profile(atoms, path: Path) -> None:
+    """One more call on a moved geometry under torch.profiler: the operations with the most GPU
+    time, then those with the most CPU time of their own, as tables in ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    atoms.positions[0, 0] += 1e-4
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        atoms.get_forces()
+        torch.cuda.synchronize()
+    averages = profiler.key_averages()
+    path.write_text(f"{averages.table(sort_by='device_time_total', row_limit=25)}\n{averages.table(sort_by='self_cpu_time_total', row_limit=25)}\n")
+
+
+def measure(backend: str, atoms, repeats: int, reference: dict | None, precision: str = "fp32", memory_limit_gb: float | None = None,
+            profile_to: Path | None = None) -> dict:
+    """One row: first call, median of ``repeats`` calls, peak memory, parity with ``reference``;
+    with ``profile_to``, :func:`write_profile` there after the timed calls."""
     device = torch.device("cuda")
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
@@ -52,6 +69,8 @@ def measure(backend: str, atoms, repeats: int, reference: dict | None, precision
     if reference is not None:
         row["max_abs_force_error_ev_per_a"] = float(np.abs(forces - reference["forces"]).max())
         row["energy_per_atom_error_ev"] = abs(energy - reference["energy"]) / len(atoms)
+    if profile_to is not None:
+        write_profile(atoms, profile_to)
     return row
 
 
@@ -64,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parity-up-to", type=int, default=100_000, help="compare with eager FP32 up to this many atoms")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-limit-gb", type=float, help="memory a call may take (domains below it; default: 80%% of the free memory)")
+    parser.add_argument("--profile", action="store_true", help="one more call per row under torch.profiler, tables to DIR/profile-*.txt")
     args = parser.parse_args(argv)
     require_cuda(parser, "time and memory")
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the domain grid of each call is logged
@@ -76,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             reference = load_calculator(REFERENCE_CHECKPOINT, device="cuda").predict([atoms])[0]
         for backend, precision in itertools.product(args.backends.split(","), args.precisions.split(",")):
             try:
-                row = measure(backend, atoms, args.repeats, reference, precision, args.memory_limit_gb)
+                profile_to = args.out / f"profile-{backend}-{precision}-{len(atoms)}.txt" if args.profile else None
+                row = measure(backend, atoms, args.repeats, reference, precision, args.memory_limit_gb, profile_to)
             except Exception as error:  # noqa: BLE001 - reported as the row, the others still run
                 row = {"backend": backend, "precision": precision, "atoms": len(atoms), "error": f"{type(error).__name__}: {str(error)[:300]}"}
             rows.append(row)

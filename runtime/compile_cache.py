@@ -116,6 +116,9 @@ class CompileCache:
         self._saves = 0
         self.buckets: list[list] = []
         """Buckets compiled before (loaded) or in this process."""
+        self.without_new_kernels: list[list] = []
+        """Buckets of this process that ran on kernels the folder held already (the symbolic-size
+        compile of an earlier bucket), as far as this torch tells (``CacheInfo`` keys)."""
         self._stored: set[tuple[str, str]] = set()  # artifact keys the folder holds (loaded or written here)
         self._unsaved: list[list] = []  # buckets run since the last save: listed in the next manifest
         self._last_manifest: dict | None = None  # this process's last manifest, and where it is
@@ -166,6 +169,7 @@ class CompileCache:
             return
         payload, keys = saved[0], artifact_keys(saved[1])
         if keys and keys <= self._stored:  # the folder holds all of it (a torch whose CacheInfo names no keys: always saved)
+            self.without_new_kernels.append(entry)
             if self._last_manifest is not None:  # listed in this process's last manifest, beside its payload
                 self._last_manifest["buckets"] += self._unsaved
                 write_atomically(self._last_manifest_path, json.dumps(self._last_manifest, indent=1).encode())

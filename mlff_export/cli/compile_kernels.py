@@ -100,9 +100,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             calc.predict(batch)
         for bucket in compile_cache.buckets[before:]:
-            print(f"  compiled {bucket_text(bucket)} ({label}) in {time.perf_counter() - began:.1f} s")
-    new = len(compile_cache.buckets) - known
-    print(f"{new} buckets compiled in {time.perf_counter() - start:.1f} s, {known} were in the cache; kept in {compile_cache.folder}")
+            done = "ran on earlier kernels:" if bucket in compile_cache.without_new_kernels else "compiled"
+            print(f"  {done} {bucket_text(bucket)} ({label}) in {time.perf_counter() - began:.1f} s")
+    reused = len(compile_cache.without_new_kernels)
+    compiled = len(compile_cache.buckets) - known - reused
+    print(f"{compiled} buckets compiled and {reused} ran on earlier kernels in {time.perf_counter() - start:.1f} s, "
+          f"{known} were in the cache; kept in {compile_cache.folder}")
     return 0
 
 

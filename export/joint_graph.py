@@ -59,9 +59,14 @@ def _detach_weights(graph: torch.fx.GraphModule) -> None:
     ``requires_grad`` flags, restored after tracing, must not make the graph's outputs carry an
     autograd history (nor make ``torch.compile`` build a backward of the backward)."""
     for name, parameter in list(graph.named_parameters()):
-        module_name, _, attribute = name.rpartition(".")
-        owner = graph.get_submodule(module_name) if module_name else graph
+        owner, attribute = _owner(graph, name)
         setattr(owner, attribute, nn.Parameter(parameter.detach(), requires_grad=False))
+
+
+def _owner(graph: torch.fx.GraphModule, qualified_name: str) -> tuple[nn.Module, str]:
+    """The submodule of ``graph`` holding the attribute ``qualified_name`` ("a.b.weight"), and its name there."""
+    module_name, _, attribute = qualified_name.rpartition(".")
+    return (graph.get_submodule(module_name) if module_name else graph), attribute
 
 
 def scalar_constants_on(graph: torch.fx.GraphModule, device: torch.device) -> None:
@@ -73,8 +78,7 @@ def scalar_constants_on(graph: torch.fx.GraphModule, device: torch.device) -> No
     for node in graph.graph.nodes:
         if node.op != "get_attr":
             continue
-        module_name, _, attribute = node.target.rpartition(".")
-        owner = graph.get_submodule(module_name) if module_name else graph
+        owner, attribute = _owner(graph, node.target)
         value = getattr(owner, attribute)
         if isinstance(value, torch.Tensor) and id(value) not in parameters and value.dim() == 0 and value.device != device:
             setattr(owner, attribute, value.to(device))

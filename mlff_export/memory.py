@@ -37,6 +37,12 @@ def is_out_of_memory(error: BaseException) -> bool:
     )
 
 
+def release_cached_gpu_memory() -> None:
+    """After an out-of-memory: hand torch's cached, unused GPU blocks back before the retry (no-op without CUDA)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def model_bytes_per_pair(model, dtype: torch.dtype) -> int:
     """Peak memory per pair of one eager energy+forces call of ``model`` in ``dtype``, bytes: the
     model's own ``bytes_per_pair(dtype)`` where it declares one, else the reference PaiNN's."""

@@ -35,7 +35,7 @@ from torch import nn
 
 from mlff_export import REFERENCE_CHECKPOINT
 from mlff_export.interface import OUTPUT_NAMES
-from mlff_export.memory import InsufficientMemoryError, MemoryBudget, is_out_of_memory
+from mlff_export.memory import InsufficientMemoryError, MemoryBudget, is_out_of_memory, release_cached_gpu_memory
 from mlff_export.model_intake import load_model
 from mlff_export.neighbors import Pairs, StructureError, VerletNeighborList, batch_inputs, check_structure, compute_pairs
 from mlff_export.runtime.backend import Backend
@@ -157,8 +157,7 @@ class MLFFCalculator(Calculator):
         except RuntimeError as error:
             if not is_out_of_memory(error):
                 raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_cached_gpu_memory()
         logger.warning("mlff-export: out of memory on the GPU input path (%d atoms); evaluating through the domain path", len(atoms))
         return None
 
@@ -208,8 +207,7 @@ class MLFFCalculator(Calculator):
             splits = isinstance(error, (ShapeOutOfRangeError, InsufficientMemoryError)) or is_out_of_memory(error)
             if not splits or len(structures) == 1:
                 raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            release_cached_gpu_memory()
             half = len(structures) // 2
             return self._evaluate(structures[:half], pairs[:half], indices[:half]) + self._evaluate(
                 structures[half:], pairs[half:], indices[half:]

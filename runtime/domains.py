@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from mlff_export.interface import AtomicInputs
-from mlff_export.memory import InsufficientMemoryError, MemoryBudget, is_out_of_memory
+from mlff_export.memory import InsufficientMemoryError, MemoryBudget, is_out_of_memory, release_cached_gpu_memory
 
 logger = logging.getLogger("mlff_export")
 
@@ -247,7 +247,6 @@ class DomainSplitter:
                         f"out of memory on {self.memory.device} evaluating {inputs.num_atoms:,} atoms with {pairs:,} pairs "
                         f"({str(error).splitlines()[0][:200]}); use a machine with more memory or fewer atoms per call"
                     ) from None
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                release_cached_gpu_memory()
                 logger.warning("mlff-export: out of memory at %d pairs; evaluating in domains of <= %d pairs", pairs, limit)
                 self.max_pairs = limit

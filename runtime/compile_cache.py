@@ -121,18 +121,20 @@ class CompileCache:
         compile of an earlier bucket), as far as this torch tells (``CacheInfo`` keys)."""
         self._stored: set[tuple[str, str]] = set()  # artifact keys the folder holds (loaded or written here)
         self._unsaved: list[list] = []  # buckets run since the last save: listed in the next manifest
-        self._last_manifest: dict | None = None  # this process's last manifest, and where it is
-        self._last_manifest_path: Path | None = None
+        self._last_manifest: dict | None = None  # this process's last manifest (save self._saves - 1)
 
     @property
     def payload_path(self) -> Path:
         """Where this process's next save puts its payload: ``<stamp>-<n>.bin``."""
-        return self.folder / f"{self._stamp}-{self._saves}.bin"
+        return self._save_path(self._saves, ".bin")
 
     @property
     def manifest_path(self) -> Path:
         """The next save's manifest: ``<stamp>-<n>.json``."""
-        return self.payload_path.with_suffix(".json")
+        return self._save_path(self._saves, ".json")
+
+    def _save_path(self, save: int, suffix: str) -> Path:
+        return self.folder / f"{self._stamp}-{save}{suffix}"
 
     def load(self) -> int:
         """Hand every usable stored payload to Inductor; returns how many were loaded. Unusable
@@ -172,13 +174,12 @@ class CompileCache:
             self.without_new_kernels.append(entry)
             if self._last_manifest is not None:  # listed in this process's last manifest, beside its payload
                 self._last_manifest["buckets"] += self._unsaved
-                write_atomically(self._last_manifest_path, json.dumps(self._last_manifest, indent=1).encode())
+                write_atomically(self._save_path(self._saves - 1, ".json"), json.dumps(self._last_manifest, indent=1).encode())
                 self._unsaved = []
             return
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._last_manifest = {"format": FORMAT, "key": asdict(self.key), "payload_sha256": hashlib.sha256(payload).hexdigest(),
                                "buckets": self._unsaved}
-        self._last_manifest_path = self.manifest_path
         write_atomically(self.payload_path, payload)
         write_atomically(self.manifest_path, json.dumps(self._last_manifest, indent=1).encode())
         self._saves += 1

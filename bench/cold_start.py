@@ -17,6 +17,9 @@ launch to its first answer, imports included: the *cold start*), then the many-m
 (:func:`~mlff_export.bench.workloads.many_molecules`, ~100 structures of 2-375 atoms, one call each
 as single-point screening sends them: ``first_pass_s``, then ``second_pass_s``), then the median of
 20 benzene calls (``warm_call_ms``). Every pass's energies are kept and compared between the phases.
+Each record says whether its process could write Python's bytecode caches (``bytecode_written``):
+with ``PYTHONDONTWRITEBYTECODE`` set (some container images do; pip installs do not), every process
+compiles the source of torch's modules again, seconds of a cold start that a usual install never pays.
 Writes ``DIR/cold_start.jsonl`` (a line per process, as it ends) and ``DIR/cold_start.json`` (the
 records and the environment); prints a table.
 """
@@ -75,7 +78,7 @@ def child(backend: str, device: str, launched: float, model: str) -> dict:
         "loaded_s": loaded_s, "first_call_s": first_call_s, "first_pass_s": passes[0], "second_pass_s": passes[1],
         "warm_call_ms": 1e3 * float(np.median(calls)), "structures": len(structures),
         "buckets_in_cache": None if cache is None else len(cache.buckets), "energies": energies[1],
-        "ahead_of_time": getattr(calc.backend, "ahead_of_time", None),
+        "ahead_of_time": getattr(calc.backend, "ahead_of_time", None), "bytecode_written": not sys.dont_write_bytecode,
         "passes_agree_ev": float(np.max(np.abs(np.subtract(*energies)))),
     }
 
@@ -178,7 +181,8 @@ def summary_line(record: dict) -> str:
             f"second pass {record['second_pass_s']:6.2f} s  warm call {record['warm_call_ms']:6.3f} ms  "
             f"cache buckets {record['buckets_in_cache']}"
             + (f"  package built in {record['aot_build_s']:.1f} s, ran: {record['ahead_of_time']}" if "aot_build_s" in record else "")
-            + (f"  package not built: {record['aot_build_error']}" if "aot_build_error" in record else ""))
+            + (f"  package not built: {record['aot_build_error']}" if "aot_build_error" in record else "")
+            + ("  (no bytecode written: PYTHONDONTWRITEBYTECODE)" if record.get("bytecode_written") is False else ""))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,20 @@ COMPILE_MODES = {
 QUIET_AUTOTUNING = {"autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
 """Inductor options that keep its autotuning tables (every GEMM's candidates, written to stderr:
 ~500 lines for one ``validate`` on the H200) out of a calculator's output."""
+
+
+class SkippedGemmCandidates(logging.Filter):
+    """Drops Inductor's error records for a Triton GEMM candidate whose tiles need more shared
+    memory than the GPU has ("No valid triton configs ... out of resource"): Inductor skips that
+    candidate and autotunes the others, so nothing failed, yet each one logs an error, most with a
+    traceback (~90 lines in one ``validate`` on the H200). Other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("No valid triton configs" in message and "out of resource" in message)
+
+
+AUTOTUNING_LOGGER = "torch._inductor.select_algorithm"
 MAX_COMPILED_BUCKETS = 64
 CAPTURE_MAX_PAIR_SLOTS = 1 << 18  # atoms x table width of the largest bucket captured as a CUDA graph
 
@@ -131,6 +145,16 @@ def inductor_options(inductor_mode: str) -> dict[str, object]:
     if options.get("max_autotune") and "TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED" not in os.environ:
         options |= {name: value for name, value in QUIET_AUTOTUNING.items() if hasattr(torch._inductor.config, name)}
     return options
+
+
+def quiet_skipped_candidates() -> None:
+    """Filter :class:`SkippedGemmCandidates` out of Inductor's autotuning log, once per process,
+    unless the user asked for Inductor's autotuning tables (``TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED``)."""
+    autotuning_log = logging.getLogger(AUTOTUNING_LOGGER)
+    if "TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED" in os.environ:
+        return
+    if not any(isinstance(existing, SkippedGemmCandidates) for existing in autotuning_log.filters):
+        autotuning_log.addFilter(SkippedGemmCandidates())
 
 
 def has_half_body(model: nn.Module, precision: str) -> bool:
@@ -298,6 +322,7 @@ class CompiledBackend(JointGraphBackend):
         """Whether the graph runs from the AOTInductor package (``mlff-export compile --aot``), not ``torch.compile``."""
         self.call = package if self.ahead_of_time else self.compiled(self.graph)
         if mode == "max-autotune" and not self.ahead_of_time:
+            quiet_skipped_candidates()
             logger.info("mlff-export: compile-max-autotune autotunes the GEMMs of each new input shape on its first call "
                         "(minutes; kept in the compile cache)")
         # Fused into one or two kernels (seven tiny ones uncompiled) inside each bucket's CUDA graph.

@@ -242,3 +242,16 @@ def test_the_gpu_scripts_refuse_a_machine_without_cuda_in_one_line(script, argv,
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("written, noted", [(False, True), (True, False), (None, False)])
+def test_cold_start_lines_say_when_a_process_wrote_no_bytecode(written, noted):
+    """A cold start measured where Python writes no bytecode caches (the GPU image's
+    PYTHONDONTWRITEBYTECODE) pays seconds that an installed torch does not: its line says so."""
+    from mlff_export.bench.cold_start import summary_line
+
+    record = {"backend": "eager", "phase": "warm", "first_call_s": 12.6, "first_pass_s": 5.7, "second_pass_s": 0.06,
+              "warm_call_ms": 0.35, "buckets_in_cache": 8}
+    if written is not None:
+        record["bytecode_written"] = written
+    assert ("no bytecode written" in summary_line(record)) is noted

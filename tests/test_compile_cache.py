@@ -202,3 +202,35 @@ def test_max_autotune_keeps_inductors_options_without_its_autotuning_tables(monk
     with caplog.at_level(logging.INFO, logger="mlff_export"):
         load_calculator(model, backend="compile-max-autotune", compile_cache=False)
     assert "autotunes the GEMMs of each new input shape" in caplog.text
+
+
+def test_max_autotune_drops_inductors_errors_for_gemm_candidates_too_large_for_the_gpu(monkeypatch):
+    """A Triton GEMM candidate needing more shared memory than the GPU has is skipped by Inductor,
+    which still logs an error with a traceback for each (~90 lines in one H200 ``validate``):
+    compile-max-autotune filters those records and no others, unless the user asked for
+    Inductor's autotuning output (TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED)."""
+    from mlff_export.runtime.joint_graph import AUTOTUNING_LOGGER, SkippedGemmCandidates
+
+    autotuning_log = logging.getLogger(AUTOTUNING_LOGGER)
+    for existing in [f for f in autotuning_log.filters if isinstance(f, SkippedGemmCandidates)]:
+        autotuning_log.removeFilter(existing)
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    autotuning_log.addHandler(handler)
+    skipped = "No valid triton configs. OutOfMemoryError: out of resource: triton_mm Required: 262144 Hardware limit:232448"
+    torch.manual_seed(0)
+    model = PaiNN(PaiNNConfig(num_features=8, num_interactions=1, num_radial=4, cutoff=4.0)).eval()
+    try:
+        monkeypatch.setenv("TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED", "10")
+        load_calculator(model, backend="compile-max-autotune", compile_cache=False)
+        autotuning_log.error("Runtime error during autotuning: \n%s. \nIgnoring this choice.", skipped)
+        assert len(records) == 1  # the user asked for Inductor's own output: all of it
+        monkeypatch.delenv("TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED")
+        load_calculator(model, backend="compile-max-autotune", compile_cache=False)
+        autotuning_log.error("Runtime error during autotuning: \n%s. \nIgnoring this choice.", skipped)
+        autotuning_log.error("Exception %s for benchmark choice %s", RuntimeError(skipped), "triton_mm_7")
+        autotuning_log.error("Runtime error during autotuning: \n%s. \nIgnoring this choice.", "illegal memory access")
+        assert records[1:] == ["Runtime error during autotuning: \nillegal memory access. \nIgnoring this choice."]
+    finally:
+        autotuning_log.removeHandler(handler)

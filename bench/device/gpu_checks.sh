@@ -62,11 +62,13 @@ for step in "$@"; do
              --backends eager,onnxruntime,compile-reduce-overhead,compile-max-autotune \
              --onnx "$graphs/$stem.fp32.onnx" --out "$out/$step") >> "$out/$step.log" 2>&1 ;;
     cold-start|cold-start-autotune)  # a new process's first answer and ~100 molecules: empty caches, the compile cache kept, the AOT package
+      # The image sets PYTHONDONTWRITEBYTECODE=1 (each process compiled torch's source again: ~4 s of a start, 2026-12-01); a
+      # pip-installed torch has its bytecode, so the processes write theirs into /tmp/pycache (the first run fills it).
       # COLD_BACKENDS / COLD_ONNX=none: fewer processes per call (each compile backend runs three, plus the package build)
       backends=${COLD_BACKENDS:-eager,cuda-graphs,compile-reduce-overhead}; onnx=(--onnx /tmp/onnx/painn-hcno.fp32.onnx); seconds=150
       [ "${COLD_ONNX:-}" = none ] && onnx=()
       [ "$step" = cold-start-autotune ] && backends=compile-max-autotune && onnx=() && seconds=270
-      (cd /tmp && python3 -m mlff_export.bench.cold_start --out "$out/$step" --backends $backends "${onnx[@]}" --timeout $seconds) > "$out/$step.log" 2>&1 ;;
+      (cd /tmp && env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=/tmp/pycache python3 -m mlff_export.bench.cold_start --out "$out/$step" --backends $backends "${onnx[@]}" --timeout $seconds) > "$out/$step.log" 2>&1 ;;
     bench-batch)  # batches of 1-1024 molecules and the loop of 1024 single eager calls, every GPU backend
       for only in batch loop; do
         (cd /tmp && timeout 280 $cli bench --suite full --only "$only" --backends eager,cuda-graphs,onnxruntime,compile-reduce-overhead \

@@ -5,7 +5,8 @@ code generation, not Dynamo's trace of the joint graph: with them the first answ
 on the H200 (``bench/results/2026-11-30-h200-perf``). An AOTInductor package is the graph exported
 with symbolic sizes (atoms, table width, structures: one package serves every shape bucket) and
 compiled to a shared library (``torch._inductor.aoti_compile_and_package``); loading it takes
-milliseconds and involves no tracer. ``mlff-export compile --aot`` builds it and keeps it only if a
+milliseconds and involves no tracer (the backend has traced the joint graph once already: the
+package's key is that graph's fingerprint). ``mlff-export compile --aot`` builds it and keeps it only if a
 new process loads it (:func:`load_problem`); a compile backend that
 finds a package for its key runs it instead of ``torch.compile`` (and still captures each bucket's
 CUDA graph around it).

@@ -60,6 +60,11 @@ COMPILE_MODES = {
 QUIET_AUTOTUNING = {"autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
 """Inductor options that keep its autotuning tables (every GEMM's candidates, written to stderr:
 ~500 lines for one ``validate`` on the H200) out of a calculator's output."""
+INDUCTOR_AUTOTUNING_OUTPUT = "TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED"
+"""Set by a user who wants Inductor's autotuning output: then none of it is kept back."""
+AUTOTUNING_LOGGER = "torch._inductor.select_algorithm"
+MAX_COMPILED_BUCKETS = 64
+CAPTURE_MAX_PAIR_SLOTS = 1 << 18  # atoms x table width of the largest bucket captured as a CUDA graph
 
 
 class SkippedGemmCandidates(logging.Filter):
@@ -71,11 +76,6 @@ class SkippedGemmCandidates(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return not ("No valid triton configs" in message and "out of resource" in message)
-
-
-AUTOTUNING_LOGGER = "torch._inductor.select_algorithm"
-MAX_COMPILED_BUCKETS = 64
-CAPTURE_MAX_PAIR_SLOTS = 1 << 18  # atoms x table width of the largest bucket captured as a CUDA graph
 
 
 class _CapturedBucket:
@@ -142,16 +142,16 @@ def inductor_options(inductor_mode: str) -> dict[str, object]:
     :data:`QUIET_AUTOTUNING` where the mode autotunes, unless the user set
     ``TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED``; options this torch lacks are left out."""
     options = dict(torch._inductor.list_mode_options(inductor_mode))
-    if options.get("max_autotune") and "TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED" not in os.environ:
+    if options.get("max_autotune") and INDUCTOR_AUTOTUNING_OUTPUT not in os.environ:
         options |= {name: value for name, value in QUIET_AUTOTUNING.items() if hasattr(torch._inductor.config, name)}
     return options
 
 
 def quiet_skipped_candidates() -> None:
     """Filter :class:`SkippedGemmCandidates` out of Inductor's autotuning log, once per process,
-    unless the user asked for Inductor's autotuning tables (``TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED``)."""
+    unless the user asked for Inductor's autotuning output (:data:`INDUCTOR_AUTOTUNING_OUTPUT`)."""
     autotuning_log = logging.getLogger(AUTOTUNING_LOGGER)
-    if "TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED" in os.environ:
+    if INDUCTOR_AUTOTUNING_OUTPUT in os.environ:
         return
     if not any(isinstance(existing, SkippedGemmCandidates) for existing in autotuning_log.filters):
         autotuning_log.addFilter(SkippedGemmCandidates())

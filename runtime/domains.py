@@ -150,11 +150,18 @@ def evaluate_in_domains(
         raise ValueError(f"domains split one structure; got {inputs.num_structures}")
     coordinates, widths = _grid_coordinates(inputs)
     halo = hops * _longest_pair(inputs)
+
+    def split(num_domains: int) -> tuple[tuple[int, int, int], torch.Tensor, int]:
+        """The grid of ``num_domains`` cores, each atom's core, and the largest domain's pairs."""
+        shape = _grid_shape(num_domains, widths, halo)
+        core_ids = _core_ids(coordinates, shape)
+        return shape, core_ids, _largest_domain(inputs, core_ids, hops, max_pairs)
+
     num_domains = 1 << max(0, math.ceil(inputs.num_pairs / max_pairs) - 1).bit_length()
     previous = None
     while True:
-        core_ids = _core_ids(coordinates, _grid_shape(num_domains, widths, halo))
-        if (largest := _largest_domain(inputs, core_ids, hops, max_pairs)) <= max_pairs:
+        shape, core_ids, largest = split(num_domains)
+        if largest <= max_pairs:
             break
         if num_domains >= inputs.num_atoms or (previous is not None and largest > 0.99 * previous):
             raise ValueError(
@@ -165,12 +172,12 @@ def evaluate_in_domains(
     # Every domain carries its own halo: the fewest domains that fit evaluate the fewest pairs, so
     # counts between the last power of two that did not fit and the one that does are tried too.
     for fewer in range(max(num_domains // 2 + 1, math.ceil(inputs.num_pairs / max_pairs)), num_domains):
-        fewer_ids = _core_ids(coordinates, _grid_shape(fewer, widths, halo))
-        if (fewer_largest := _largest_domain(inputs, fewer_ids, hops, max_pairs)) <= max_pairs:
-            core_ids, largest, num_domains = fewer_ids, fewer_largest, fewer
+        candidate = split(fewer)
+        if candidate[2] <= max_pairs:
+            shape, core_ids, largest = candidate
             break
     logger.info("mlff-export: %d atoms in %d domains of <= %d pairs (grid %s)", inputs.num_atoms,
-                int(torch.unique(core_ids).numel()), largest, _grid_shape(num_domains, widths, halo))
+                int(torch.unique(core_ids).numel()), largest, shape)
     energy = inputs.positions.new_zeros(1)
     forces = torch.zeros_like(inputs.positions)
     virial = inputs.positions.new_zeros((1, 3, 3))

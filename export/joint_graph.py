@@ -26,7 +26,7 @@ from mlff_export.export.joint_graph_ops import TRACE_DECOMPOSITIONS
 from mlff_export.export.ordinary_code import check_sizes_stayed_symbolic, explain_trace_failure, tracing_ordinary_code
 from mlff_export.export.precision import frozen
 from mlff_export.export.table_rewrite import RewriteRefused, rewrite_to_neighbor_table
-from mlff_export.export.parity import compare_with_tolerances
+from mlff_export.export.parity import Deviation, compare_with_tolerances
 from mlff_export.forces import has_pair_energy
 from mlff_export.interface import OUTPUT_NAMES, AtomicInputs
 
@@ -133,13 +133,36 @@ def trace_joint_graph(
         if weighted:
             raise ValueError(f"weighted graphs need `atomic_energies`; {type(model).__name__} has none")
         return rewritten_to_neighbor_table(model, *trace_pair_list_graph(model, device))
-    inputs = example_inputs(tuple(model.species)).to(device)
-    args = tuple(layout.feeds(inputs).values())
+    args = table_example_inputs(model.species, device) if layout is NEIGHBOR_TABLE else tuple(
+        layout.feeds(example_inputs(tuple(model.species)).to(device)).values()
+    )
     if weighted:  # one more input: per-atom energy weights [N] (see graph_function)
-        args += (torch.ones_like(inputs.positions[:, 0]),)
+        args += (torch.ones_like(args[0][:, 0]),)
     return _trace(model, layout, args, weighted), args
 
 
 def inputs_width(inputs: AtomicInputs) -> int:
     """The longest row of ``inputs``' pair list (the neighbor table's natural width)."""
     return int(torch.bincount(inputs.pair_index[0], minlength=inputs.num_atoms).max())
+
+
+def table_example_inputs(species: tuple[int, ...], device: torch.device | str) -> tuple[torch.Tensor, ...]:
+    """The neighbor-table example inputs :func:`trace_joint_graph` traces with and returns (unweighted)."""
+    return tuple(NEIGHBOR_TABLE.feeds(example_inputs(tuple(species)).to(device)).values())
+
+
+def graph_deviations_from_model(
+    graph: torch.fx.GraphModule, model: nn.Module, device: torch.device | str, precision: str
+) -> dict[str, Deviation]:
+    """How far the neighbor-table joint graph ``graph`` (of :func:`trace_joint_graph`) is from
+    ``model`` evaluated as written (eagerly, forces and virial by autograd; on the pair list for a
+    model without ``atomic_energies``), on the tracing example on ``device``, under ``precision``'s
+    tolerances."""
+    inputs = example_inputs(tuple(model.species)).to(device)
+    layout = NEIGHBOR_TABLE if has_pair_energy(model) else PAIR_LIST
+    with frozen(model):
+        outputs = graph_function(model, layout)(*layout.feeds(inputs).values())
+        expected = {name: output.detach() for name, output in zip(OUTPUT_NAMES, outputs)}
+    with torch.no_grad():
+        actual = dict(zip(OUTPUT_NAMES, graph(*table_example_inputs(model.species, device))))
+    return compare_with_tolerances(actual, expected, precision, inputs.structure_index)

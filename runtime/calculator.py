@@ -369,7 +369,7 @@ def _module_backend(
     from mlff_export.runtime.joint_graph import CompiledBackend, CudaGraphBackend
 
     if name == "cuda-graphs":
-        return CudaGraphBackend(module, device, memory=memory, precision=precision)
+        return CudaGraphBackend(module, device, memory=memory, precision=precision, cache_folder=compile_cache)
     return CompiledBackend(module, device, mode=COMPILE_BACKENDS[name], memory=memory, cache_folder=compile_cache, precision=precision)
 
 
@@ -404,10 +404,10 @@ def _compile_cache_folder(compile_cache: str | Path | bool, backend: str | None)
         return None
     if not isinstance(compile_cache, (str, Path)) or not str(compile_cache):
         raise CalculatorSetupError(f"compile_cache | received {compile_cache!r} | expected True, False or a folder path")
-    if backend not in COMPILE_BACKENDS:
+    if backend not in (*COMPILE_BACKENDS, "cuda-graphs"):
         raise CalculatorSetupError(
-            f"compile_cache={str(compile_cache)!r} keeps compiled kernels of the backends {list(COMPILE_BACKENDS)}; "
-            f"backend {backend or 'eager'!r} compiles nothing"
+            f"compile_cache={str(compile_cache)!r} keeps the traced graphs and compiled kernels of the backends "
+            f"{[*COMPILE_BACKENDS, 'cuda-graphs']}; backend {backend or 'eager'!r} traces and compiles nothing"
         )
     folder = Path(compile_cache).expanduser()
     if folder.exists() and not folder.is_dir():
@@ -455,8 +455,10 @@ def load_calculator(
             has free); larger calls are split or refused before they run (:mod:`mlff_export.memory`).
         compile_cache: the compile backends keep their compiled kernels in this folder, one file
             set per model, torch/Triton version, device model and mode, and load them in the next
-            process (:mod:`mlff_export.runtime.compile_cache`); ``True`` (default): the folder
-            ``$MLFF_EXPORT_COMPILE_CACHE`` or ``~/.cache/mlff-export/compiled``; ``False``: not kept.
+            process (:mod:`mlff_export.runtime.compile_cache`); they and cuda-graphs also keep the
+            model's traced joint graph there (:mod:`mlff_export.runtime.traced_graphs`: no trace in the
+            next process); ``True`` (default): the folder ``$MLFF_EXPORT_COMPILE_CACHE`` or
+            ``~/.cache/mlff-export/compiled``; ``False``: not kept.
 
     The chosen backend is logged (logger ``mlff_export``) and kept as ``calc.backend.name``.
     Out-of-range options raise ``CalculatorSetupError`` before anything is loaded.

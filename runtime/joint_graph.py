@@ -35,7 +35,7 @@ from torch import nn
 
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
 from mlff_export.export.half_gemms import with_half_weight_products
-from mlff_export.export.joint_graph import trace_joint_graph
+from mlff_export.export.joint_graph import graph_deviations_from_model, table_example_inputs, trace_joint_graph
 from mlff_export.export.precision import model_for_precision
 from mlff_export.forces import has_pair_energy
 from mlff_export.interface import OUTPUT_NAMES, AtomicInputs
@@ -48,6 +48,7 @@ from mlff_export.runtime.domains import DomainSplitter
 from mlff_export.runtime.padded_table import PaddedTableBackend, packed_outputs, unpacked_outputs
 from mlff_export.runtime.shape_buckets import table_sizes
 from mlff_export.runtime.static_feeds import StaticFeeds
+from mlff_export.runtime.traced_graphs import TracedGraphKey, TracedGraphStore
 
 logger = logging.getLogger("mlff_export")
 
@@ -163,17 +164,32 @@ def has_half_body(model: nn.Module, precision: str) -> bool:
     return precision == "fp16" and has_pair_energy(model)
 
 
-def traced_in_precision(model: nn.Module, precision: str, device: torch.device) -> tuple[nn.Module, torch.fx.GraphModule, tuple]:
+def traced_in_precision(
+    model: nn.Module, precision: str, device: torch.device, cache_folder: str | Path | None = None
+) -> tuple[nn.Module, torch.fx.GraphModule, tuple]:
     """``model`` on ``device`` in ``precision`` and its joint graph on the neighbor table, with the
     FP16 split of the exporter (:func:`mlff_export.export.onnx_export.export_graph`): a pair-energy
     model's copy with float16 parameters, any other model's graph with its weight products in
-    float16 (:mod:`~mlff_export.export.half_gemms`). Returns the model, the graph and its example inputs."""
+    float16 (:mod:`~mlff_export.export.half_gemms`). Returns the model, the graph and its example inputs.
+
+    With ``cache_folder``, the graph a former process stored there for this model (:mod:`~mlff_export.runtime.traced_graphs`)
+    is used if it still matches the model on the tracing example; otherwise the model is traced and
+    the graph stored."""
     half_body = has_half_body(model, precision)
     model = model_for_precision(model, "fp16" if half_body else "fp32").to(device)
+    store = None if cache_folder is None else TracedGraphStore(cache_folder, TracedGraphKey.of(model, device, precision))
+    graph = None if store is None else store.load()
+    if graph is not None:
+        failed = {name: deviation for name, deviation in graph_deviations_from_model(graph, model, device, precision).items()
+                  if not deviation.passed}
+        if not failed:
+            return model, graph, table_example_inputs(model.species, device)
+        logger.warning("mlff-export: the traced graph stored in %s differs from the model (%s); tracing it again",
+                       store.folder, ", ".join(f"{name} by {d.difference:.2e}" for name, d in failed.items()))
     graph, example_inputs = trace_joint_graph(model, NEIGHBOR_TABLE, device)
     if precision == "fp16" and not half_body:
         graph = with_half_weight_products(graph, type(model).__name__)
-    return model, graph, example_inputs
+    return model, graph if store is None else store.save(graph), example_inputs
 
 
 class JointGraphBackend(PaddedTableBackend):
@@ -193,11 +209,11 @@ class JointGraphBackend(PaddedTableBackend):
 
     def __init__(
         self, model: nn.Module, device: torch.device, capture: bool = False, memory: MemoryBudget | None = None,
-        precision: str = "fp32",
+        precision: str = "fp32", cache_folder: str | Path | None = None,
     ):
         super().__init__(device, model.cutoff, model.species)
         self.precision = precision
-        self.model, self.graph, self.example_inputs = traced_in_precision(model, precision, device)
+        self.model, self.graph, self.example_inputs = traced_in_precision(model, precision, device, cache_folder)
         self.call: Callable = self.graph
         self.capture = capture and device.type == "cuda"
         self._buckets: dict[tuple, _CapturedBucket] = {}
@@ -303,7 +319,7 @@ class CompiledBackend(JointGraphBackend):
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {list(COMPILE_MODES)}, got {mode!r}")
         inductor_mode, capture = COMPILE_MODES[mode]
-        super().__init__(model, device, capture=capture, memory=memory, precision=precision)
+        super().__init__(model, device, capture=capture, memory=memory, precision=precision, cache_folder=cache_folder)
         self.name = "compile" if mode == "default" else f"compile-{mode}"
         self.mode = mode
         self.inductor_mode = inductor_mode
@@ -357,7 +373,11 @@ class CudaGraphBackend(JointGraphBackend):
 
     name = "cuda-graphs"
 
-    def __init__(self, model: nn.Module, device: torch.device, memory: MemoryBudget | None = None, precision: str = "fp32"):
+    def __init__(
+        self, model: nn.Module, device: torch.device, memory: MemoryBudget | None = None, precision: str = "fp32",
+        cache_folder: str | Path | None = None,
+    ):
+        """``cache_folder``: where the traced graph is kept across processes (:mod:`~mlff_export.runtime.traced_graphs`)."""
         if device.type != "cuda":
             raise ValueError(f"backend 'cuda-graphs' needs a CUDA device, got '{device}'")
-        super().__init__(model, device, capture=True, memory=memory, precision=precision)
+        super().__init__(model, device, capture=True, memory=memory, precision=precision, cache_folder=cache_folder)

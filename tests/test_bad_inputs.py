@@ -1212,6 +1212,48 @@ def _(options_model, tmp_path, caplog):
     assert "compiled package" in caplog.text and "does not match the SHA-256" in caplog.text
 
 
+def _stored_traced_graph(options_model, tmp_path):
+    """The traced-graph store of ``options_model`` in ``tmp_path`` (fp32 on the CPU), as load_calculator keys it."""
+    from mlff_export.runtime.traced_graphs import TracedGraphKey, TracedGraphStore
+
+    return TracedGraphStore(tmp_path, TracedGraphKey.of(options_model, torch.device("cpu"), "fp32"))
+
+
+def _traced_again_with(options_model, tmp_path, caplog, *words):
+    """Load a compile backend over ``tmp_path``: a warning with ``words``, and the graph it runs is the model's own."""
+    import logging
+
+    from mlff_export.export.joint_graph import table_example_inputs, trace_joint_graph
+
+    with caplog.at_level(logging.WARNING, logger="mlff_export"):
+        backend = load_calculator(options_model, backend="compile", compile_cache=tmp_path).backend
+    assert all(word in caplog.text for word in words), caplog.text
+    args = table_example_inputs(options_model.species, "cpu")
+    with torch.no_grad():
+        for got, want in zip(backend.graph(*args), trace_joint_graph(options_model)[0](*args)):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@case("option-compile-cache-traced-graph-of-another-model")
+def _(options_model, tmp_path, caplog):
+    """What a changed helper function in another file (not in the key) would leave: a stored graph
+    that no longer is the model's."""
+    from mlff_export.export.joint_graph import trace_joint_graph
+
+    _stored_traced_graph(options_model, tmp_path).save(trace_joint_graph(make_small_painn(seed=7))[0])
+    _traced_again_with(options_model, tmp_path, caplog, "differs from the model", "tracing it again")
+
+
+@case("option-compile-cache-edited-traced-graph")
+def _(options_model, tmp_path, caplog):
+    from mlff_export.export.joint_graph import trace_joint_graph
+
+    store = _stored_traced_graph(options_model, tmp_path)
+    store.save(trace_joint_graph(options_model)[0])
+    store.graph_path.write_bytes(store.graph_path.read_bytes().replace(b"aten.sub", b"aten.add", 1))
+    _traced_again_with(options_model, tmp_path, caplog, "traced graph", "does not match the SHA-256")
+
+
 @case("model-scripted-when-copied")
 def _():
     class ScriptedWhenCopied(nn.Module):  # what e3nn 0.4 modules do: their copy is TorchScript

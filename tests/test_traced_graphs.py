@@ -23,7 +23,7 @@ from mlff_export.model import PaiNN, PaiNNConfig
 from mlff_export.neighbors import batch_inputs, compute_pairs
 from mlff_export.runtime.joint_graph import traced_in_precision
 from mlff_export.runtime.traced_graphs import TracedGraphKey, TracedGraphStore, rebuilt_graph, stored_form
-from tests.byom_models import make_student
+from byom_models import make_student
 
 CPU = torch.device("cpu")
 
@@ -169,8 +169,10 @@ def test_the_store_reads_no_pickle(tmp_path):
     child = (
         "import pickle, sys, torch\n"
         "from mlff_export.runtime.traced_graphs import TracedGraphKey, TracedGraphStore\n"
-        "from tests.test_traced_graphs import tiny_painn, CPU\n"
-        "model = tiny_painn()\n"
+        "from mlff_export.model import PaiNN, PaiNNConfig\n"
+        "CPU = torch.device('cpu')\n"
+        "torch.manual_seed(0)\n"
+        "model = PaiNN(PaiNNConfig(num_features=8, num_interactions=1, num_radial=4, cutoff=4.0)).eval()\n"
         "def refuse(*args, **kwargs): raise AssertionError('unpickled')\n"
         "pickle.loads = pickle.load = torch.load = refuse\n"
         "graph = TracedGraphStore(sys.argv[1], TracedGraphKey.of(model, CPU, 'fp32')).load()\n"

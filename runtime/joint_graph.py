@@ -209,6 +209,7 @@ class JointGraphBackend(PaddedTableBackend):
     ``precision``: ``"fp32"``, or ``"fp16"`` for the exporter's half body
     (:mod:`mlff_export.export.precision`: geometry, energy sum, forces and virial stay float32;
     parity within the FP16 tolerances of :mod:`mlff_export.validation.tolerances`).
+    ``cache_folder``: where the traced graph is kept across processes (:func:`traced_in_precision`).
     """
 
     name = "joint-graph"
@@ -323,8 +324,9 @@ class CompiledBackend(JointGraphBackend):
         self, model: nn.Module, device: torch.device, mode: str = "default", memory: MemoryBudget | None = None,
         cache_folder: str | Path | None = None, precision: str = "fp32",
     ):
-        """``cache_folder``: where compiled kernels are kept across processes
-        (:mod:`~mlff_export.runtime.compile_cache`; ``None``: nowhere but Inductor's own cache)."""
+        """``cache_folder``: where compiled kernels and the traced graph are kept across processes
+        (:mod:`~mlff_export.runtime.compile_cache`, :mod:`~mlff_export.runtime.traced_graphs`;
+        ``None``: nowhere but Inductor's own cache)."""
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {list(COMPILE_MODES)}, got {mode!r}")
         inductor_mode, capture = COMPILE_MODES[mode]

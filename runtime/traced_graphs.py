@@ -31,6 +31,7 @@ import inspect
 import json
 import logging
 import math
+import operator
 import os
 import types
 from dataclasses import asdict, dataclass
@@ -190,7 +191,7 @@ def stored_form(graph: torch.fx.GraphModule) -> tuple[str, dict[str, str], dict[
         if node.op == "call_module":
             return f"it calls submodule {node.target!r}"
         if node.op == "get_attr":
-            value = _attribute(graph, node.target)
+            value = operator.attrgetter(node.target)(graph)
             if not isinstance(value, torch.Tensor):
                 return f"its attribute {node.target!r} is a {type(value).__name__}, not a tensor"
             tensors[node.target] = value
@@ -206,18 +207,12 @@ def own_function_path(value: object) -> str | None:
     return f"{module}:{name}" if getattr(importlib.import_module(module), name, None) is value else None
 
 
-def _attribute(root: nn.Module, qualified_name: str) -> object:
-    value = root
-    for part in qualified_name.split("."):
-        value = getattr(value, part)
-    return value
-
-
 def rebuilt_graph(code: str, functions: dict[str, str], tensors: dict[str, torch.Tensor], parameters: set[str]) -> torch.fx.GraphModule:
     """The graph module whose ``forward`` is ``code`` (a traced graph's Python code) calling
     ``functions`` (name in the code -> ``"module:name"`` of an mlff-export function, kept as a call)
     over ``tensors`` (attribute name -> tensor; ``parameters`` become frozen parameters, the rest
-    buffers). Each name must hold its own tensor: FX names a constant by the tensor it finds."""
+    the graph module's buffers). Each name must hold its own tensor: FX names a constant by the
+    tensor it finds."""
     imported = {name: getattr(importlib.import_module(path.partition(":")[0]), path.partition(":")[2]) for name, path in functions.items()}
     if any(own_function_path(function) != functions[name] for name, function in imported.items()):
         raise ValueError(f"a stored graph may call mlff-export's own functions only; got {sorted(functions.values())}")

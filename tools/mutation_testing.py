@@ -64,6 +64,7 @@ MODULES = {
     "-k 'test_validation_physics or finite or NVE or negated or correct'",
     "mlff_export/validation/validate.py": "tests/test_validation_validate.py tests/test_validate.py",
     "export/table_rewrite.py": "tests/test_bring_your_own_model.py -k 'scatter_free or matches_the_modules or cannot'",
+    "runtime/traced_graphs.py": "tests/test_traced_graphs.py",
 }
 """Module -> the pytest selection each of its mutants runs (arguments after ``pytest``)."""
 

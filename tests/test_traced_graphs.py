@@ -184,3 +184,57 @@ def test_the_store_reads_no_pickle(tmp_path):
     with torch.no_grad():
         expected = float(trace_joint_graph(model)[0](*table_example_inputs(model.species, CPU))[0].sum())
     assert float(done.stdout.strip()) == pytest.approx(expected, abs=1e-4)
+
+
+MODEL_SOURCE = '''
+import torch
+from mlff_export.model import PaiNN, PaiNNConfig
+
+
+class UsersPaiNN(PaiNN):
+    """A user's subclass in a file of its own."""
+
+
+def make():
+    torch.manual_seed(0)
+    return UsersPaiNN(PaiNNConfig(num_features=8, num_interactions=1, num_radial=4, cutoff=4.0)).eval()
+'''
+
+
+def test_the_key_changes_with_the_source_file_of_the_models_class_and_not_with_train_mode(tmp_path):
+    """Editing the file that defines the model's class (a comment is enough) changes the key; the
+    training flag (the trace is always made in eval mode) does not."""
+    from mlff_export.model_intake import load_model
+
+    path = tmp_path / "users_model.py"
+    path.write_text(MODEL_SOURCE)
+    model = load_model(f"{path}:make").module
+    key = TracedGraphKey.of(model, CPU, "fp32")
+    assert TracedGraphKey.of(model.train(), CPU, "fp32") == key
+    path.write_text(MODEL_SOURCE + "\n# edited\n")
+    assert TracedGraphKey.of(load_model(f"{path}:make").module.eval(), CPU, "fp32").digest != key.digest
+
+
+def test_the_rebuilt_graph_keeps_frozen_parameters_and_nested_attributes():
+    graph, _ = trace_joint_graph(tiny_painn())
+    code, functions, tensors, parameters = stored_form(graph)
+    rebuilt = rebuilt_graph(code, functions, tensors, parameters)
+    assert set(dict(rebuilt.named_parameters())) == parameters
+    assert not any(parameter.requires_grad for parameter in rebuilt.parameters())
+    nested = rebuilt_graph("def forward(self, x):\n    return torch.ops.aten.add.Tensor(x, self.block.scale)\n", {},
+                           {"block.scale": torch.tensor([2.0])}, set())
+    assert torch.equal(nested(torch.tensor([1.0])), torch.tensor([3.0]))
+
+
+def test_a_stored_graph_may_import_only_mlff_exports_own_functions():
+    code = "def forward(self, x):\n    return join(x)\n"
+    with pytest.raises(ValueError, match="mlff-export's own functions only"):
+        rebuilt_graph(code, {"join": "os.path:join"}, {}, set())
+
+
+def test_stored_files_are_private_and_their_folder_is_made(tmp_path):
+    model = tiny_painn()
+    store = TracedGraphStore(tmp_path / "not" / "yet", TracedGraphKey.of(model, CPU, "fp32"))
+    store.save(trace_joint_graph(model)[0])
+    assert oct(store.folder.stat().st_mode & 0o777) == oct(0o700)
+    assert {oct(path.stat().st_mode & 0o777) for path in store.folder.iterdir()} == {oct(0o600)}

@@ -238,3 +238,26 @@ def test_stored_files_are_private_and_their_folder_is_made(tmp_path):
     store.save(trace_joint_graph(model)[0])
     assert oct(store.folder.stat().st_mode & 0o777) == oct(0o700)
     assert {oct(path.stat().st_mode & 0o777) for path in store.folder.iterdir()} == {oct(0o600)}
+
+
+def test_the_key_takes_every_plain_hyperparameter_and_nothing_that_differs_between_processes():
+    """A plain attribute (here one named after ``training`` in the alphabet) is in the key; an
+    attribute whose repr names a memory address (a function, an object) is not, or no later
+    process would ever find the graph."""
+    model, other = tiny_painn(), tiny_painn()
+    model.units, other.units = "eV", "kcal/mol"
+    assert TracedGraphKey.of(model, CPU, "fp32") != TracedGraphKey.of(other, CPU, "fp32")
+    model.units, other.units = "eV", "eV"
+    model.helper, other.helper = object(), object()
+    assert TracedGraphKey.of(model, CPU, "fp32") == TracedGraphKey.of(other, CPU, "fp32")
+
+
+def test_a_model_whose_class_file_is_gone_still_gets_a_key(tmp_path):
+    """A class whose source file no longer exists (removed after import) is keyed by what is left."""
+    from mlff_export.model_intake import load_model
+
+    path = tmp_path / "gone_model.py"
+    path.write_text(MODEL_SOURCE)
+    model = load_model(f"{path}:make").module
+    path.unlink()
+    assert TracedGraphKey.of(model, CPU, "fp32").digest

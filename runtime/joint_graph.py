@@ -189,16 +189,28 @@ def traced_in_precision(
     store = None if cache_folder is None else TracedGraphStore(cache_folder, TracedGraphKey.of(model, device, precision))
     graph = None if store is None else store.load()
     if graph is not None:
-        failed = {name: deviation for name, deviation in graph_deviations_from_model(graph, model, device, precision).items()
-                  if not deviation.passed}
-        if not failed:
+        problem = stored_graph_problem(graph, model, device, precision)
+        if problem is None:
             return model, graph, table_example_inputs(model.species, device)
-        logger.warning("mlff-export: the traced graph stored in %s differs from the model (%s); tracing it again",
-                       store.folder, ", ".join(f"{name} by {d.difference:.2e}" for name, d in failed.items()))
+        logger.warning("mlff-export: the traced graph stored in %s %s; tracing it again", store.folder, problem)
     graph, example_inputs = trace_joint_graph(model, NEIGHBOR_TABLE, device)
     if precision == "fp16" and not half_body:
         graph = with_half_weight_products(graph, type(model).__name__)
     return model, graph if store is None else store.save(graph), example_inputs
+
+
+def stored_graph_problem(graph: torch.fx.GraphModule, model: nn.Module, device: torch.device, precision: str) -> str | None:
+    """Why a stored traced ``graph`` may not stand for ``model`` (``None``: it may): it differs
+    from the model on the tracing example, or the model could not be evaluated eagerly there to
+    check it (a model that runs only when traced: the trace, which did run, is then the safe path)."""
+    try:
+        deviations = graph_deviations_from_model(graph, model, device, precision)
+    except Exception as error:  # noqa: BLE001 (whatever the user's eager code raises)
+        return f"could not be checked against the model ({type(error).__name__}: {error})"
+    failed = {name: deviation for name, deviation in deviations.items() if not deviation.passed}
+    if failed:
+        return "differs from the model (" + ", ".join(f"{name} by {d.difference:.2e}" for name, d in failed.items()) + ")"
+    return None
 
 
 class JointGraphBackend(PaddedTableBackend):

@@ -13,7 +13,8 @@ source (the tracer), torch's version, the device (the graph names it) and the bo
 A helper function the model imports from another file is not in the key, so a loaded graph is
 also checked against the model itself on the tracing example (energy, forces and virial within
 the precision's tolerances, :func:`~mlff_export.export.joint_graph.graph_deviations_from_model`)
-and traced again, with a warning, where it differs. The file's SHA-256, its key and the folder's
+and traced again, with a warning, where it differs or the model cannot be evaluated eagerly to
+check it. The file's SHA-256, its key and the folder's
 ownership are checked first (:func:`~mlff_export.runtime.compile_cache.checked_manifest`). Like the
 compile cache, a stored graph is code that runs in the process: use folders you own.
 

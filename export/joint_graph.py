@@ -133,11 +133,9 @@ def trace_joint_graph(
         if weighted:
             raise ValueError(f"weighted graphs need `atomic_energies`; {type(model).__name__} has none")
         return rewritten_to_neighbor_table(model, *trace_pair_list_graph(model, device))
-    args = table_example_inputs(model.species, device) if layout is NEIGHBOR_TABLE else tuple(
+    args = table_example_inputs(model.species, device, weighted) if layout is NEIGHBOR_TABLE else tuple(
         layout.feeds(example_inputs(tuple(model.species)).to(device)).values()
     )
-    if weighted:  # one more input: per-atom energy weights [N] (see graph_function)
-        args += (torch.ones_like(args[0][:, 0]),)
     return _trace(model, layout, args, weighted), args
 
 
@@ -146,23 +144,25 @@ def inputs_width(inputs: AtomicInputs) -> int:
     return int(torch.bincount(inputs.pair_index[0], minlength=inputs.num_atoms).max())
 
 
-def table_example_inputs(species: tuple[int, ...], device: torch.device | str) -> tuple[torch.Tensor, ...]:
-    """The neighbor-table example inputs :func:`trace_joint_graph` traces with and returns (unweighted)."""
-    return tuple(NEIGHBOR_TABLE.feeds(example_inputs(tuple(species)).to(device)).values())
+def table_example_inputs(species: tuple[int, ...], device: torch.device | str, weighted: bool = False) -> tuple[torch.Tensor, ...]:
+    """The neighbor-table example inputs :func:`trace_joint_graph` traces with and returns;
+    ``weighted``: one more input, per-atom energy weights [N] of one (see ``graph_function``)."""
+    args = tuple(NEIGHBOR_TABLE.feeds(example_inputs(tuple(species)).to(device)).values())
+    return args + (torch.ones_like(args[0][:, 0]),) if weighted else args
 
 
 def graph_deviations_from_model(
-    graph: torch.fx.GraphModule, model: nn.Module, device: torch.device | str, precision: str
+    graph: torch.fx.GraphModule, model: nn.Module, device: torch.device | str, precision: str, weighted: bool = False
 ) -> dict[str, Deviation]:
-    """How far the neighbor-table joint graph ``graph`` (of :func:`trace_joint_graph`) is from
-    ``model`` evaluated as written (eagerly, forces and virial by autograd; on the pair list for a
-    model without ``atomic_energies``), on the tracing example on ``device``, under ``precision``'s
-    tolerances."""
+    """How far the neighbor-table joint graph ``graph`` (of :func:`trace_joint_graph`; ``weighted``:
+    the one with atom weights, given weights of one) is from ``model`` evaluated as written
+    (eagerly, forces and virial by autograd; on the pair list for a model without
+    ``atomic_energies``), on the tracing example on ``device``, under ``precision``'s tolerances."""
     inputs = example_inputs(tuple(model.species)).to(device)
     layout = NEIGHBOR_TABLE if has_pair_energy(model) else PAIR_LIST
     with frozen(model):
         outputs = graph_function(model, layout)(*layout.feeds(inputs).values())
         expected = {name: output.detach() for name, output in zip(OUTPUT_NAMES, outputs)}
     with torch.no_grad():
-        actual = dict(zip(OUTPUT_NAMES, graph(*table_example_inputs(model.species, device))))
+        actual = dict(zip(OUTPUT_NAMES, graph(*table_example_inputs(model.species, device, weighted))))
     return compare_with_tolerances(actual, expected, precision, inputs.structure_index)

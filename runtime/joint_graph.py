@@ -186,25 +186,37 @@ def traced_in_precision(
     the graph stored."""
     half_body = has_half_body(model, precision)
     model = model_for_precision(model, "fp16" if half_body else "fp32").to(device)
-    store = None if cache_folder is None else TracedGraphStore(cache_folder, TracedGraphKey.of(model, device, precision))
+    return (model, *stored_or_traced(model, precision, device, cache_folder))
+
+
+def stored_or_traced(
+    model: nn.Module, precision: str, device: torch.device, cache_folder: str | Path | None, weighted: bool = False
+) -> tuple[torch.fx.GraphModule, tuple]:
+    """The joint graph of ``model`` (already in ``precision`` on ``device``; ``weighted``: the domain
+    path's, with per-atom energy weights) and its example inputs: the graph a former process stored in
+    ``cache_folder`` if it still stands for the model (:func:`stored_graph_problem`), else a new
+    trace (stored there; FP16 weight products for a model without a half body)."""
+    store = None if cache_folder is None else TracedGraphStore(cache_folder, TracedGraphKey.of(model, device, precision, weighted))
     graph = None if store is None else store.load()
     if graph is not None:
-        problem = stored_graph_problem(graph, model, device, precision)
+        problem = stored_graph_problem(graph, model, device, precision, weighted)
         if problem is None:
-            return model, graph, table_example_inputs(model.species, device)
+            return graph, table_example_inputs(model.species, device, weighted)
         logger.warning("mlff-export: the traced graph stored in %s %s; tracing it again", store.folder, problem)
-    graph, example_inputs = trace_joint_graph(model, NEIGHBOR_TABLE, device)
-    if precision == "fp16" and not half_body:
+    graph, example_inputs = trace_joint_graph(model, NEIGHBOR_TABLE, device, weighted=weighted)
+    if precision == "fp16" and not has_pair_energy(model):
         graph = with_half_weight_products(graph, type(model).__name__)
-    return model, graph if store is None else store.save(graph), example_inputs
+    return graph if store is None else store.save(graph), example_inputs
 
 
-def stored_graph_problem(graph: torch.fx.GraphModule, model: nn.Module, device: torch.device, precision: str) -> str | None:
+def stored_graph_problem(
+    graph: torch.fx.GraphModule, model: nn.Module, device: torch.device, precision: str, weighted: bool = False
+) -> str | None:
     """Why a stored traced ``graph`` may not stand for ``model`` (``None``: it may): it differs
     from the model on the tracing example, or the model could not be evaluated eagerly there to
     check it (a model that runs only when traced: the trace, which did run, is then the safe path)."""
     try:
-        deviations = graph_deviations_from_model(graph, model, device, precision)
+        deviations = graph_deviations_from_model(graph, model, device, precision, weighted)
     except Exception as error:  # noqa: BLE001 (whatever the user's eager code raises)
         return f"could not be checked against the model ({type(error).__name__}: {error})"
     failed = {name: deviation for name, deviation in deviations.items() if not deviation.passed}
@@ -236,6 +248,7 @@ class JointGraphBackend(PaddedTableBackend):
         super().__init__(device, model.cutoff, model.species)
         self.precision = precision
         self.model, self.graph, self.example_inputs = traced_in_precision(model, precision, device, cache_folder)
+        self.cache_folder = cache_folder
         self.call: Callable = self.graph
         self.capture = capture and device.type == "cuda"
         self._buckets: dict[tuple, _CapturedBucket] = {}
@@ -269,9 +282,10 @@ class JointGraphBackend(PaddedTableBackend):
         return self._copied_back(outputs, closest_pair_distance(inputs))
 
     def evaluate_weighted(self, inputs: AtomicInputs, weights: torch.Tensor):
-        """Energy [1], forces [N, 3], virial [1, 3, 3] of ``sum_i w_i E_i`` for one structure."""
+        """Energy [1], forces [N, 3], virial [1, 3, 3] of ``sum_i w_i E_i`` for one structure (the
+        graph with atom weights traced on first use, or kept from a former process: :func:`stored_or_traced`)."""
         if self._weighted_call is None:
-            weighted_graph, _ = trace_joint_graph(self.model, NEIGHBOR_TABLE, self.device, weighted=True)
+            weighted_graph, _ = stored_or_traced(self.model, self.precision, self.device, self.cache_folder, weighted=True)
             self._weighted_call = self.compiled(weighted_graph)
         feeds = self.prepare(inputs)
         padded_weights = feeds["positions"].new_zeros(feeds["positions"].shape[0])

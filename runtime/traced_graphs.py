@@ -9,7 +9,8 @@ metadata) beside the compile cache's files, and hands the graph back to the next
 
 What a traced graph depends on is known before tracing, and all of it is in the key: the model
 (the source files of its modules' classes, their hyperparameters, its weights), mlff-export's own
-source (the tracer), torch's version, the device (the graph names it) and the body precision.
+source (the tracer), torch's version, the device (the graph names it), the body precision and
+which graph (the domain path's has per-atom energy weights).
 A helper function the model imports from another file is not in the key, so a loaded graph is
 also checked against the model itself on the tracing example (energy, forces and virial within
 the precision's tolerances, :func:`~mlff_export.export.joint_graph.graph_deviations_from_model`)
@@ -119,10 +120,12 @@ class TracedGraphKey:
     torch: str
     device: str
     precision: str
+    weighted: bool
+    """the domain path's graph, with per-atom energy weights"""
 
     @classmethod
-    def of(cls, model: nn.Module, device: torch.device, precision: str) -> TracedGraphKey:
-        return cls(model_sha256(model), tracer_sha256(), torch.__version__, str(device), precision)
+    def of(cls, model: nn.Module, device: torch.device, precision: str, weighted: bool = False) -> TracedGraphKey:
+        return cls(model_sha256(model), tracer_sha256(), torch.__version__, str(device), precision, weighted)
 
     @property
     def digest(self) -> str:

@@ -281,3 +281,35 @@ def test_a_stored_graph_that_cannot_be_checked_is_traced_again(tmp_path, caplog)
     assert "could not be checked against the model" in caplog.text and "runs under torch.compile only" in caplog.text
     for got, want in zip(outputs(second, args), outputs(first, args)):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_the_domain_paths_weighted_graph_is_kept_too(tmp_path, monkeypatch):
+    """The graph with per-atom energy weights (large structures in domains) has a key of its own,
+    and a later process gets it without tracing; with weights of one it gives the unweighted graph's numbers."""
+    from mlff_export.runtime.joint_graph import stored_or_traced
+
+    model = tiny_painn()
+    first, args = stored_or_traced(model, "fp32", CPU, tmp_path, weighted=True)
+    assert TracedGraphKey.of(model, CPU, "fp32", weighted=True).digest != TracedGraphKey.of(model, CPU, "fp32").digest
+    monkeypatch.setattr(joint_graph_module, "trace_joint_graph", lambda *a, **k: pytest.fail("traced again"))
+    second, second_args = stored_or_traced(model, "fp32", CPU, tmp_path, weighted=True)
+    assert len(second_args) == len(args) == len(table_example_inputs(model.species, CPU)) + 1
+    for got, want in zip(outputs(second, args), outputs(first, args)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    unweighted = trace_joint_graph(model)[0]
+    for got, want in zip(outputs(second, args), outputs(unweighted, args[:-1])):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_later_backend_evaluates_a_domain_without_tracing(tmp_path, monkeypatch):
+    """The backend's domain path (evaluate_weighted) takes the stored weighted graph."""
+    from mlff_export.runtime.joint_graph import JointGraphBackend
+
+    model, atoms = tiny_painn(), molecule("C6H6")
+    inputs = batch_inputs([atoms], [compute_pairs(atoms, 4.0)])
+    weights = torch.linspace(0.0, 1.0, len(atoms))
+    first = JointGraphBackend(model, CPU, cache_folder=tmp_path).evaluate_weighted(inputs, weights)
+    monkeypatch.setattr(joint_graph_module, "trace_joint_graph", lambda *a, **k: pytest.fail("traced again"))
+    second = JointGraphBackend(model, CPU, cache_folder=tmp_path).evaluate_weighted(inputs, weights)
+    for got, want in zip(second, first):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

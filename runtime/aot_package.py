@@ -20,23 +20,18 @@ loaded, with the reason logged. Like the compile cache it holds executable code:
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import os
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
-from mlff_export.runtime.compile_cache import CompileCacheKey, checked_manifest, write_atomically
+from mlff_export.runtime.compile_cache import CompileCacheKey, keep_with_manifest, usable_payload
 
-logger = logging.getLogger("mlff_export")
 
 FORMAT = "mlff-export-aot-package/1"
 INDUCTOR_CONFIGS = {"default": {}, "reduce-overhead": {}, "max-autotune": {"max_autotune": True}}
@@ -60,11 +55,7 @@ class AotPackage:
     def load(self) -> Callable | None:
         """The compiled graph (called like the traced one), or ``None``: no package, or one that
         fails a check (logged as a warning with the reason)."""
-        if not self.manifest_path.exists():
-            return None
-        _, problem = checked_manifest(self.manifest_path, self.package_path, FORMAT, self.key)
-        if problem is not None:
-            logger.warning("mlff-export: compiled package %s not used: %s", self.package_path, problem)
+        if not usable_payload(self.manifest_path, self.package_path, FORMAT, self.key, "compiled package"):
             return None
         return torch._inductor.aoti_load_package(str(self.package_path))
 
@@ -92,10 +83,7 @@ class AotPackage:
                 f"the AOTInductor package just built does not load in a new process ({problem}; torch {torch.__version__}); "
                 "it was not kept. The compile cache (mlff-export compile without --aot) serves this machine"
             )
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, self.package_path)  # the compile cache's atomic write, without a second copy
-        manifest = {"format": FORMAT, "key": asdict(self.key), "payload_sha256": hashlib.sha256(self.package_path.read_bytes()).hexdigest()}
-        write_atomically(self.manifest_path, json.dumps(manifest, indent=1).encode())
+        keep_with_manifest(temporary, self.package_path, self.manifest_path, FORMAT, self.key)
         return self.package_path
 
 

@@ -208,6 +208,26 @@ def checked_manifest(manifest_path: Path, payload_path: Path, format: str, key: 
     return manifest, None
 
 
+def usable_payload(manifest_path: Path, payload_path: Path, format: str, key: object, what: str) -> bool:
+    """Whether a single-payload store's ``payload_path`` may be used: its manifest exists and passes
+    :func:`checked_manifest`; where it does not pass, a warning "``what`` <payload> not used: <why>"."""
+    if not manifest_path.exists():
+        return False
+    _, problem = checked_manifest(manifest_path, payload_path, format, key)
+    if problem is not None:
+        logger.warning("mlff-export: %s %s not used: %s", what, payload_path, problem)
+    return problem is None
+
+
+def keep_with_manifest(finished: Path, payload_path: Path, manifest_path: Path, format: str, key: object) -> None:
+    """Make the ``finished`` file (written beside ``payload_path``) the payload, private and by a
+    rename (no reader sees half a file), then write its manifest: ``format``, ``key``, the payload's SHA-256."""
+    os.chmod(finished, 0o600)
+    os.replace(finished, payload_path)
+    manifest = {"format": format, "key": asdict(key), "payload_sha256": hashlib.sha256(payload_path.read_bytes()).hexdigest()}
+    write_atomically(manifest_path, json.dumps(manifest, indent=1).encode())
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """``data`` to ``path`` through a temporary file and a rename, readable and writable by this user only."""
     temporary = path.with_name(f".{path.name}.tmp")

@@ -48,7 +48,7 @@ import mlff_export
 import mlff_export.export
 import mlff_export.runtime
 from mlff_export.export.precision import weights_sha256
-from mlff_export.runtime.compile_cache import checked_manifest, write_atomically
+from mlff_export.runtime.compile_cache import keep_with_manifest, usable_payload
 
 logger = logging.getLogger("mlff_export")
 
@@ -144,11 +144,7 @@ class TracedGraphStore:
 
     def load(self) -> torch.fx.GraphModule | None:
         """The stored graph, or ``None``: none stored, or one that fails a check (a warning says why)."""
-        if not self.manifest_path.exists():
-            return None
-        _, problem = checked_manifest(self.manifest_path, self.graph_path, FORMAT, self.key)
-        if problem is not None:
-            logger.warning("mlff-export: traced graph %s not used: %s", self.graph_path, problem)
+        if not usable_payload(self.manifest_path, self.graph_path, FORMAT, self.key, "traced graph"):
             return None
         return self._rebuilt()
 
@@ -172,13 +168,10 @@ class TracedGraphStore:
         code, functions, tensors, parameters = stored
         layout = {name: {"device": str(tensor.device), "parameter": name in parameters} for name, tensor in tensors.items()}
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        temporary = self.folder / f".joint-graph-{os.getpid()}.tmp"  # then renamed: no reader sees half a file
+        temporary = self.folder / f".joint-graph-{os.getpid()}.tmp"
         save_file({name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}, temporary,
                   metadata={"code": code, "functions": json.dumps(functions), "tensors": json.dumps(layout)})
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, self.graph_path)
-        manifest = {"format": FORMAT, "key": asdict(self.key), "payload_sha256": hashlib.sha256(self.graph_path.read_bytes()).hexdigest()}
-        write_atomically(self.manifest_path, json.dumps(manifest, indent=1).encode())
+        keep_with_manifest(temporary, self.graph_path, self.manifest_path, FORMAT, self.key)
         return self._rebuilt()
 
 

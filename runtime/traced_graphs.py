@@ -210,9 +210,12 @@ def rebuilt_graph(code: str, functions: dict[str, str], tensors: dict[str, torch
     over ``tensors`` (attribute name -> tensor; ``parameters`` become frozen parameters, the rest
     the graph module's buffers). Each name must hold its own tensor: FX names a constant by the
     tensor it finds."""
-    imported = {name: getattr(importlib.import_module(path.partition(":")[0]), path.partition(":")[2]) for name, path in functions.items()}
+    refused = ValueError(f"a stored graph may call mlff-export's own functions only; got {sorted(functions.values())}")
+    if not all(path.startswith("mlff_export.") for path in functions.values()):  # before importing anything named
+        raise refused
+    imported = {name: getattr(importlib.import_module(path.partition(":")[0]), path.partition(":")[2], None) for name, path in functions.items()}
     if any(own_function_path(function) != functions[name] for name, function in imported.items()):
-        raise ValueError(f"a stored graph may call mlff-export's own functions only; got {sorted(functions.values())}")
+        raise refused
     namespace = {**CODE_GLOBALS, **imported}
     exec(compile(code, "<mlff-export traced graph>", "exec"), namespace)  # noqa: S102 (the stored graph: see the module docstring)
     root = type("StoredJointGraph", (nn.Module,), {"forward": namespace["forward"]})()

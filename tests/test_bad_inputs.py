@@ -1254,6 +1254,46 @@ def _(options_model, tmp_path, caplog):
     _traced_again_with(options_model, tmp_path, caplog, "traced graph", "does not match the SHA-256")
 
 
+@case("option-compile-cache-traced-graph-cannot-be-checked")
+def _(tmp_path, caplog):
+    """A model whose eager code refuses to run outside a tracer: its stored graph cannot be checked
+    against it, so it is traced again (the trace runs), with a warning naming the error."""
+    from mlff_export.model import PaiNN, PaiNNConfig
+
+    class RunsOnlyWhenTraced(PaiNN):
+        def atomic_energies(self, *args, **kwargs):
+            if not torch.compiler.is_compiling():
+                raise RuntimeError("this model runs under torch.compile only")
+            return super().atomic_energies(*args, **kwargs)
+
+    torch.manual_seed(0)
+    model = RunsOnlyWhenTraced(PaiNNConfig(num_features=8, num_interactions=1, num_radial=4, cutoff=4.0)).eval()
+    load_calculator(model, backend="compile", compile_cache=tmp_path)  # traces and stores
+    _traced_again_with(model, tmp_path, caplog, "could not be checked against the model", "runs under torch.compile only")
+
+
+@case("option-compile-cache-traced-graph-naming-a-foreign-function")
+def _(options_model, tmp_path):
+    """A stored graph whose file (and its SHA-256 in the manifest) was rewritten to import a
+    function from outside mlff-export: refused with a clear error, nothing imported or run."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from mlff_export.export.joint_graph import trace_joint_graph
+    from mlff_export.runtime.compile_cache import keep_with_manifest
+    from mlff_export.runtime.traced_graphs import FORMAT
+
+    store = _stored_traced_graph(options_model, tmp_path)
+    store.save(trace_joint_graph(options_model)[0])
+    with safe_open(store.graph_path, framework="pt") as stored:
+        metadata, tensors = stored.metadata(), {name: stored.get_tensor(name) for name in stored.keys()}
+    forged = store.folder / ".forged.tmp"
+    save_file(tensors, forged, metadata={**metadata, "functions": json.dumps({"torch": "os:system"})})
+    keep_with_manifest(forged, store.graph_path, store.manifest_path, FORMAT, store.key)
+    with refused(ValueError, "mlff-export's own functions only", "os:system"):
+        load_calculator(options_model, backend="compile", compile_cache=tmp_path)
+
+
 @case("model-scripted-when-copied")
 def _():
     class ScriptedWhenCopied(nn.Module):  # what e3nn 0.4 modules do: their copy is TorchScript

@@ -230,6 +230,10 @@ def test_a_stored_graph_may_import_only_mlff_exports_own_functions():
     code = "def forward(self, x):\n    return join(x)\n"
     with pytest.raises(ValueError, match="mlff-export's own functions only"):
         rebuilt_graph(code, {"join": "os.path:join"}, {}, set())
+    with pytest.raises(ValueError, match="mlff-export's own functions only"):  # refused before any import is tried
+        rebuilt_graph(code, {"join": "no_such_module_anywhere:join"}, {}, set())
+    with pytest.raises(ValueError, match="mlff-export's own functions only"):  # ours, but not a function of that name
+        rebuilt_graph(code, {"join": "mlff_export.export.table_rewrite:no_such_function"}, {}, set())
 
 
 def test_stored_files_are_private_and_their_folder_is_made(tmp_path):
@@ -261,26 +265,6 @@ def test_a_model_whose_class_file_is_gone_still_gets_a_key(tmp_path):
     model = load_model(f"{path}:make").module
     path.unlink()
     assert TracedGraphKey.of(model, CPU, "fp32").digest
-
-
-class RunsOnlyWhenTraced(PaiNN):
-    """A model whose eager code refuses to run outside a tracer (the check of a stored graph runs it eagerly)."""
-
-    def atomic_energies(self, *args, **kwargs):
-        if not torch.compiler.is_compiling():
-            raise RuntimeError("this model runs under torch.compile only")
-        return super().atomic_energies(*args, **kwargs)
-
-
-def test_a_stored_graph_that_cannot_be_checked_is_traced_again(tmp_path, caplog):
-    torch.manual_seed(0)
-    model = RunsOnlyWhenTraced(PaiNNConfig(num_features=8, num_interactions=1, num_radial=4, cutoff=4.0)).eval()
-    _, first, args = traced_in_precision(model, "fp32", CPU, tmp_path)
-    with caplog.at_level(logging.WARNING, logger="mlff_export"):
-        _, second, _ = traced_in_precision(model, "fp32", CPU, tmp_path)
-    assert "could not be checked against the model" in caplog.text and "runs under torch.compile only" in caplog.text
-    for got, want in zip(outputs(second, args), outputs(first, args)):
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_the_domain_paths_weighted_graph_is_kept_too(tmp_path, monkeypatch):

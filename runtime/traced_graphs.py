@@ -3,7 +3,8 @@
 Tracing a model's energy, forces and virial with symbolic sizes (``make_fx``,
 :func:`~mlff_export.export.joint_graph.trace_joint_graph`) takes seconds per process (2 s on a
 2-core CPU, ~4 s on the H200 host for the reference PaiNN); rebuilding the same graph from its
-Python code and its weights takes ~0.1 s. A :class:`TracedGraphStore` keeps, per
+Python code and its weights and checking it against the model takes 0.05-0.06 s on that CPU
+(``bench/results/2026-12-01-h200-trace-store/cpu-vm``). A :class:`TracedGraphStore` keeps, per
 :class:`TracedGraphKey`, the graph's code and its tensors in one safetensors file (the code in its
 metadata) beside the compile cache's files, and hands the graph back to the next process.
 

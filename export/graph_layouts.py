@@ -64,7 +64,9 @@ class GraphLayout:
         if self.name == PAIR_LIST.name:
             tensors = dict(zip(INPUT_NAMES, inputs.as_tuple()))
         else:
-            table = NeighborTable.from_pair_list(inputs.pair_index, inputs.pair_shifts, inputs.num_atoms, width)
+            table = NeighborTable.from_pair_list(
+                inputs.pair_index, inputs.pair_shifts, inputs.num_atoms, width, inputs.lattice_shifts
+            )
             tensors = {
                 "positions": inputs.positions,
                 "species": inputs.species,

@@ -40,6 +40,10 @@ class AtomicInputs:
             (``integer_shift @ cell``; zero for pairs inside one image).
         structure_index: [N] int64, structure of each atom, in ``0..B-1``, non-decreasing.
         cell: [B, 3, 3] float, lattice vectors as rows, Å; zeros for non-periodic structures.
+        lattice_shifts: optional [E, 3] int64, the integer shifts behind ``pair_shifts``
+            (``pair_shifts[e] = lattice_shifts[e] @ cell[b]``, ``b`` the structure of the pair's
+            center), where the neighbor search gave them; not a model input (neighbor tables are
+            built faster with them: :meth:`~mlff_export.pair_layouts.NeighborTable.from_pair_list`).
     """
 
     positions: torch.Tensor
@@ -48,6 +52,7 @@ class AtomicInputs:
     pair_shifts: torch.Tensor
     structure_index: torch.Tensor
     cell: torch.Tensor
+    lattice_shifts: torch.Tensor | None = None
 
     @property
     def num_atoms(self) -> int:
@@ -70,8 +75,8 @@ class AtomicInputs:
         moved = {}
         for field in fields(self):
             tensor = getattr(self, field.name)
-            cast = dtype if tensor.is_floating_point() else None
-            moved[field.name] = tensor.to(device=device, dtype=cast)
+            cast = dtype if tensor is not None and tensor.is_floating_point() else None
+            moved[field.name] = None if tensor is None else tensor.to(device=device, dtype=cast)
         return AtomicInputs(**moved)
 
     def check(self) -> None:
@@ -108,6 +113,29 @@ class AtomicInputs:
             raise InterfaceError(f"Input tensor: structure_index | values outside 0..{b - 1} (cell has B={b})")
         if bool((self.structure_index[1:] < self.structure_index[:-1]).any()):
             raise InterfaceError("Input tensor: structure_index | must be non-decreasing (atoms grouped by structure)")
+        if self.lattice_shifts is not None:
+            self._check_lattice_shifts()
+
+    def _check_lattice_shifts(self) -> None:
+        """Raise :class:`InterfaceError` unless ``lattice_shifts`` are int64 [E, 3] and give
+        ``pair_shifts`` through the cell (to 1e-4 Å plus float rounding)."""
+        lattice = self.lattice_shifts
+        if tuple(lattice.shape) != (self.num_pairs, 3) or lattice.dtype != torch.int64:
+            raise InterfaceError(
+                f"Input tensor: lattice_shifts | received {lattice.dtype} {tuple(lattice.shape)} | "
+                f"expected int64 {(self.num_pairs, 3)} or None"
+            )
+        cells = self.cell.double()[self.structure_index[self.pair_index[0]]]
+        expected = torch.einsum("ec,ecx->ex", lattice.double(), cells)
+        tolerance = 1e-4 + 1e-6 * expected.abs()
+        wrong = (self.pair_shifts.double() - expected).abs() > tolerance
+        if bool(wrong.any()):
+            pair = int(torch.nonzero(wrong.any(dim=1))[0, 0])
+            raise InterfaceError(
+                f"Input tensor: lattice_shifts | pair {pair}: {lattice[pair].tolist()} @ cell = "
+                f"{expected[pair].tolist()} Å, pair_shifts has {self.pair_shifts[pair].tolist()} | "
+                "give the integer shifts the pair shifts were made from, or leave lattice_shifts out"
+            )
 
 
 def interface_declaration_problem(model) -> str | None:

@@ -247,4 +247,5 @@ def batch_inputs(
         pair_shifts=as_float(shifts),
         structure_index=as_index(structure_index),
         cell=as_float(cells),
+        lattice_shifts=as_index(np.concatenate([p.cell_shifts for p in pairs])),
     )

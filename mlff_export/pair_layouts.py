@@ -201,9 +201,18 @@ class NeighborTable:
 
     @classmethod
     def from_pair_list(
-        cls, pair_index: torch.Tensor, pair_shifts: torch.Tensor, num_atoms: int, max_neighbors: int | None = None
+        cls,
+        pair_index: torch.Tensor,
+        pair_shifts: torch.Tensor,
+        num_atoms: int,
+        max_neighbors: int | None = None,
+        lattice_shifts: torch.Tensor | None = None,
     ) -> NeighborTable:
         """Convert a full pair list to a table with ``K = max_neighbors`` (default: the largest row).
+
+        ``lattice_shifts`` [E, 3] int, where the neighbor search gave them: the pairs' integer cell
+        shifts (``pair_shifts = lattice_shifts @ cell``); reverse pairs are then matched on them,
+        which skips ranking the float shifts (three sorts and waits for the device).
 
         Raises :class:`InterfaceError` if some pair has no reverse (the list is not full) or a row
         has more than ``max_neighbors`` pairs.
@@ -227,7 +236,7 @@ class NeighborTable:
         slot = torch.empty_like(order)
         slot[order] = sorted_centers * k + slot_in_row
 
-        reverse_pair = _reverse_pairs(pair_index, pair_shifts)
+        reverse_pair = _reverse_pairs(pair_index, pair_shifts, num_atoms, lattice_shifts)
         flat_slots = torch.arange(num_atoms * k, device=device)
         neighbor_index = (flat_slots // k).clone()
         neighbor_index[slot] = neighbors
@@ -253,23 +262,39 @@ def _lexicographic_order(keys: torch.Tensor) -> torch.Tensor:
     return order
 
 
-def _pair_keys(pair_index: torch.Tensor, pair_shifts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integer keys of ``(i, j, s)`` and of ``(j, i, -s)`` for every pair, one row each.
+def _shift_codes(pair_shifts: torch.Tensor, lattice_shifts: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """For each shift component: codes of ``s`` and of ``-s`` (non-negative integers, equal exactly
+    where the shifts are) and their radix.
 
-    Shift components (to 1e-4 Å) are replaced by their rank among the values that occur, so the
-    five columns usually fit one int64 (mixed radix): one sort instead of five. Where they do not
-    fit, the five columns are returned as they are.
+    Integer lattice shifts are their own codes (offset by the largest magnitude). Cartesian
+    shifts (to 1e-4 Å) are replaced by their rank among the values that occur: one sort each.
     """
-    num_pairs = pair_index.shape[1]
+    if lattice_shifts is not None:
+        reach = int(lattice_shifts.abs().max())
+        lattice = lattice_shifts.to(torch.int64)
+        return [(reach + lattice[:, c], reach - lattice[:, c], 2 * reach + 1) for c in range(3)]
+    num_pairs = pair_shifts.shape[0]
     shift_key = torch.round(pair_shifts.double() * 1e4).to(torch.int64)
-    columns, reverse_columns = [pair_index[0], pair_index[1]], [pair_index[1], pair_index[0]]
-    largest_atom = int(pair_index.max()) + 1
-    radices = [largest_atom, largest_atom]
+    codes = []
     for component in range(3):
         values, ranks = torch.unique(torch.cat([shift_key[:, component], -shift_key[:, component]]), return_inverse=True)
-        columns.append(ranks[:num_pairs])
-        reverse_columns.append(ranks[num_pairs:])
-        radices.append(values.numel())
+        codes.append((ranks[:num_pairs], ranks[num_pairs:], values.numel()))
+    return codes
+
+
+def _pair_keys(
+    pair_index: torch.Tensor, pair_shifts: torch.Tensor, num_atoms: int, lattice_shifts: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer keys of ``(i, j, s)`` and of ``(j, i, -s)`` for every pair, one row each.
+
+    The five columns (two atoms, three shift codes: :func:`_shift_codes`) usually fit one int64
+    (mixed radix): one sort instead of five. Where they do not fit, the five columns are returned
+    as they are.
+    """
+    codes = _shift_codes(pair_shifts, lattice_shifts)
+    columns = [pair_index[0], pair_index[1]] + [code for code, _, _ in codes]
+    reverse_columns = [pair_index[1], pair_index[0]] + [reverse for _, reverse, _ in codes]
+    radices = [num_atoms, num_atoms] + [radix for _, _, radix in codes]
     if math.prod(radices) >= 2**62:
         return torch.stack(columns, dim=1), torch.stack(reverse_columns, dim=1)
 
@@ -282,8 +307,11 @@ def _pair_keys(pair_index: torch.Tensor, pair_shifts: torch.Tensor) -> tuple[tor
     return combined(columns), combined(reverse_columns)
 
 
-def _reverse_pairs(pair_index: torch.Tensor, pair_shifts: torch.Tensor) -> torch.Tensor:
-    """For each pair ``(i, j, s)`` the index of ``(j, i, -s)``; shifts are matched to 1e-4 Å.
+def _reverse_pairs(
+    pair_index: torch.Tensor, pair_shifts: torch.Tensor, num_atoms: int, lattice_shifts: torch.Tensor | None = None
+) -> torch.Tensor:
+    """For each pair ``(i, j, s)`` the index of ``(j, i, -s)``; shifts are matched exactly on
+    ``lattice_shifts`` where given, else on ``pair_shifts`` to 1e-4 Å. Atoms are ``0..num_atoms-1``.
 
     The keys ``(i, j, s)`` and the reverse keys ``(j, i, -s)`` of a full list are the same set:
     sorting both lines every pair up with its reverse (exact, O(E log E), no hashing). The
@@ -292,7 +320,7 @@ def _reverse_pairs(pair_index: torch.Tensor, pair_shifts: torch.Tensor) -> torch
     num_pairs = pair_index.shape[1]
     if num_pairs == 0:
         return pair_index.new_zeros(0)
-    keys, reverse_keys = _pair_keys(pair_index, pair_shifts)
+    keys, reverse_keys = _pair_keys(pair_index, pair_shifts, num_atoms, lattice_shifts)
     key_order, reverse_order = _lexicographic_order(keys), _lexicographic_order(reverse_keys)
     differs = keys[key_order] != reverse_keys[reverse_order]
     unmatched = differs.any(dim=1)

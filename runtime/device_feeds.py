@@ -253,4 +253,5 @@ class DeviceFeeds:
             pair_shifts=(shifts.to(box.dtype) @ box).float(),
             structure_index=torch.zeros(len(atoms), dtype=torch.int64, device=self.device),
             cell=box.float().unsqueeze(0),
+            lattice_shifts=shifts.long(),
         )

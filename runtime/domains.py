@@ -117,6 +117,7 @@ def _domains(inputs: AtomicInputs, core_ids: torch.Tensor, hops: int) -> Iterato
                 species=inputs.species[atom_ids],
                 pair_index=new_index[inputs.pair_index[:, kept_pairs]],
                 pair_shifts=inputs.pair_shifts[kept_pairs],
+                lattice_shifts=None if inputs.lattice_shifts is None else inputs.lattice_shifts[kept_pairs],
                 structure_index=torch.zeros(atom_ids.numel(), dtype=torch.int64, device=atom_ids.device),
                 cell=inputs.cell,
             ),

@@ -525,3 +525,22 @@ def test_compiled_joint_graph_sizes_its_domains_by_its_own_lower_estimate():
     pairs = 10**9 // uncompiled.bytes_per_pair + 1
     assert not uncompiled.takes_whole(pairs)
     assert compiled.takes_whole(pairs), "the compiled graph's domains follow its own estimate"
+
+
+def test_each_domain_keeps_the_lattice_shifts_of_its_pairs():
+    """A periodic water box split in domains: each domain's pairs keep their integer shifts, still
+    the ones behind their Cartesian shifts (``AtomicInputs.check``), so its table is built on them."""
+    from mlff_export.bench.workloads import water_box
+    from mlff_export.neighbors import batch_inputs, compute_pairs
+
+    atoms = water_box(300)
+    inputs = batch_inputs([atoms], [compute_pairs(atoms, 3.0)], dtype=torch.float64)
+    kept = []
+
+    def checked(domain: AtomicInputs, weights: torch.Tensor):
+        domain.check()
+        kept.append(domain.lattice_shifts is not None and bool(domain.lattice_shifts.any()))
+        return pair_potential(domain, weights)
+
+    evaluate_in_domains(checked, inputs, hops=1, max_pairs=inputs.num_pairs // 2)
+    assert len(kept) > 1 and all(kept)

@@ -9,6 +9,7 @@ import pytest
 from conftest import skip_without_onnxruntime_cuda, structure_zoo
 
 from mlff_export import REFERENCE_CHECKPOINT
+from mlff_export.interface import AtomicInputs
 from mlff_export.runtime import load_calculator
 
 pytestmark = pytest.mark.gpu
@@ -71,6 +72,26 @@ def test_calculator_builds_inputs_on_the_gpu_and_tracks_md_geometry(backend):
             np.testing.assert_allclose(atoms.get_forces(), want["forces"], atol=1e-4)
             assert atoms.get_potential_energy() == pytest.approx(want["energy"], rel=1e-6, abs=2e-4)
     assert calc.neighbor_list.builds == 0, "the calculator never searched neighbors on the CPU"
+
+
+def test_the_device_search_gives_the_lattice_shifts_behind_its_pair_shifts():
+    """vesin-torch's pairs on the GPU carry their integer shifts (int64) that give the Cartesian
+    shifts through the cell (``AtomicInputs.check``), in a cell smaller than the cutoff (images up
+    to two cells away) and in a water box; tables built on them equal tables built without them."""
+    from mlff_export.bench.workloads import water_box
+    from mlff_export.runtime.device_feeds import DeviceFeeds, has_vesin_torch, table_feeds
+
+    if not has_vesin_torch():
+        pytest.skip("vesin-torch is not installed")
+    device = torch.device("cuda")
+    search = DeviceFeeds(cutoff=5.0, padding_species=1, device=device)
+    for atoms in (structure_zoo()["triclinic"], water_box(100)):
+        inputs = search.search(atoms)
+        inputs.check()
+        assert int(inputs.lattice_shifts.abs().max()) >= 1
+        with_lattice = table_feeds(inputs, device, 1)
+        without = table_feeds(AtomicInputs(**{**vars(inputs), "lattice_shifts": None}), device, 1)
+        assert all(torch.equal(with_lattice[name], without[name]) for name in with_lattice)
 
 
 @pytest.mark.parametrize("backend", ["cuda-graphs", "compile-reduce-overhead"])

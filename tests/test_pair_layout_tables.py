@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ase import Atoms
 from conftest import structure_zoo
 
-from mlff_export.interface import InterfaceError
+from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
+from mlff_export.interface import AtomicInputs, InterfaceError
 from mlff_export.neighbors import batch_inputs, compute_pairs
 from mlff_export.pair_layouts import NeighborTable, _reverse_pairs
 
 
 def zero_shifts(num_pairs: int) -> torch.Tensor:
     return torch.zeros(num_pairs, 3, dtype=torch.float64)
+
+
+def reverse_pairs(pair_index: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """:func:`_reverse_pairs` on Cartesian shifts, atoms numbered up to the largest id in the list."""
+    return _reverse_pairs(pair_index, shifts, int(pair_index.max()) + 1 if pair_index.numel() else 0)
 
 
 def assert_reverses(pair_index: torch.Tensor, pair_shifts: torch.Tensor, reverse: torch.Tensor) -> None:
@@ -53,7 +60,7 @@ def test_table_without_pairs_is_all_padding(max_neighbors):
     assert table.neighbor_index.tolist() == [[row] * k for row in range(3)]
     assert table.reverse_index.reshape(-1).tolist() == list(range(3 * k))
     assert not bool(table.neighbor_mask.any())
-    assert _reverse_pairs(torch.zeros(2, 0, dtype=torch.int64), zero_shifts(0)).shape == (0,)
+    assert reverse_pairs(torch.zeros(2, 0, dtype=torch.int64), zero_shifts(0)).shape == (0,)
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
@@ -63,7 +70,7 @@ def test_periodic_self_pairs_reverse_through_the_opposite_shift(axis):
     shifts = torch.zeros(2, 3, dtype=torch.float64)
     shifts[0, axis], shifts[1, axis] = 2.5, -2.5
     pair_index = torch.zeros(2, 2, dtype=torch.int64)
-    assert _reverse_pairs(pair_index, shifts).tolist() == [1, 0]
+    assert reverse_pairs(pair_index, shifts).tolist() == [1, 0]
     assert NeighborTable.from_pair_list(pair_index, shifts, 1).reverse_index.tolist() == [[1, 0]]
 
 
@@ -71,12 +78,12 @@ def test_reverse_pairs_of_a_list_in_any_order():
     """Pairs (1, 2), (0, 2), (2, 0), (2, 1): the reverse of each is the one with center and neighbor
     swapped, whatever the order; and so for every structure of the zoo, its pairs shuffled."""
     pair_index = torch.tensor([[1, 0, 2, 2], [2, 2, 0, 1]])
-    assert _reverse_pairs(pair_index, zero_shifts(4)).tolist() == [3, 2, 1, 0]
+    assert reverse_pairs(pair_index, zero_shifts(4)).tolist() == [3, 2, 1, 0]
     structures = list(structure_zoo().values())
     batch = batch_inputs(structures, [compute_pairs(atoms, 4.0) for atoms in structures], dtype=torch.float64)
     shuffled = torch.randperm(batch.num_pairs, generator=torch.Generator().manual_seed(0))
     pair_index, shifts = batch.pair_index[:, shuffled], batch.pair_shifts[shuffled]
-    assert_reverses(pair_index, shifts, _reverse_pairs(pair_index, shifts))
+    assert_reverses(pair_index, shifts, reverse_pairs(pair_index, shifts))
 
 
 def test_reverse_pairs_with_keys_too_wide_for_one_int64():
@@ -87,7 +94,7 @@ def test_reverse_pairs_with_keys_too_wide_for_one_int64():
     pair_index = torch.tensor([[h, 0, 9, 9, m, m], [9, 9, 0, h, m, m]])
     shifts = torch.zeros(6, 3, dtype=torch.float64)
     shifts[:, 0] = torch.tensor([2.5, 2.5, -2.5, -2.5, 2.5, -2.5])
-    assert _reverse_pairs(pair_index, shifts).tolist() == [3, 2, 1, 0, 5, 4]
+    assert reverse_pairs(pair_index, shifts).tolist() == [3, 2, 1, 0, 5, 4]
 
 
 def test_pair_without_reverse_is_named_with_column_keys():
@@ -96,7 +103,7 @@ def test_pair_without_reverse_is_named_with_column_keys():
     m = 2**31 - 1
     pair_index = torch.tensor([[0, 0, 1], [m, 1, 0]])
     with pytest.raises(InterfaceError, match=rf"pair 0 \(0 -> {m}\) has no reverse pair \({m} -> 0"):
-        _reverse_pairs(pair_index, zero_shifts(3))
+        reverse_pairs(pair_index, zero_shifts(3))
 
 
 def zoo_pairs_shuffled() -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -131,7 +138,7 @@ def test_reverse_pairs_of_a_long_list_with_column_keys():
     the order of the previous one). Every one of the 594 pairs still finds its reverse."""
     pair_index, shifts, _ = zoo_pairs_shuffled()
     raised = pair_index + 2**31
-    assert_reverses(raised, shifts, _reverse_pairs(raised, shifts))
+    assert_reverses(raised, shifts, reverse_pairs(raised, shifts))
 
 
 @pytest.mark.parametrize("component", [0, 1, 2])
@@ -143,10 +150,10 @@ def test_shifts_are_matched_on_a_1e_4_angstrom_grid(component, length):
     pair_index = torch.zeros(2, 2, dtype=torch.int64)
     shifts = torch.zeros(2, 3, dtype=torch.float64)
     shifts[0, component], shifts[1, component] = length + 1e-9, -length + 1e-9
-    assert _reverse_pairs(pair_index, shifts).tolist() == [1, 0]
+    assert reverse_pairs(pair_index, shifts).tolist() == [1, 0]
     shifts[1, component] = -length - 2e-4
     with pytest.raises(InterfaceError, match="has no reverse pair"):
-        _reverse_pairs(pair_index, shifts)
+        reverse_pairs(pair_index, shifts)
 
 
 @pytest.mark.parametrize("offset", [0, 2**31], ids=["one-int64-key", "column-keys"])
@@ -156,7 +163,7 @@ def test_of_several_orphans_the_first_in_center_neighbor_order_is_named(offset):
     combine into one int64 (small ids) or stay five columns (ids near 2^31)."""
     pair_index = torch.tensor([[0, 0, 0, 1, 3], [6, 1, 5, 0, 2]]) + offset
     with pytest.raises(InterfaceError, match=rf"pair 2 \({offset} -> {offset + 5}\) has no reverse pair"):
-        _reverse_pairs(pair_index, zero_shifts(5))
+        reverse_pairs(pair_index, zero_shifts(5))
 
 
 @pytest.mark.parametrize("num_pairs", [0, 2])
@@ -165,3 +172,101 @@ def test_a_negative_max_neighbors_is_refused(num_pairs):
     pair_index = torch.tensor([[0, 1], [1, 0]])[:, :num_pairs]
     with pytest.raises(InterfaceError, match=r"max_neighbors=-1 \| use a larger max_neighbors"):
         NeighborTable.from_pair_list(pair_index, zero_shifts(num_pairs), 3, max_neighbors=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# reverse pairs matched on integer lattice shifts (what vesin gives with its pairs)
+
+# A 3 Å cubic lattice written with the basis (a, b, 10a + 10b + c): searched on its reduced basis,
+# whose shifts are mapped back, so this cell's lattice shifts reach +-10 and more.
+SKEWED_CUBE = [[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [30.0, 30.0, 3.0]]
+
+
+def zoo_batch_with_lattice_shifts() -> AtomicInputs:
+    """The zoo and a copy of its triclinic cell written on a skewed basis, within 4 Å, float64."""
+    skewed = Atoms("CN", scaled_positions=[[0.1, 0.2, 0.3], [0.6, 0.5, 0.9]], cell=SKEWED_CUBE, pbc=True)
+    structures = list(structure_zoo().values()) + [skewed]
+    return batch_inputs(structures, [compute_pairs(atoms, 4.0) for atoms in structures], dtype=torch.float64)
+
+
+def test_batches_carry_lattice_shifts_that_give_their_pair_shifts():
+    """Every pair's integer shift through its structure's cell is its Cartesian shift (the check
+    passes), the skewed cell's shifts included (some components beyond +-1: mapped back from the
+    reduced basis); one shift changed by one lattice step is refused, naming the pair."""
+    batch = zoo_batch_with_lattice_shifts()
+    batch.check()
+    assert batch.lattice_shifts.dtype == torch.int64 and int(batch.lattice_shifts.abs().max()) > 1
+    last = batch.num_pairs - 1  # a pair of the skewed cell
+    broken = batch.lattice_shifts.clone()
+    broken[last, 1] += 1
+    with pytest.raises(InterfaceError, match=rf"lattice_shifts \| pair {last}: "):
+        AtomicInputs(**{**vars(batch), "lattice_shifts": broken}).check()
+    for offset, refused in ((1e-3, True), (1e-6, False)):  # a pair shift off its lattice point by 1e-3 / 1e-6 Å
+        moved = batch.pair_shifts.clone()
+        moved[last, 0] += offset
+        if refused:
+            with pytest.raises(InterfaceError, match=rf"lattice_shifts \| pair {last}: "):
+                AtomicInputs(**{**vars(batch), "pair_shifts": moved}).check()
+        else:
+            AtomicInputs(**{**vars(batch), "pair_shifts": moved}).check()
+    with pytest.raises(InterfaceError, match=r"lattice_shifts \| received torch.int32"):
+        AtomicInputs(**{**vars(batch), "lattice_shifts": batch.lattice_shifts.int()}).check()
+
+
+def test_tables_from_lattice_shifts_equal_tables_from_cartesian_shifts():
+    """The shuffled zoo (and the skewed cell): the same table, slot by slot, whether reverse pairs are
+    matched on the integer shifts or on the Cartesian ones; every reverse is the pair (j, i, -s)."""
+    batch = zoo_batch_with_lattice_shifts()
+    shuffled = torch.randperm(batch.num_pairs, generator=torch.Generator().manual_seed(2))
+    pair_index, shifts, lattice = batch.pair_index[:, shuffled], batch.pair_shifts[shuffled], batch.lattice_shifts[shuffled]
+    reverse = _reverse_pairs(pair_index, shifts, batch.num_atoms, lattice)
+    assert_reverses(pair_index, shifts, reverse)
+    assert torch.equal(lattice[reverse], -lattice)
+    from_lattice = NeighborTable.from_pair_list(pair_index, shifts, batch.num_atoms, lattice_shifts=lattice)
+    from_cartesian = NeighborTable.from_pair_list(pair_index, shifts, batch.num_atoms)
+    for name in ("neighbor_index", "neighbor_shifts", "neighbor_mask", "reverse_index"):
+        assert torch.equal(getattr(from_lattice, name), getattr(from_cartesian, name)), name
+
+
+def test_lattice_shifts_alone_tell_self_images_apart():
+    """One atom and its images at +-1 and +-2 lattice steps along x: the Cartesian shifts say
+    nothing here (all zero, as if the cell were tiny), the lattice shifts pair +1 with -1 and +2
+    with -2; a list missing the -2 image is refused, naming the +2 pair."""
+    pair_index = torch.zeros(2, 4, dtype=torch.int64)
+    lattice = torch.tensor([[1, 0, 0], [2, 0, 0], [-1, 0, 0], [-2, 0, 0]])
+    assert _reverse_pairs(pair_index, zero_shifts(4), 1, lattice).tolist() == [2, 3, 0, 1]
+    with pytest.raises(InterfaceError, match=r"pair 1 \(0 -> 0\) has no reverse pair"):
+        _reverse_pairs(pair_index[:, :3], zero_shifts(3), 1, lattice[:3])
+
+
+def test_lattice_keys_too_wide_for_one_int64_stay_columns():
+    """Atom ids up to 2^31 - 1 with lattice shifts +-1: the radices multiply past 2^62, the keys stay
+    five columns, and each pair still finds its reverse."""
+    m = 2**31 - 1
+    pair_index = torch.tensor([[m, 0, 0, m], [0, m, m, 0]])
+    lattice = torch.tensor([[1, 0, 0], [-1, 0, 0], [0, 0, -1], [0, 0, 1]])
+    assert _reverse_pairs(pair_index, zero_shifts(4), m + 1, lattice).tolist() == [1, 0, 3, 2]
+
+
+def test_table_feeds_take_the_lattice_shifts_and_rank_no_float_shifts(monkeypatch):
+    """The graphs' table feeds of inputs that carry lattice shifts are built on them: the same
+    feeds as without them, and the float shifts are never ranked (``torch.unique``: a sort each)."""
+    batch = zoo_batch_with_lattice_shifts()
+    expected = NEIGHBOR_TABLE.feeds(AtomicInputs(**{**vars(batch), "lattice_shifts": None}))
+
+    def ranking_refused(*args, **kwargs):
+        raise AssertionError("float shifts were ranked")
+
+    monkeypatch.setattr(torch, "unique", ranking_refused)
+    got = NEIGHBOR_TABLE.feeds(batch)
+    assert all(torch.equal(got[name], expected[name]) for name in expected)
+
+
+def test_lattice_shift_codes_of_different_shifts_never_collide():
+    """One atom's images at lattice shifts a = (1, -1, -1), b = (0, 1, -1) and their opposites,
+    listed a, b, -b, -a: with shift codes in 0..2 a radix of 2 instead of 3 would give a and b one
+    key (and -a and -b another), pairing a with -b. Each must find its own opposite."""
+    lattice = torch.tensor([[1, -1, -1], [0, 1, -1], [0, -1, 1], [-1, 1, 1]])
+    pair_index = torch.zeros(2, 4, dtype=torch.int64)
+    reverse = _reverse_pairs(pair_index, zero_shifts(4), 1, lattice)
+    assert reverse.tolist() == [3, 2, 1, 0]

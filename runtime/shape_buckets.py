@@ -1,7 +1,7 @@
 """Shape buckets: pad a call's neighbor-table inputs to fixed sizes inside an engine profile.
 
 A TensorRT engine accepts any sizes inside its profiles, but a captured CUDA graph fixes them.
-Padding each call up to a *bucket* (powers of two, finer above 64; clamped to the profile's range) lets one graph
+Padding each call up to a *bucket* (powers of two, finer above 64, finest for the table width; clamped to the profile's range) lets one graph
 per (profile, bucket) serve every call that fits it. Nothing here needs TensorRT or CUDA.
 
 Padding contributes exactly nothing to the real outputs (docs/interface.md, neighbor table):
@@ -51,19 +51,27 @@ def table_sizes(feeds: dict[str, torch.Tensor]) -> tuple[int, int, int]:
     return num_atoms, max_neighbors, feeds["cell"].shape[0]
 
 
-FINE_BUCKETS_FROM = 64  # above this, 4 buckets per doubling: padding wastes at most 25 %, not 100 %
+FINE_BUCKETS_FROM = 64  # above this, buckets are finer than powers of two
+ATOM_STEPS_PER_DOUBLING = 4
+"""Atoms (and structures) above :data:`FINE_BUCKETS_FROM`: 64, 80, 96, 112, 128, 160, ... Padding
+wastes at most 25 %, and a workload of many sizes compiles or captures few buckets."""
+NEIGHBOR_STEPS_PER_DOUBLING = 8
+"""Table widths above :data:`FINE_BUCKETS_FROM`: 64, 72, 80, 88, ... Padding wastes at most 12.5 %
+of every row, and a workload's widest row varies little: water within 5 Å has rows of 54 pairs on
+average and 65 at most in 98,304 atoms, so 72 slots instead of 80 (10 % fewer slots, time and memory)."""
 
 
-def bucket_size(size: int, size_range: SizeRange) -> int:
+def bucket_size(size: int, size_range: SizeRange, steps_per_doubling: int = ATOM_STEPS_PER_DOUBLING) -> int:
     """The bucket for ``size``, clamped into ``size_range`` (``size`` must fit it).
 
-    Powers of two up to 64, then four steps per doubling (64, 80, 96, 112, 128, 160, ...): few
-    buckets for small calls, little wasted work for large ones.
+    Powers of two up to :data:`FINE_BUCKETS_FROM`, then ``steps_per_doubling`` equal steps per
+    doubling (4: 64, 80, 96, 112, 128, 160, ...): few buckets for small calls, little wasted work
+    for large ones.
     """
     size = max(size, 1)
     power = 1 << (size - 1).bit_length()
     if power > FINE_BUCKETS_FROM:
-        step = power // 8
+        step = power // (2 * steps_per_doubling)
         power = -(-size // step) * step
     return min(max(power, size_range.minimum), size_range.maximum)
 
@@ -82,7 +90,7 @@ def _bucket_in_profile(index: int, profile: ShapeProfile, atoms: int, neighbors:
     return ShapeBucket(
         profile_index=index,
         atoms=padded_atoms,
-        neighbors=bucket_size(neighbors, profile.neighbors),
+        neighbors=bucket_size(neighbors, profile.neighbors, NEIGHBOR_STEPS_PER_DOUBLING),
         structures=bucket_size(needed_structures, profile.structures),
     )
 

@@ -57,6 +57,15 @@ def test_large_buckets_waste_at_most_a_quarter(size, expected):
     assert expected <= 1.25 * size
 
 
+@pytest.mark.parametrize(("width", "expected"), [(64, 64), (65, 72), (72, 72), (73, 80), (100, 104), (129, 144)])
+def test_table_widths_above_64_waste_at_most_an_eighth(width, expected):
+    """The table width's buckets are twice as fine as the atoms' (every row pays its padding): a
+    widest row of 65 pairs (98k-atom water within 5 Å) takes 72 slots, where 65 atoms take 80."""
+    bucket = choose_bucket(65, width, 1, [profile_from_ranges("1:1:1000", "1:1:1000", "1:1:4")])
+    assert bucket.neighbors == expected and bucket.atoms == 80
+    assert expected <= 1.125 * width
+
+
 def test_bucket_size_respects_the_profile_minimum():
     assert bucket_size(3, profile_from_ranges("16:32:64", "1:1:1", "1:1:1").atoms) == 16
 

@@ -332,10 +332,10 @@ class CompiledBackend(JointGraphBackend):
 
     With ``cache_folder`` holding an AOTInductor package of this graph (:mod:`~mlff_export.runtime.aot_package`,
     ``mlff-export compile --aot``) it runs that package and compiles nothing. Otherwise it
-    compiles at most twice, however many buckets a workload needs (``dynamic=None``): the first
-    bucket gets static kernels (the fastest: an MD run or a single-structure workload lives in one
-    bucket), the second new shape one more compile with every bucket size symbolic
-    (:class:`SymbolicFromTheSecondShape`), which serves every later bucket without compiling. Each bucket is still
+    compiles at most twice, however many buckets a workload needs (Inductor's automatic dynamic
+    shapes, ``dynamic=None``): the first bucket gets static kernels (the fastest: an MD run or a
+    single-structure workload lives in one bucket), the second new shape one more compile with
+    symbolic sizes, which serves every later bucket without compiling. Each bucket is still
     captured as its own CUDA graph. A compile takes seconds to a minute (minutes with
     ``max-autotune``); the compile cache keeps them for the next process.
     """
@@ -388,46 +388,7 @@ class CompiledBackend(JointGraphBackend):
 
     def compiled(self, graph: torch.fx.GraphModule) -> Callable:
         options = inductor_options(self.inductor_mode, has_half_body(self.model, self.precision))
-        compiled = torch.compile(with_numel_as_method(graph), options=options, fullgraph=True, dynamic=None)
-        return SymbolicFromTheSecondShape(compiled, table_graph_axes(graph))
-
-
-WEIGHTS_AXES = ("num_atoms",)
-"""Axes of the weighted graph's last input (per-atom energy weights: the domain path's graph)."""
-
-
-def table_graph_axes(graph: torch.fx.GraphModule) -> list[tuple]:
-    """The axes of each input of a traced neighbor-table graph, in order (names: sizes that vary
-    with the bucket; integers: fixed sizes); the weighted graph has one input more."""
-    placeholders = sum(node.op == "placeholder" for node in graph.graph.nodes)
-    axes = [NEIGHBOR_TABLE.input_axes[name] for name in NEIGHBOR_TABLE.input_names]
-    if placeholders not in (len(axes), len(axes) + 1):
-        raise ValueError(f"a neighbor-table graph takes {len(axes)} inputs (or one more: weights), this one {placeholders}")
-    return axes + [WEIGHTS_AXES] * (placeholders - len(axes))
-
-
-class SymbolicFromTheSecondShape:
-    """A ``torch.compile``d graph whose every bucket size (atoms N, table width K, structures B)
-    turns symbolic at once on the second input shape it meets, so that compile serves every later
-    bucket. Dynamo's automatic dynamic shapes make symbolic only the sizes that changed: a
-    second bucket differing in N alone and a third in K would compile three times (the domains of
-    one large structure differ that way). Fixed sizes (the 3 of a vector) stay static."""
-
-    def __init__(self, compiled: Callable, axes: list[tuple]):
-        self.compiled = compiled
-        self.axes = axes
-        self.first_shapes: list[tuple[int, ...]] | None = None
-
-    def __call__(self, *tensors: torch.Tensor):
-        shapes = [tuple(tensor.shape) for tensor in tensors]
-        if self.first_shapes is None:
-            self.first_shapes = shapes
-        elif shapes != self.first_shapes:
-            for tensor, axes in zip(tensors, self.axes):
-                for dim, axis in enumerate(axes):
-                    if isinstance(axis, str):
-                        torch._dynamo.maybe_mark_dynamic(tensor, dim)
-        return self.compiled(*tensors)
+        return torch.compile(with_numel_as_method(graph), options=options, fullgraph=True, dynamic=None)
 
 
 def _numel(tensor: torch.Tensor) -> int:

@@ -180,54 +180,6 @@ def test_the_compile_backend_compiles_twice_for_any_number_of_buckets(tmp_path):
     assert counters["stats"]["unique_graphs"] - before == 2
 
 
-@pytest.mark.slow
-def test_buckets_that_differ_one_size_at_a_time_compile_twice():
-    """A molecule of n atoms and table width k padded to buckets (N, K, B) = (16, k, 2), then
-    (32, k, 2): only N changed, then (32, 2k, 2) and (48, 2k, 4): K, then B. Dynamo alone would
-    make N symbolic at the second and compile again at the third (only changed sizes turn
-    symbolic); here the second compile makes all three symbolic and serves the rest. Every bucket
-    gives the eager numbers."""
-    from torch._dynamo.utils import counters
-
-    from mlff_export.bench.workloads import small_molecule_batch
-    from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
-    from mlff_export.neighbors import batch_inputs, compute_pairs
-    from mlff_export.runtime.shape_buckets import ShapeBucket, pad_table_feeds, strip_padding
-
-    torch.manual_seed(0)
-    model = PaiNN(PaiNNConfig(num_features=8, num_interactions=1, num_radial=4, cutoff=4.0)).eval()
-    backend = load_calculator(model, backend="compile", compile_cache=False).backend
-    structures = small_molecule_batch(1, seed=3)
-    inputs = batch_inputs(structures, [compute_pairs(atoms, model.cutoff) for atoms in structures])
-    want = load_calculator(model).predict(structures)[0]
-    feeds = NEIGHBOR_TABLE.feeds(inputs)
-    k = feeds["neighbor_index"].shape[1]
-    assert inputs.num_atoms < 16
-    before = counters["stats"]["unique_graphs"]
-    for shape in ((16, k, 2), (32, k, 2), (32, 2 * k, 2), (48, 2 * k, 4)):
-        padded = pad_table_feeds(feeds, ShapeBucket(0, *shape), padding_species=model.species[0])
-        have = strip_padding(backend.run(padded), inputs.num_atoms, 1)
-        assert float(have["energy"][0]) == pytest.approx(want["energy"], abs=1e-4), shape
-        np.testing.assert_allclose(have["forces"].numpy(), want["forces"], atol=1e-4)
-    assert counters["stats"]["unique_graphs"] - before == 2
-
-
-def test_table_graph_axes_name_the_bucket_sizes_of_each_input():
-    """The whole graph's inputs have the neighbor table's axes; the weighted graph (domains) has its
-    weights over the atoms too; a graph of three inputs is no table graph."""
-    from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
-    from mlff_export.runtime.joint_graph import stored_or_traced, table_graph_axes
-
-    model = PaiNN(PaiNNConfig(num_features=8, num_interactions=1, num_radial=4, cutoff=4.0)).eval()
-    table_axes = [NEIGHBOR_TABLE.input_axes[name] for name in NEIGHBOR_TABLE.input_names]
-    whole, _ = stored_or_traced(model, "fp32", torch.device("cpu"), None)
-    weighted, _ = stored_or_traced(model, "fp32", torch.device("cpu"), None, weighted=True)
-    assert table_graph_axes(whole) == table_axes
-    assert table_graph_axes(weighted) == table_axes + [("num_atoms",)]
-    with pytest.raises(ValueError, match="takes 8 inputs"):
-        table_graph_axes(torch.fx.symbolic_trace(lambda a, b, c: a + b + c))
-
-
 def test_max_autotune_keeps_inductors_options_without_its_autotuning_tables(monkeypatch, caplog):
     """Inductor writes every autotuned GEMM's candidates to stderr (~500 lines for one ``validate``
     on the H200): compile-max-autotune compiles with Inductor's own max-autotune options plus the

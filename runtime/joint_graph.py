@@ -7,7 +7,7 @@ of aten ops on the scatter-free neighbor table, with no autograd at run time. In
 shape buckets (:mod:`mlff_export.runtime.shape_buckets`; padding contributes exactly zero), so only
 a handful of shapes are ever compiled or captured.
 
-* :class:`CompiledBackend`: ``torch.compile`` (Inductor) of the graph, compiled at most twice
+* :class:`CompiledBackend`: ``torch.compile`` (Inductor) of the graph, usually compiled twice
   (static sizes for the first bucket, symbolic sizes for all others); modes ``reduce-overhead``
   and ``max-autotune`` also capture each bucket as a CUDA graph;
 * :class:`CudaGraphBackend`: the graph as traced, captured once per bucket with
@@ -332,10 +332,12 @@ class CompiledBackend(JointGraphBackend):
 
     With ``cache_folder`` holding an AOTInductor package of this graph (:mod:`~mlff_export.runtime.aot_package`,
     ``mlff-export compile --aot``) it runs that package and compiles nothing. Otherwise it
-    compiles at most twice, however many buckets a workload needs (Inductor's automatic dynamic
-    shapes, ``dynamic=None``): the first bucket gets static kernels (the fastest: an MD run or a
-    single-structure workload lives in one bucket), the second new shape one more compile with
-    symbolic sizes, which serves every later bucket without compiling. Each bucket is still
+    compiles once for the first bucket, with static kernels (the fastest: an MD run or a
+    single-structure workload lives in one bucket), then once more each time a size that stayed
+    fixed so far changes (Dynamo's automatic dynamic shapes, ``dynamic=None``, make symbolic only
+    the sizes that changed): usually twice, as a new bucket of a varied workload changes atoms N,
+    table width K and structures B at once; at most four times (N, K, B one at a time, as the
+    domains of one large structure can). Each bucket is still
     captured as its own CUDA graph. A compile takes seconds to a minute (minutes with
     ``max-autotune``); the compile cache keeps them for the next process.
     """

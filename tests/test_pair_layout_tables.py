@@ -50,11 +50,15 @@ def test_table_slots_of_a_small_list():
     assert table.sum_to_centers(torch.arange(6.0, dtype=torch.float64)).tolist() == [1, 5, 9]
 
 
+@pytest.mark.parametrize("lattice_shifts", [None, torch.zeros(0, 3, dtype=torch.int64)], ids=["cartesian", "lattice"])
 @pytest.mark.parametrize("max_neighbors", [None, 0, 3])
-def test_table_without_pairs_is_all_padding(max_neighbors):
-    """Three isolated atoms (no pair within the cutoff): every slot is padding pointing at its own
-    row and slot, with at least one slot per row (K = 0 is widened to 1)."""
-    table = NeighborTable.from_pair_list(torch.zeros(2, 0, dtype=torch.int64), zero_shifts(0), 3, max_neighbors)
+def test_table_without_pairs_is_all_padding(max_neighbors, lattice_shifts):
+    """Three isolated atoms (no pair within the cutoff; a search's empty integer shifts or none):
+    every slot is padding pointing at its own row and slot, with at least one slot per row (K = 0
+    is widened to 1)."""
+    table = NeighborTable.from_pair_list(
+        torch.zeros(2, 0, dtype=torch.int64), zero_shifts(0), 3, max_neighbors, lattice_shifts=lattice_shifts
+    )
     k = max(max_neighbors or 0, 1)
     assert table.max_neighbors == k and table.num_atoms == 3
     assert table.neighbor_index.tolist() == [[row] * k for row in range(3)]
@@ -262,11 +266,22 @@ def test_table_feeds_take_the_lattice_shifts_and_rank_no_float_shifts(monkeypatc
     assert all(torch.equal(got[name], expected[name]) for name in expected)
 
 
-def test_lattice_shift_codes_of_different_shifts_never_collide():
-    """One atom's images at lattice shifts a = (1, -1, -1), b = (0, 1, -1) and their opposites,
-    listed a, b, -b, -a: with shift codes in 0..2 a radix of 2 instead of 3 would give a and b one
-    key (and -a and -b another), pairing a with -b. Each must find its own opposite."""
-    lattice = torch.tensor([[1, -1, -1], [0, 1, -1], [0, -1, 1], [-1, 1, 1]])
+@pytest.mark.parametrize(
+    "lattice",
+    [
+        [[1, -1, -1], [0, 1, -1], [0, -1, 1], [-1, 1, 1]],
+        [[-3, -2, -3], [-3, -3, 3], [3, 3, -3], [3, 2, 3]],
+        [[0, -3, -3], [-3, 2, -3], [3, -2, 3], [0, 3, 3]],
+    ],
+    ids=["reach-1", "reach-3", "reach-3-fractional-radix"],
+)
+def test_lattice_shift_codes_of_different_shifts_never_collide(lattice):
+    """One atom's images at lattice shifts a, b and their opposites, listed a, b, -b, -a, whose
+    codes (shift + reach, in 0..2 reach) collide under a radix below 2 reach + 1: a = (1, -1, -1)
+    and b = (0, 1, -1) with radix 2 instead of 3; a = (-3, -2, -3) and b = (-3, -3, 3) with radix 6
+    instead of 7 (0 6^2 + 1 6 + 0 = 0 6^2 + 0 6 + 6); a = (0, -3, -3) and b = (-3, 2, -3) with a
+    radix of 5/3 (3 R^2 = 5 R). A collision pairs a with -b. Each must find its own opposite."""
+    lattice = torch.tensor(lattice)
     pair_index = torch.zeros(2, 4, dtype=torch.int64)
     reverse = _reverse_pairs(pair_index, zero_shifts(4), 1, lattice)
     assert reverse.tolist() == [3, 2, 1, 0]

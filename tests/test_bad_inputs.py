@@ -51,6 +51,8 @@ from mlff_export.export.metadata import (  # noqa: E402
     sealed_model_bytes,
 )
 from mlff_export.export.onnx_export import _write_atomically  # noqa: E402
+from mlff_export.export.graph_layouts import NEIGHBOR_TABLE  # noqa: E402
+from mlff_export.interface import InterfaceError  # noqa: E402
 from mlff_export.memory import InsufficientMemoryError  # noqa: E402
 from mlff_export.model_intake import ModelIntakeError, load_model  # noqa: E402
 from mlff_export.neighbors import StructureError, batch_inputs, compute_pairs  # noqa: E402
@@ -983,6 +985,23 @@ def _(model):
     atoms = Atoms("CO", positions=[[0, 0, 0], [0.2, 1.4, 2.5]], cell=[0.3, 5, 5], pbc=True)
     feeds = DeviceFeeds(model.cutoff, model.species[0], torch.device("cpu"))(atoms)
     assert closest_distance(feeds).item() == pytest.approx(0.3, abs=1e-6)
+
+
+@case("lattice-shifts-disagree-with-pair-shifts")
+def _(model):
+    """Interface inputs whose integer shifts are one lattice step off on one pair (the Cartesian
+    shifts as vesin gave them): the eager path's input check names the pair and the fix; the
+    neighbor table, which matches reverse pairs on the integer shifts, finds a pair without its
+    reverse. An error either way, never a number."""
+    atoms = bulk("C", "diamond", a=3.57)  # every lattice vector shorter than the cutoff: many images
+    inputs = batch_inputs([atoms], [compute_pairs(atoms, model.cutoff)])
+    lattice = inputs.lattice_shifts.clone()
+    lattice[0, 0] += 1
+    wrong = dataclasses.replace(inputs, lattice_shifts=lattice)
+    with refused(InterfaceError, "lattice_shifts | pair 0", "leave lattice_shifts out"):
+        EagerBackend(model, torch.device("cpu"), torch.float32).evaluate(wrong)
+    with refused(InterfaceError, "has no reverse pair", "full neighbor list"):
+        NEIGHBOR_TABLE.feeds(wrong)
 
 
 @case("stress-without-a-cell")

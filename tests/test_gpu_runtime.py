@@ -3,13 +3,14 @@ batched and padded, and replays its CUDA graphs across calls without stale resul
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import pytest
 from conftest import skip_without_onnxruntime_cuda, structure_zoo
 
 from mlff_export import REFERENCE_CHECKPOINT
-from mlff_export.interface import AtomicInputs
 from mlff_export.runtime import load_calculator
 
 pytestmark = pytest.mark.gpu
@@ -90,7 +91,7 @@ def test_the_device_search_gives_the_lattice_shifts_behind_its_pair_shifts():
         inputs.check()
         assert int(inputs.lattice_shifts.abs().max()) >= 1
         with_lattice = table_feeds(inputs, device, 1)
-        without = table_feeds(AtomicInputs(**{**vars(inputs), "lattice_shifts": None}), device, 1)
+        without = table_feeds(replace(inputs, lattice_shifts=None), device, 1)
         assert all(torch.equal(with_lattice[name], without[name]) for name in with_lattice)
 
 

@@ -3,6 +3,8 @@ and the reverse pairing on lists that stress its keys (fast, no model)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from ase import Atoms
@@ -204,17 +206,17 @@ def test_batches_carry_lattice_shifts_that_give_their_pair_shifts():
     broken = batch.lattice_shifts.clone()
     broken[last, 1] += 1
     with pytest.raises(InterfaceError, match=rf"lattice_shifts \| pair {last}: "):
-        AtomicInputs(**{**vars(batch), "lattice_shifts": broken}).check()
+        replace(batch, lattice_shifts=broken).check()
     for offset, refused in ((1e-3, True), (1e-6, False)):  # a pair shift off its lattice point by 1e-3 / 1e-6 Å
         moved = batch.pair_shifts.clone()
         moved[last, 0] += offset
         if refused:
             with pytest.raises(InterfaceError, match=rf"lattice_shifts \| pair {last}: "):
-                AtomicInputs(**{**vars(batch), "pair_shifts": moved}).check()
+                replace(batch, pair_shifts=moved).check()
         else:
-            AtomicInputs(**{**vars(batch), "pair_shifts": moved}).check()
+            replace(batch, pair_shifts=moved).check()
     with pytest.raises(InterfaceError, match=r"lattice_shifts \| received torch.int32"):
-        AtomicInputs(**{**vars(batch), "lattice_shifts": batch.lattice_shifts.int()}).check()
+        replace(batch, lattice_shifts=batch.lattice_shifts.int()).check()
 
 
 def test_tables_from_lattice_shifts_equal_tables_from_cartesian_shifts():
@@ -256,7 +258,7 @@ def test_table_feeds_take_the_lattice_shifts_and_rank_no_float_shifts(monkeypatc
     """The graphs' table feeds of inputs that carry lattice shifts are built on them: the same
     feeds as without them, and the float shifts are never ranked (``torch.unique``: a sort each)."""
     batch = zoo_batch_with_lattice_shifts()
-    expected = NEIGHBOR_TABLE.feeds(AtomicInputs(**{**vars(batch), "lattice_shifts": None}))
+    expected = NEIGHBOR_TABLE.feeds(replace(batch, lattice_shifts=None))
 
     def ranking_refused(*args, **kwargs):
         raise AssertionError("float shifts were ranked")

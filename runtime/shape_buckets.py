@@ -58,7 +58,8 @@ wastes at most 25 %, and a workload of many sizes compiles or captures few bucke
 NEIGHBOR_STEPS_PER_DOUBLING = 8
 """Table widths above :data:`FINE_BUCKETS_FROM`: 64, 72, 80, 88, ... Padding wastes at most 12.5 %
 of every row, and a workload's widest row varies little: water within 5 Å has rows of 54 pairs on
-average and 65 at most in 98,304 atoms, so 72 slots instead of 80 (10 % fewer slots, time and memory)."""
+average and 65 at most in 98,304 atoms, so 72 slots instead of 80 (10 % fewer slots; on the H200 the
+FP16 body's call 115 -> 108 ms, 39.0 -> 35.2 GiB: ``bench/results/2026-12-01-h200-table-build``)."""
 
 
 def bucket_size(size: int, size_range: SizeRange, steps_per_doubling: int = ATOM_STEPS_PER_DOUBLING) -> int:

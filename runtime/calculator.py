@@ -263,11 +263,12 @@ def _structure_results(
 ) -> list[dict[str, float | np.ndarray]]:
     """Backend outputs (energy [B], forces [N, 3], virial [B, 3, 3]) as ASE results per structure."""
     energies, forces, virials = (_float64(outputs[name]) for name in ("energy", "forces", "virial"))
-    atom_offsets = np.cumsum([0] + [len(atoms) for atoms in structures])
     results = []
+    end = 0
     for index, atoms in enumerate(structures):
+        start, end = end, end + len(atoms)
         energy = float(energies[index])
-        result = {"energy": energy, "free_energy": energy, "forces": forces[atom_offsets[index] : atom_offsets[index + 1]]}
+        result = {"energy": energy, "free_energy": energy, "forces": forces[start:end]}
         if atoms.pbc.all():
             stress = -virials[index] / atoms.get_volume()
             result["stress"] = full_3x3_to_voigt_6_stress(0.5 * (stress + stress.T))

@@ -169,7 +169,7 @@ class DeviceFeeds:
         self.device = device
         self._tables: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self._molecule_feeds: dict[tuple[int, bytes], dict[str, torch.Tensor]] = {}
-        self._staging: dict[int, torch.Tensor] = {}
+        self._staging: dict[int, tuple[torch.Tensor, np.ndarray]] = {}  # per bucket: the buffer and its values
         self._batch_table: tuple[tuple[int, ...], dict[str, torch.Tensor]] | None = None
         self._search = None
         if has_vesin_torch():
@@ -179,7 +179,7 @@ class DeviceFeeds:
 
     def __call__(self, atoms: Atoms) -> dict[str, torch.Tensor] | None:
         if self.takes_dense(atoms):
-            return self._dense(atoms)
+            return self.dense(atoms)
         inputs = self.search(atoms)
         return None if inputs is None else table_feeds(inputs, self.device, self.padding_species)
 
@@ -210,17 +210,19 @@ class DeviceFeeds:
         """``positions`` [n, 3] padded with zero rows to ``bucket_atoms``, float32 on the host: a
         reused pinned buffer on CUDA (the consumer copies it straight into its own device buffer),
         a new tensor on the CPU."""
-        staging = self._staging.get(bucket_atoms)
-        if staging is None:
-            pinned = self.device.type == "cuda"
-            staging = self._staging[bucket_atoms] = torch.zeros((bucket_atoms, 3), pin_memory=pinned)
-        staging.numpy()[: len(positions)] = positions
-        staging.numpy()[len(positions) :] = 0.0
+        staged = self._staging.get(bucket_atoms)
+        if staged is None:
+            staging = torch.zeros((bucket_atoms, 3), pin_memory=self.device.type == "cuda")
+            staged = self._staging[bucket_atoms] = (staging, staging.numpy())
+        staging, values = staged
+        values[: len(positions)] = positions
+        values[len(positions) :] = 0.0
         return staging if self.device.type == "cuda" else staging.clone()
 
-    def _dense(self, atoms: Atoms) -> dict[str, torch.Tensor]:
-        """A molecule's feeds: on CUDA the same dict for the same elements (its positions are the
-        bucket's staging buffer, rewritten in place), a new dict on the CPU."""
+    def dense(self, atoms: Atoms) -> dict[str, torch.Tensor]:
+        """The every-atom feeds of a molecule that :meth:`takes_dense`: on CUDA the same dict for
+        the same elements (its positions are the bucket's staging buffer, rewritten in place), a
+        new dict on the CPU."""
         num_atoms = len(atoms)
         bucket_atoms = bucket_size(num_atoms, UNBOUNDED.atoms)
         positions = self._staged_positions(atoms.positions, bucket_atoms)

@@ -76,7 +76,7 @@ class PaddedTableBackend:
         if self.device_feeds is None:
             return None
         if self.device_feeds.takes_dense(atoms):
-            return self._launch(self.device_feeds(atoms), len(atoms), 1)
+            return self._launch(self.device_feeds.dense(atoms), len(atoms), 1)
         inputs = self.device_feeds.search(atoms)
         if inputs is None:
             return None

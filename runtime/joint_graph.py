@@ -86,17 +86,15 @@ class SkippedGemmCandidates(logging.Filter):
 
 
 class _CapturedBucket:
-    """One bucket's CUDA graph with its static input and output buffers. Positions given on the
-    host (a small molecule's pinned staging buffer) are copied to the device by the graph itself,
-    as its first node (:class:`StaticFeeds` ``staged_on_host``); the graph also measures the
-    structure's closest pair with ``closest_call`` (``"closest_distance"``: the GPU path's sanity
-    check, no extra launch) and ends by copying every output into one pinned host buffer
+    """One bucket's CUDA graph with its static input and output buffers. The graph also measures
+    the structure's closest pair with ``closest_call`` (``"closest_distance"``: the GPU path's
+    sanity check, no extra launch) and ends by copying every output into one pinned host buffer
     (:meth:`launch`: no copy, slicing or concatenation launched per call). It is captured once per
     BLAS library and the fastest kept (:mod:`~mlff_export.runtime.blas_choice`; ``blas`` says
     which and every library's replay time)."""
 
     def __init__(self, graph_call: Callable, feeds: dict[str, torch.Tensor], device: torch.device, closest_call: Callable = closest_distance):
-        self.inputs = StaticFeeds(feeds, device, staged_on_host=("positions",) if positions_on_host(feeds) else ())
+        self.inputs = StaticFeeds(feeds, device)
         arguments = tuple(self.inputs.buffers.values())
         num_atoms, _, num_structures = table_sizes(self.inputs.buffers)
         self.padded_sizes = (num_structures, num_atoms)
@@ -105,7 +103,6 @@ class _CapturedBucket:
         self._done = torch.cuda.Event()
 
         def body() -> dict[str, torch.Tensor]:
-            self.inputs.copy_staged()
             outputs = dict(zip(OUTPUT_NAMES, graph_call(*arguments)))
             outputs["closest_distance"] = closest_call(self.inputs.buffers)
             self.host_outputs.copy_(packed_outputs(outputs), non_blocking=True)
@@ -145,11 +142,6 @@ class _CapturedBucket:
             return unpacked_outputs(self._host_values, num_atoms, num_structures, padded_atoms, padded_structures)
 
         return finish
-
-
-def positions_on_host(feeds: dict[str, torch.Tensor]) -> bool:
-    """Whether the positions of ``feeds`` are on the host (then a captured graph copies them over itself)."""
-    return feeds["positions"].device.type == "cpu"
 
 
 def inductor_options(inductor_mode: str, half_body: bool = False) -> dict[str, object]:
@@ -320,12 +312,11 @@ class JointGraphBackend(PaddedTableBackend):
         num_atoms, width, _ = table_sizes(feeds)
         if not self.capture or num_atoms * width > CAPTURE_MAX_PAIR_SLOTS:
             return None
-        shapes = tuple(tuple(tensor.shape) for tensor in feeds.values())
-        key = (shapes, positions_on_host(feeds))  # host positions: the graph copies them itself
+        key = tuple(tuple(tensor.shape) for tensor in feeds.values())
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = _CapturedBucket(self.call, feeds, self.device, self.closest_call)
-            self.bucket_ran(shapes)
+            self.bucket_ran(key)
         return bucket
 
     def bucket_ran(self, bucket: tuple) -> None:

@@ -180,23 +180,6 @@ def test_static_feeds_copy_new_tensors_and_skip_the_ones_already_loaded():
     assert torch.equal(static.buffers["cached"], torch.arange(4.0)), "a new tensor object is copied"
 
 
-def test_host_staged_inputs_reach_the_device_buffer_only_through_the_graphs_own_copy():
-    """A captured graph copies host-staged positions itself: ``load`` only fills the host buffer
-    (a later change to the caller's tensor does not reach it), ``copy_staged`` fills the device one."""
-    cached = torch.arange(4.0)
-    static = StaticFeeds({"positions": torch.zeros(4, 3), "cached": cached}, CPU, staged_on_host=("positions",))
-    new_positions = torch.rand(4, 3)
-    static.load({"positions": new_positions, "cached": cached})
-    assert torch.equal(static.host_buffers["positions"], new_positions)
-    assert (static.buffers["positions"] == 0).all(), "load leaves the device buffer to the graph's copy"
-    new_positions[0, 0] = 5.0
-    static.copy_staged()
-    assert torch.equal(static.buffers["positions"][1:], new_positions[1:])
-    assert static.buffers["positions"][0, 0] != 5.0, "the staged values are the ones given at load"
-    with pytest.raises(ValueError, match="staged on the host"):
-        static.load({"positions": torch.empty(4, 3, device="meta")})
-
-
 @pytest.mark.parametrize("name", ["benzene", "triclinic", "diamond-primitive"])
 def test_closest_pair_of_a_pair_list_is_where_the_cpu_check_draws_the_line(name):
     """The device check's number for a pair list: the CPU check passes at exactly that distance

@@ -215,3 +215,104 @@ def test_packed_outputs_unpack_to_the_real_atoms_and_structures(padded):
                        ("closest_distance", outputs["closest_distance"])):
         assert got[name].dtype == np.float64
         np.testing.assert_array_equal(got[name], want.double().numpy(), err_msg=name)
+
+
+def _closest_by_numpy(atoms: Atoms, cutoff: float) -> float:
+    """The structure's shortest pair (images included) from the CPU neighbor list, in numpy."""
+    pairs = compute_pairs(atoms, cutoff)
+    centers, neighbors = pairs.pair_index
+    vectors = atoms.positions[neighbors] - atoms.positions[centers] + pairs.cartesian_shifts(atoms.cell.array)
+    return float(np.linalg.norm(vectors, axis=1).min())
+
+
+@pytest.mark.parametrize("name", ["benzene", "H2O", "triclinic", "mixed-pbc-slab"])
+def test_closest_distance_of_the_table_is_its_shortest_real_pair_images_included(name):
+    """The device sanity check's number on a padded table: padding rows sit at the origin and point
+    to themselves (0 Å), so only real slots may count; periodic images count with their shifts."""
+    from mlff_export.runtime.device_feeds import closest_distance
+
+    if name in ("triclinic", "mixed-pbc-slab") and not has_vesin_torch():
+        pytest.skip("vesin-torch is not installed (pip install vesin-torch)")
+    atoms = rattled(structure_zoo()[name], seed=7)
+    feeds = DeviceFeeds(5.0, 1, CPU)(atoms)
+    if name == "benzene":
+        assert feeds["positions"].shape[0] > len(atoms), "the table has padding rows"
+    got = closest_distance(feeds)
+    assert got.shape == (1,)
+    assert float(got[0]) == pytest.approx(_closest_by_numpy(atoms, 5.0), rel=1e-5)
+
+
+def test_closest_distance_without_a_real_pair_is_infinite():
+    from mlff_export.runtime.device_feeds import closest_distance
+
+    assert float(closest_distance(DeviceFeeds(5.0, 1, CPU)(Atoms("H", positions=[[0.0, 0.0, 0.0]])))[0]) == np.inf
+
+
+@pytest.mark.parametrize("structure", ["no pair", "one pair", "benzene"])
+def test_closest_pair_distance_of_a_pair_list_counts_every_pair(structure):
+    from mlff_export.runtime.device_feeds import closest_pair_distance
+
+    atoms = {"no pair": Atoms("H2", positions=[[0, 0, 0], [0, 0, 6.0]]), "one pair": Atoms("H", positions=[[0, 0, 0]]) + Atoms(
+        "H", positions=[[0, 0, 0.74]]), "benzene": rattled(molecule("C6H6"), seed=2)}[structure]
+    inputs = batch_inputs([atoms], [compute_pairs(atoms, 5.0)])
+    got = closest_pair_distance(inputs)
+    assert got.shape == (1,)
+    want = np.inf if structure == "no pair" else _closest_by_numpy(atoms, 5.0)
+    assert float(got[0]) == pytest.approx(want, rel=1e-6)
+
+
+def test_small_molecules_take_the_every_atom_table_up_to_its_size_limit():
+    chain = Atoms("C" * DENSE_MAX_ATOMS, positions=[[1.4 * i, 0.0, 0.0] for i in range(DENSE_MAX_ATOMS)])
+    longer = chain + Atoms("C", positions=[[1.4 * DENSE_MAX_ATOMS, 0.0, 0.0]])
+    assert DeviceFeeds.takes_dense(chain) and not DeviceFeeds.takes_dense(longer)
+    assert not DeviceFeeds.takes_dense(structure_zoo()["mixed-pbc-slab"]), "periodic in any direction: searched"
+
+
+def test_feeds_on_the_cpu_are_new_tensors_with_the_new_positions_and_zero_padding():
+    """On the CPU every call gives its own positions (the staging buffer is reused: a copy leaves
+    it), the current ones for a molecule seen before, padded with zero rows."""
+    device_feeds = DeviceFeeds(5.0, 1, CPU)
+    first_atoms = molecule("CH4")
+    first = device_feeds(first_atoms)
+    moved = first_atoms.copy()
+    moved.positions += 0.1
+    second = device_feeds(moved)
+    device_feeds(molecule("NH3"))
+    np.testing.assert_allclose(first["positions"][:5].numpy(), first_atoms.positions, rtol=1e-6)
+    np.testing.assert_allclose(second["positions"][:5].numpy(), moved.positions, rtol=1e-6)
+    assert (first["positions"][5:] == 0).all() and first["positions"].shape[0] > 5
+
+
+def test_every_atom_tables_refuse_impossible_sizes_and_keep_two_zero_cells():
+    for num_atoms, bucket_atoms in ((0, 16), (17, 16), (1, 1)):
+        with pytest.raises(ValueError, match="num_atoms"):
+            dense_molecule_table(num_atoms, bucket_atoms, CPU)
+    table = dense_molecule_table(2, 2, CPU)
+    assert table["neighbor_index"].tolist() == [[1], [0]]
+    cells = dense_molecule_table(3, 4, CPU)["cell"]
+    assert cells.shape == (2, 3, 3) and (cells == 0).all(), "the molecule's and the padding's structure, no cell"
+    for sizes in ((), (0, 2)):
+        with pytest.raises(ValueError, match="at least one molecule"):
+            dense_batch_table(sizes, 1, CPU)
+    assert dense_batch_table((33,), 1, CPU)["neighbor_index"].shape[1] == 32, "32 other atoms: no wider bucket"
+
+
+def test_a_repeated_batch_reuses_its_table_and_a_new_one_gets_its_own():
+    device_feeds = DeviceFeeds(5.0, 1, CPU)
+    small_first = [molecule("H2O"), molecule("C2H6")]
+    first = device_feeds.batch(small_first)
+    assert device_feeds.batch(small_first)["neighbor_index"] is first["neighbor_index"], "same sizes: the same table"
+    swapped = device_feeds.batch(small_first[::-1])
+    expected = dense_batch_table((8, 3), 1, CPU)
+    for name, tensor in expected.items():
+        assert torch.equal(swapped[name], tensor), name
+
+
+@pytest.mark.skipif(not has_vesin_torch(), reason="vesin-torch is not installed (pip install vesin-torch)")
+def test_the_device_search_of_a_molecule_gives_its_pairs_and_no_cell():
+    atoms = rattled(molecule("C6H6"), seed=5)
+    inputs = DeviceFeeds(5.0, 1, CPU).search(atoms)
+    inputs.check()
+    assert inputs.cell.shape == (1, 3, 3) and (inputs.cell == 0).all()
+    assert inputs.num_pairs == compute_pairs(atoms, 5.0).pair_index.shape[1]
+    assert (inputs.lattice_shifts == 0).all()

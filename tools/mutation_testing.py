@@ -65,6 +65,7 @@ MODULES = {
     "mlff_export/validation/validate.py": "tests/test_validation_validate.py tests/test_validate.py",
     "export/table_rewrite.py": "tests/test_bring_your_own_model.py -k 'scatter_free or matches_the_modules or cannot'",
     "runtime/traced_graphs.py": "tests/test_traced_graphs.py",
+    "runtime/device_feeds.py": "tests/test_device_feeds.py",
 }
 """Module -> the pytest selection each of its mutants runs (arguments after ``pytest``)."""
 

@@ -34,8 +34,13 @@ from mlff_export.runtime.compile_cache import CompileCacheKey, keep_with_manifes
 
 
 FORMAT = "mlff-export-aot-package/1"
-INDUCTOR_CONFIGS = {"default": {}, "reduce-overhead": {}, "max-autotune": {"max_autotune": True}}
-"""Inductor options of the package per compile mode (CUDA graphs are ours, per bucket, in every mode)."""
+INDUCTOR_CONFIGS = {"default": {}, "reduce-overhead": {}, "max-autotune": {"max_autotune_gemm": True}}
+"""Inductor options per compile mode, of ``torch.compile`` and of the package alike (CUDA graphs are
+ours, per bucket). ``max-autotune`` autotunes the GEMMs only, not Inductor's ``max-autotune`` mode
+(which adds autotuning of every fused kernel and coordinate-descent tuning). On the H200 the GEMMs
+alone gave the fastest benzene graph of the options tried (replay 156 µs; 180 µs with default
+options or with coordinate-descent tuning alone) and a first compile of 133 s where the whole mode
+took 206 s (``bench/results/2026-12-01-h200-kernels-memory``, ``bench/results/2026-12-01-h200-autotune-memory``)."""
 
 
 def aot_key(key: CompileCacheKey) -> CompileCacheKey:

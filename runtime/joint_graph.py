@@ -9,7 +9,8 @@ a handful of shapes are ever compiled or captured.
 
 * :class:`CompiledBackend`: ``torch.compile`` (Inductor) of the graph, usually compiled twice
   (static sizes for the first bucket, symbolic sizes for all others); modes ``reduce-overhead``
-  and ``max-autotune`` also capture each bucket as a CUDA graph;
+  and ``max-autotune`` also capture each bucket as a CUDA graph (``max-autotune`` also times
+  candidate kernels for each GEMM);
 * :class:`CudaGraphBackend`: the graph as traced, captured once per bucket with
   ``torch.cuda.CUDAGraph`` and replayed (no compilation: ready in a second).
 
@@ -40,7 +41,7 @@ from mlff_export.export.precision import model_for_precision
 from mlff_export.forces import has_pair_energy
 from mlff_export.interface import OUTPUT_NAMES, AtomicInputs
 from mlff_export.memory import MemoryBudget, model_bytes_per_pair
-from mlff_export.runtime.aot_package import AotPackage
+from mlff_export.runtime.aot_package import INDUCTOR_CONFIGS, AotPackage
 from mlff_export.runtime.blas_choice import capture_fastest
 from mlff_export.runtime.compile_cache import CompileCache, CompileCacheKey
 from mlff_export.runtime.device_feeds import PAIRS_BUILT_ON_DEVICE, closest_distance, closest_pair_distance, on_device
@@ -52,12 +53,9 @@ from mlff_export.runtime.traced_graphs import TracedGraphKey, TracedGraphStore
 
 logger = logging.getLogger("mlff_export")
 
-# Our mode name -> (Inductor mode, whether we capture a CUDA graph per bucket).
-COMPILE_MODES = {
-    "default": ("default", False),
-    "reduce-overhead": ("default", True),
-    "max-autotune": ("max-autotune-no-cudagraphs", True),
-}
+COMPILE_MODES = {"default": False, "reduce-overhead": True, "max-autotune": True}
+"""Our compile modes -> whether each bucket is captured as a CUDA graph; their Inductor options:
+:data:`~mlff_export.runtime.aot_package.INDUCTOR_CONFIGS`."""
 QUIET_AUTOTUNING = {"autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
 """Inductor options that keep its autotuning tables (every GEMM's candidates, written to stderr:
 ~500 lines for one ``validate`` on the H200) out of a calculator's output."""
@@ -144,13 +142,13 @@ class _CapturedBucket:
         return finish
 
 
-def inductor_options(inductor_mode: str, half_body: bool = False) -> dict[str, object]:
-    """The options of Inductor's ``inductor_mode`` (what ``torch.compile(mode=...)`` applies), with
-    :data:`QUIET_AUTOTUNING` where the mode autotunes, unless the user set
+def inductor_options(mode: str, half_body: bool = False) -> dict[str, object]:
+    """The Inductor options of our compile ``mode`` (:data:`~mlff_export.runtime.aot_package.INDUCTOR_CONFIGS`),
+    with :data:`QUIET_AUTOTUNING` where the mode autotunes, unless the user set
     ``TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED``, and :data:`HALF_ARITHMETIC` for a
     ``half_body`` graph; options this torch lacks are left out."""
-    options = dict(torch._inductor.list_mode_options(inductor_mode))
-    if options.get("max_autotune") and INDUCTOR_AUTOTUNING_OUTPUT not in os.environ:
+    options = dict(INDUCTOR_CONFIGS[mode])
+    if options.get("max_autotune_gemm") and INDUCTOR_AUTOTUNING_OUTPUT not in os.environ:
         options |= {name: value for name, value in QUIET_AUTOTUNING.items() if hasattr(torch._inductor.config, name)}
     if half_body and hasattr(torch._inductor.config.triton, "codegen_upcast_to_fp32"):
         options |= HALF_ARITHMETIC
@@ -357,11 +355,9 @@ class CompiledBackend(JointGraphBackend):
         ``None``: nowhere but Inductor's own cache)."""
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {list(COMPILE_MODES)}, got {mode!r}")
-        inductor_mode, capture = COMPILE_MODES[mode]
-        super().__init__(model, device, capture=capture, memory=memory, precision=precision, cache_folder=cache_folder)
+        super().__init__(model, device, capture=COMPILE_MODES[mode], memory=memory, precision=precision, cache_folder=cache_folder)
         self.name = "compile" if mode == "default" else f"compile-{mode}"
         self.mode = mode
-        self.inductor_mode = inductor_mode
         self.compile_cache: CompileCache | None = None
         self.aot_package: AotPackage | None = None
         package = None
@@ -389,7 +385,7 @@ class CompiledBackend(JointGraphBackend):
             self.compile_cache.add(bucket)
 
     def compiled(self, graph: torch.fx.GraphModule) -> Callable:
-        options = inductor_options(self.inductor_mode, has_half_body(self.model, self.precision))
+        options = inductor_options(self.mode, has_half_body(self.model, self.precision))
         return torch.compile(with_numel_as_method(graph), options=options, fullgraph=True, dynamic=None)
 
 

@@ -97,6 +97,19 @@ def test_the_key_changes_with_everything_a_kernel_depends_on():
         assert other.digest != key.digest, what
 
 
+def test_a_gpu_is_keyed_by_its_model_and_compute_capability(monkeypatch):
+    """Kernels compiled for one GPU model never serve another, nor the CPU. The GPU's properties
+    come from a fake (``fake_h200_properties``: this machine has no CUDA); what is tested is our naming."""
+    from types import SimpleNamespace
+
+    from mlff_export.runtime.compile_cache import device_model
+
+    fake_h200_properties = SimpleNamespace(name="NVIDIA H200", major=9, minor=0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: fake_h200_properties)
+    assert device_model(torch.device("cuda")) == "NVIDIA H200 sm_90"
+    assert device_model(torch.device("cpu")).startswith("cpu ")
+
+
 def test_one_weight_moved_by_one_float32_step_changes_the_fingerprint():
     graph = tiny_graph()
     before = graph_fingerprint(graph)
@@ -142,6 +155,20 @@ def test_a_damaged_or_unsafe_cache_is_not_used(tmp_path, caplog, spoil, reason):
     assert reason in caplog.text
 
 
+@pytest.mark.parametrize("offset", [1, -1], ids=["owner-below-us", "owner-above-us"])
+def test_a_cache_owned_by_another_user_is_not_used(tmp_path, caplog, monkeypatch, offset):
+    """Files this user did not write (their owner's uid below or above ours: here, by making this
+    process's uid look different) hold code that someone else chose."""
+    import mlff_export.runtime.compile_cache as compile_cache
+
+    stored_cache(tmp_path, KEY)
+    real_uid = os.getuid()
+    monkeypatch.setattr(compile_cache.os, "getuid", lambda: real_uid + offset)
+    with caplog.at_level(logging.WARNING, logger="mlff_export"):
+        assert CompileCache(tmp_path, KEY).load() == 0
+    assert "not owned by this user" in caplog.text
+
+
 def test_a_payload_torch_cannot_read_is_not_used(tmp_path, caplog):
     stored_cache(tmp_path, KEY, payload=b"not what save_cache_artifacts writes")
     with caplog.at_level(logging.WARNING, logger="mlff_export"):
@@ -157,6 +184,68 @@ def test_a_manifest_made_for_another_key_is_not_used(tmp_path, caplog, field):
     with caplog.at_level(logging.WARNING, logger="mlff_export"):
         assert CompileCache(tmp_path, KEY).load() == 0
     assert "made for another" in caplog.text
+
+
+def test_a_manifest_of_another_format_is_not_used(tmp_path, caplog):
+    """A manifest written by a newer (or older) mlff-export's cache format, under this key's folder."""
+    for index, other_format in enumerate(("mlff-export-compile-cache/2", "mlff-export-compile-cache/0")):
+        folder = tmp_path / str(index)
+        folder.mkdir()
+        stored_cache(folder, KEY, format=other_format)
+        with caplog.at_level(logging.WARNING, logger="mlff_export"):
+            assert CompileCache(folder, KEY).load() == 0, other_format
+    assert caplog.text.count("made for another") == 2
+
+
+def test_the_cache_folder_is_the_users_choice_then_xdgs_then_home(tmp_path, monkeypatch):
+    from mlff_export.runtime.compile_cache import CACHE_ENV, default_cache_folder
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv(CACHE_ENV, "~/my-kernels")
+    assert default_cache_folder() == tmp_path / "home" / "my-kernels"
+    monkeypatch.setenv(CACHE_ENV, "")  # set but empty: as if unset
+    assert default_cache_folder() == tmp_path / "xdg" / "mlff-export" / "compiled"
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_folder() == tmp_path / "home" / ".cache" / "mlff-export" / "compiled"
+
+
+def test_every_bucket_a_process_ran_is_listed_beside_a_payload(tmp_path, caplog):
+    """In one process, three buckets (two compiles, then the symbolic-size kernels again): the
+    folder (private) holds one payload per compile, every manifest beside its payload (private),
+    and a cache opened afresh on the folder loads every file and lists all three buckets, nothing
+    refused; files it cannot use, sorted before the good ones, are refused one by one and the
+    rest still load."""
+    from mlff_export.bench.workloads import small_molecule_batch
+
+    torch.manual_seed(0)
+    model = PaiNN(PaiNNConfig(num_features=8, num_interactions=1, num_radial=4, cutoff=4.0)).eval()
+    calc = load_calculator(model, backend="compile", compile_cache=tmp_path)
+    for size in (1, 6, 20):
+        calc.predict(small_molecule_batch(size, seed=size))
+    cache = calc.backend.compile_cache
+    assert len(cache.buckets) == 3
+    payloads = sorted(cache.folder.glob("*.bin"))
+    assert len(payloads) == 2 and sorted(cache.folder.glob("*.json")) == [path.with_suffix(".json") for path in payloads]
+    with caplog.at_level(logging.WARNING, logger="mlff_export"):
+        reopened = CompileCache(tmp_path, cache.key)
+        assert reopened.load() == 2
+    assert sorted(reopened.buckets) == sorted(cache.buckets) and "not used" not in caplog.text
+    assert oct(cache.folder.stat().st_mode & 0o777) == oct(0o700)
+    assert {oct(path.stat().st_mode & 0o777) for path in cache.folder.iterdir()} == {oct(0o600)}
+
+    manifest = json.loads(sorted(cache.folder.glob("*.json"))[0].read_text())
+    for name, payload in (("0-edited", b"edited"), ("0-unreadable", b"not what save_cache_artifacts writes")):
+        (cache.folder / f"{name}.bin").write_bytes(payload)
+        sha256 = hashlib.sha256(payload).hexdigest() if name == "0-unreadable" else manifest["payload_sha256"]
+        (cache.folder / f"{name}.json").write_text(json.dumps({**manifest, "payload_sha256": sha256}))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mlff_export"):
+        reopened = CompileCache(tmp_path, cache.key)
+        assert reopened.load() == 2
+    assert sorted(reopened.buckets) == sorted(cache.buckets)
+    assert caplog.text.count("not used") == 2 and "does not match the SHA-256" in caplog.text and "cannot read its payload" in caplog.text
 
 
 @pytest.mark.slow

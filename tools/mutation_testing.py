@@ -66,6 +66,9 @@ MODULES = {
     "export/table_rewrite.py": "tests/test_bring_your_own_model.py -k 'scatter_free or matches_the_modules or cannot'",
     "runtime/traced_graphs.py": "tests/test_traced_graphs.py",
     "runtime/device_feeds.py": "tests/test_device_feeds.py",
+    "runtime/compile_cache.py": "tests/test_compile_cache.py tests/test_traced_graphs.py tests/test_bad_inputs.py "
+    "-k '(key or damaged or payload or manifest or compiles_twice or stored or compile_cache or compile-cache or unsafe or private) "
+    "and not new_process and not max_autotune and not half_body and not onnx'",
 }
 """Module -> the pytest selection each of its mutants runs (arguments after ``pytest``)."""
 

@@ -212,8 +212,8 @@ def test_the_cache_folder_is_the_users_choice_then_xdgs_then_home(tmp_path, monk
 
 
 def test_every_bucket_a_process_ran_is_listed_beside_a_payload(tmp_path, caplog):
-    """In one process, three buckets (two compiles, then the symbolic-size kernels again): the
-    folder (private) holds one payload per compile, every manifest beside its payload (private),
+    """In one process, three buckets (two compiles, then the symbolic-size kernels again) in a
+    cache folder not made yet: the folder (private, made with its parents) holds one payload per compile, every manifest beside its payload (private),
     and a cache opened afresh on the folder loads every file and lists all three buckets, nothing
     refused; files it cannot use, sorted before the good ones, are refused one by one and the
     rest still load."""
@@ -221,17 +221,19 @@ def test_every_bucket_a_process_ran_is_listed_beside_a_payload(tmp_path, caplog)
 
     torch.manual_seed(0)
     model = PaiNN(PaiNNConfig(num_features=8, num_interactions=1, num_radial=4, cutoff=4.0)).eval()
-    calc = load_calculator(model, backend="compile", compile_cache=tmp_path)
+    folder = tmp_path / "not" / "made" / "yet"
+    calc = load_calculator(model, backend="compile", compile_cache=folder)
     for size in (1, 6, 20):
         calc.predict(small_molecule_batch(size, seed=size))
     cache = calc.backend.compile_cache
     assert len(cache.buckets) == 3
     payloads = sorted(cache.folder.glob("*.bin"))
     assert len(payloads) == 2 and sorted(cache.folder.glob("*.json")) == [path.with_suffix(".json") for path in payloads]
-    with caplog.at_level(logging.WARNING, logger="mlff_export"):
-        reopened = CompileCache(tmp_path, cache.key)
+    with caplog.at_level(logging.INFO, logger="mlff_export"):
+        reopened = CompileCache(folder, cache.key)
         assert reopened.load() == 2
     assert sorted(reopened.buckets) == sorted(cache.buckets) and "not used" not in caplog.text
+    assert "3 buckets from 2 files" in caplog.text
     assert oct(cache.folder.stat().st_mode & 0o777) == oct(0o700)
     assert {oct(path.stat().st_mode & 0o777) for path in cache.folder.iterdir()} == {oct(0o600)}
 
@@ -242,10 +244,14 @@ def test_every_bucket_a_process_ran_is_listed_beside_a_payload(tmp_path, caplog)
         (cache.folder / f"{name}.json").write_text(json.dumps({**manifest, "payload_sha256": sha256}))
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="mlff_export"):
-        reopened = CompileCache(tmp_path, cache.key)
+        reopened = CompileCache(folder, cache.key)
         assert reopened.load() == 2
     assert sorted(reopened.buckets) == sorted(cache.buckets)
     assert caplog.text.count("not used") == 2 and "does not match the SHA-256" in caplog.text and "cannot read its payload" in caplog.text
+
+    elsewhere = CompileCache(tmp_path / "elsewhere" / "nested", cache.key)  # no traced graph made its parents
+    elsewhere.add(((16, 3),))
+    assert len(list(elsewhere.folder.glob("*.bin"))) == 1
 
 
 @pytest.mark.slow

@@ -213,10 +213,11 @@ def test_the_cache_folder_is_the_users_choice_then_xdgs_then_home(tmp_path, monk
 
 def test_every_bucket_a_process_ran_is_listed_beside_a_payload(tmp_path, caplog):
     """In one process, three buckets (two compiles, then the symbolic-size kernels again) in a
-    cache folder not made yet: the folder (private, made with its parents) holds one payload per compile, every manifest beside its payload (private),
-    and a cache opened afresh on the folder loads every file and lists all three buckets, nothing
-    refused; files it cannot use, sorted before the good ones, are refused one by one and the
-    rest still load."""
+    cache folder not made yet: the folder (private, made with its parents) holds one payload per
+    compile, every manifest beside its payload (private), and a cache opened afresh on the folder
+    loads every file and lists all three buckets, nothing refused; files it cannot use, sorted
+    before the good ones, are refused one by one and the rest still load; a cache on another
+    folder whose parents do not exist saves there too."""
     from mlff_export.bench.workloads import small_molecule_batch
 
     torch.manual_seed(0)

@@ -34,13 +34,21 @@ from mlff_export.runtime.compile_cache import CompileCacheKey, keep_with_manifes
 
 
 FORMAT = "mlff-export-aot-package/1"
-INDUCTOR_CONFIGS = {"default": {}, "reduce-overhead": {}, "max-autotune": {"max_autotune_gemm": True}}
+INDUCTOR_CONFIGS = {
+    "default": {},
+    "reduce-overhead": {},
+    "max-autotune": {"max_autotune_gemm": True, "test_configs.max_mm_configs": 4},
+}
 """Inductor options per compile mode, of ``torch.compile`` and of the package alike (CUDA graphs are
 ours, per bucket). ``max-autotune`` autotunes the GEMMs only, not Inductor's ``max-autotune`` mode
-(which adds autotuning of every fused kernel and coordinate-descent tuning). On the H200 the GEMMs
-alone gave the fastest benzene graph of the options tried (replay 156 µs; 180 µs with default
-options or with coordinate-descent tuning alone) and a first compile of 133 s where the whole mode
-took 206 s (``bench/results/2026-12-01-h200-kernels-memory``, ``bench/results/2026-12-01-h200-autotune-memory``)."""
+(which adds autotuning of every fused kernel and coordinate-descent tuning), and times at most four
+Triton candidates per GEMM besides ATen's (Inductor's list starts with the small tiles that small
+molecules need; ~15 otherwise). On the H200 the GEMMs alone gave the fastest benzene graph of the
+options tried (replay 156 µs; 180 µs with default options or with coordinate-descent tuning alone)
+and a first compile of 133 s where the whole mode took 206 s; four candidates then gave the same
+benzene speed as all of them (FP16 model call 189.4 against 190.0 µs) in a first compile of 34 s
+against 87 s (``bench/results/2026-12-01-h200-kernels-memory``, ``bench/results/2026-12-01-h200-autotune-memory``,
+``bench/results/2026-12-01-h200-autotune-candidates``)."""
 
 
 def aot_key(key: CompileCacheKey) -> CompileCacheKey:

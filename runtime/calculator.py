@@ -440,8 +440,8 @@ def load_calculator(
         backend: one of :data:`BACKENDS`; default: from the artifact (``.onnx`` -> onnxruntime,
             ``.plan`` -> tensorrt), else ``"eager"``. ``"compile"``, ``"compile-reduce-overhead"``
             and ``"compile-max-autotune"`` run the exporter's joint graph through torch.compile
-            (the last two replay one CUDA graph per shape bucket; max-autotune also searches
-            matmul kernels, minutes per bucket); ``"cuda-graphs"`` replays that graph, uncompiled,
+            (the last two replay one CUDA graph per shape bucket; max-autotune also times matmul
+            kernels for the first call's bucket, about a minute); ``"cuda-graphs"`` replays that graph, uncompiled,
             as one CUDA graph per bucket. On CUDA, every backend but eager builds a single
             structure's inputs on the GPU (small molecules: all pairs, no search; otherwise
             vesin-torch where installed), so only positions cross to the device.

@@ -25,6 +25,7 @@ through a second trace of the graph with per-atom energy weights.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Callable
@@ -335,9 +336,10 @@ class CompiledBackend(JointGraphBackend):
     fixed so far changes (Dynamo's automatic dynamic shapes, ``dynamic=None``, make symbolic only
     the sizes that changed): usually twice, as a new bucket of a varied workload changes atoms N,
     table width K and structures B at once; at most four times (N, K, B one at a time, as the
-    domains of one large structure can). Each bucket is still
-    captured as its own CUDA graph. A compile takes seconds to a minute (minutes with
-    ``max-autotune``); the compile cache keeps them for the next process.
+    domains of one large structure can). ``max-autotune`` compiles twice at most: autotuned static
+    kernels for the first bucket, default kernels with symbolic sizes for all others
+    (:class:`FirstShapesTuned`). Each bucket is still captured as its own CUDA graph. A compile
+    takes seconds to a minute; the compile cache keeps them for the next process.
     """
 
     # Inductor's fused kernels keep fewer intermediates than eager: the reference PaiNN's compiled
@@ -374,8 +376,8 @@ class CompiledBackend(JointGraphBackend):
         self.call = package if self.ahead_of_time else self.compiled(self.graph)
         if mode == "max-autotune" and not self.ahead_of_time:
             quiet_skipped_candidates()
-            logger.info("mlff-export: compile-max-autotune autotunes the GEMMs of each new input shape on its first call "
-                        "(minutes; kept in the compile cache)")
+            logger.info("mlff-export: compile-max-autotune autotunes the GEMMs for the shape bucket of its first call "
+                        "(a minute or more; kept in the compile cache); other buckets get default kernels")
         # Fused into one or two kernels (seven tiny ones uncompiled) inside each bucket's CUDA graph.
         self.closest_call = torch.compile(closest_distance, fullgraph=True)
 
@@ -385,8 +387,37 @@ class CompiledBackend(JointGraphBackend):
             self.compile_cache.add(bucket)
 
     def compiled(self, graph: torch.fx.GraphModule) -> Callable:
-        options = inductor_options(self.mode, has_half_body(self.model, self.precision))
-        return torch.compile(with_numel_as_method(graph), options=options, fullgraph=True, dynamic=None)
+        half_body = has_half_body(self.model, self.precision)
+        graph = with_numel_as_method(graph)
+        if self.mode != "max-autotune":
+            return torch.compile(graph, options=inductor_options(self.mode, half_body), fullgraph=True, dynamic=None)
+        tuned = torch.compile(graph, options=inductor_options(self.mode, half_body), fullgraph=True, dynamic=False)
+        other = torch.fx.GraphModule(graph, copy.deepcopy(graph.graph))  # its own code object: its own Dynamo cache
+        general = torch.compile(other, options=inductor_options("default", half_body), fullgraph=True, dynamic=True)
+        return FirstShapesTuned(tuned, general)
+
+
+class FirstShapesTuned:
+    """compile-max-autotune's graph: GEMM-autotuned kernels with static sizes for the shapes of its
+    first call (the bucket an MD run or a single-structure workload lives in), default kernels with
+    symbolic sizes for every other shape (one more compile, no autotuning).
+
+    Why, on the H200 (``bench/results/2026-12-01-h200-autotune-candidates``): autotuning is worth its
+    time only with static sizes; a graph autotuned with symbolic sizes ran benzene no faster than
+    reduce-overhead's default kernels, and autotuning every new bucket's static graph takes minutes each.
+    """
+
+    def __init__(self, tuned: Callable, general: Callable):
+        self.tuned = tuned
+        self.general = general
+        self.tuned_shapes: tuple | None = None
+        """The input shapes the tuned graph serves (those of the first call)."""
+
+    def __call__(self, *arguments: torch.Tensor):
+        shapes = tuple(argument.shape for argument in arguments)
+        if self.tuned_shapes is None:
+            self.tuned_shapes = shapes
+        return (self.tuned if shapes == self.tuned_shapes else self.general)(*arguments)
 
 
 def _numel(tensor: torch.Tensor) -> int:

@@ -256,24 +256,38 @@ def test_every_bucket_a_process_ran_is_listed_beside_a_payload(tmp_path, caplog)
 
 
 @pytest.mark.slow
-def test_the_compile_backend_compiles_twice_for_any_number_of_buckets(tmp_path):
+@pytest.mark.parametrize("backend", ["compile", "compile-max-autotune"])
+def test_a_compile_backend_compiles_twice_for_any_number_of_buckets(tmp_path, backend):
     """Three batches in three buckets: a static compile, a dynamic one, then no more; every
-    bucket gives the eager numbers."""
+    bucket gives the eager numbers. compile-max-autotune's static (autotuned) graph serves the
+    first bucket only, its dynamic one (default kernels) the other two."""
     from torch._dynamo.utils import counters
 
     from mlff_export.bench.workloads import small_molecule_batch
 
     torch.manual_seed(0)
     model = PaiNN(PaiNNConfig(num_features=8, num_interactions=1, num_radial=4, cutoff=4.0)).eval()
-    compiled = load_calculator(model, backend="compile", compile_cache=False)
+    compiled = load_calculator(model, backend=backend, compile_cache=False)
     eager = load_calculator(model)
+    buckets = []  # the input shapes of each graph call, as the backend runs them
+    run = compiled.backend.run
+    compiled.backend.run = lambda feeds: buckets.append(tuple(tensor.shape for tensor in feeds.values())) or run(feeds)
     before = counters["stats"]["unique_graphs"]
     for size in (1, 6, 20):
         structures = small_molecule_batch(size, seed=size)
         for want, have in zip(eager.predict(structures), compiled.predict(structures)):
             assert have["energy"] == pytest.approx(want["energy"], abs=1e-4)
             np.testing.assert_allclose(have["forces"], want["forces"], atol=1e-4)
-    assert counters["stats"]["unique_graphs"] - before == 2
+    assert counters["stats"]["unique_graphs"] - before == 2 and len(set(buckets)) == 3
+    if backend == "compile-max-autotune":  # the autotuned graph compiled once, for the first bucket alone
+        graph = compiled.backend.call
+        assert graph.tuned_shapes == buckets[0] and len(_compiled_versions(graph.tuned)) == 1
+        assert len(_compiled_versions(graph.general)) == 1
+
+
+def _compiled_versions(compiled_module) -> list:
+    """Dynamo's compiled versions (cache entries) of a ``torch.compile``-d module's forward."""
+    return torch._dynamo.eval_frame._debug_get_cache_entry_list(compiled_module._orig_mod.forward.__code__)
 
 
 def test_max_autotune_keeps_inductors_options_without_its_autotuning_tables(monkeypatch, caplog):
@@ -291,13 +305,13 @@ def test_max_autotune_keeps_inductors_options_without_its_autotuning_tables(monk
     assert options["autotune_num_choices_displayed"] == 0 and options["max_autotune_report_choices_stats"] is False
     assert inductor_options("reduce-overhead") == inductor_options("default") == {}
     monkeypatch.setenv("TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED", "10")
-    assert inductor_options("max-autotune") == {"max_autotune_gemm": True}
+    assert inductor_options("max-autotune") == {"max_autotune_gemm": True, "test_configs.max_mm_configs": 4}
 
     torch.manual_seed(0)
     model = PaiNN(PaiNNConfig(num_features=8, num_interactions=1, num_radial=4, cutoff=4.0)).eval()
     with caplog.at_level(logging.INFO, logger="mlff_export"):
         load_calculator(model, backend="compile-max-autotune", compile_cache=False)
-    assert "autotunes the GEMMs of each new input shape" in caplog.text
+    assert "autotunes the GEMMs for the shape bucket of its first call" in caplog.text
 
 
 def test_max_autotune_drops_inductors_errors_for_gemm_candidates_too_large_for_the_gpu(monkeypatch):

@@ -59,6 +59,11 @@ def small_model() -> PaiNN:
     return make_small_painn()
 
 
+def compiled_versions(compiled_module) -> list:
+    """Dynamo's compiled versions (cache entries) of a ``torch.compile``-d module's forward."""
+    return torch._dynamo.eval_frame._debug_get_cache_entry_list(compiled_module._orig_mod.forward.__code__)
+
+
 def rattled(atoms: Atoms, stdev: float = 0.05, seed: int = 1) -> Atoms:
     atoms = atoms.copy()
     atoms.rattle(stdev, seed=seed)

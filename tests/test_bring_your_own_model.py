@@ -36,7 +36,7 @@ from byom_models import (
     make_species_channel_student,
     make_student,
 )
-from conftest import make_small_painn, rattled, structure_zoo
+from conftest import compiled_versions, make_small_painn, rattled, structure_zoo
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -259,6 +259,18 @@ def test_a_sum_the_rewrite_cannot_prove_keeps_the_pair_list_and_says_why(tmp_pat
     backend = OnnxRuntimeBackend(path, intra_op_threads=4)
     assert backend.session.get_session_options().intra_op_num_threads == 1  # ScatterND(add) races otherwise
     assert_parity(backend, model, PARITY_SET, "fp32")
+
+
+@pytest.mark.slow
+def test_a_users_model_keeps_its_eager_numbers_in_both_graphs_of_compile_max_autotune():
+    """compile-max-autotune's autotuned static graph (the first bucket) and default symbolic one
+    (every other bucket) are made from any traced joint graph, not only our PaiNN's: the student
+    (index_add message passing) gives its eager numbers through each."""
+    model = make_student(seed=3)
+    backend = load_calculator(model, backend="compile-max-autotune", compile_cache=False).backend
+    assert_parity(backend, model, [ZOO["H2O"]], "fp32")
+    assert_parity(backend, model, PARITY_SET, "fp32")
+    assert len(compiled_versions(backend.call.tuned)) == 1 and len(compiled_versions(backend.call.general)) == 1
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import compiled_versions
+
 from mlff_export.export.joint_graph import trace_joint_graph
 from mlff_export.model import PaiNN, PaiNNConfig
 from mlff_export.runtime import load_calculator
@@ -281,13 +283,8 @@ def test_a_compile_backend_compiles_twice_for_any_number_of_buckets(tmp_path, ba
     assert counters["stats"]["unique_graphs"] - before == 2 and len(set(buckets)) == 3
     if backend == "compile-max-autotune":  # the autotuned graph compiled once, for the first bucket alone
         graph = compiled.backend.call
-        assert graph.tuned_shapes == buckets[0] and len(_compiled_versions(graph.tuned)) == 1
-        assert len(_compiled_versions(graph.general)) == 1
-
-
-def _compiled_versions(compiled_module) -> list:
-    """Dynamo's compiled versions (cache entries) of a ``torch.compile``-d module's forward."""
-    return torch._dynamo.eval_frame._debug_get_cache_entry_list(compiled_module._orig_mod.forward.__code__)
+        assert graph.tuned_shapes == buckets[0] and len(compiled_versions(graph.tuned)) == 1
+        assert len(compiled_versions(graph.general)) == 1
 
 
 def test_max_autotune_keeps_inductors_options_without_its_autotuning_tables(monkeypatch, caplog):

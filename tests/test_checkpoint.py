@@ -17,7 +17,7 @@ from mlff_export.model import PaiNN
 @pytest.fixture
 def saved(tmp_path):
     model = make_small_painn(seed=3)
-    return model, save_checkpoint(model, tmp_path / "small.json", extra={"note": "test"})
+    return model, save_checkpoint(model, tmp_path / "models" / "v1" / "small.json", extra={"note": "test"})  # folders made
 
 
 def test_round_trip_keeps_weights_and_buffers(saved):
@@ -75,10 +75,31 @@ def resealed(card_path, edit):
     return card_path
 
 
-def test_config_that_disagrees_with_weights_is_refused(saved):
-    card_path = resealed(saved[1], lambda card: card["config"].update(num_features=48))
-    with pytest.raises(CheckpointError, match="config and weights disagree"):
+@pytest.mark.parametrize("num_features", [48, 16], ids=["config-wider-than-the-weights", "config-narrower"])
+def test_config_that_disagrees_with_weights_is_refused(saved, num_features):
+    """Same names, other shapes (the weights are 32 features wide), in either direction."""
+    card_path = resealed(saved[1], lambda card: card["config"].update(num_features=num_features))
+    with pytest.raises(CheckpointError, match=r"config and weights disagree: \['.*: weights \(\d+"):
         load_checkpoint(card_path)
+
+
+def test_an_edited_card_is_refused_whichever_way_its_hash_moves(saved):
+    """Edits of the cutoff, not resealed, until their card hashes have fallen on both sides of the
+    recorded one (asserted; a few edits): each is refused, so no ordering of hashes passes for equality."""
+    card_path = saved[1]
+    original = card_path.read_text()
+    recorded = json.loads(original)["card_sha256"]
+    sides = set()
+    for cutoff in [4.5 + 0.1 * step for step in range(64)]:  # never the saved 4.0
+        if sides == {True, False}:
+            break
+        card = json.loads(original)
+        card["config"]["cutoff"] = cutoff
+        card_path.write_text(json.dumps(card))
+        sides.add(card_sha256(card) > recorded)
+        with pytest.raises(CheckpointError, match="edited after it was saved"):
+            load_checkpoint(card_path)
+    assert sides == {True, False}
 
 
 def test_unknown_config_key_is_refused(saved):

@@ -17,6 +17,7 @@ from mlff_export.export.engine_sidecar import (
     integrity_sha256,
     read_sidecar,
     rebuild_command,
+    runtime_cache_path,
     sidecar_path,
     write_sidecar,
 )
@@ -119,22 +120,53 @@ def test_the_integrity_hash_covers_every_field_but_itself(engine):
             assert integrity_sha256({**document, key: "changed"}) != document["integrity_sha256"], key
 
 
-def test_another_tensorrt_version_is_refused(engine):
-    assert "built with tensorrt 10.16.0, this machine has tensorrt 11.1.0" in refusal(engine, tensorrt_version="11.1.0")
+@pytest.mark.parametrize("here", ["11.1.0", "10.1.0"], ids=["newer-here", "older-here"])
+def test_another_tensorrt_version_is_refused(engine, here):
+    assert f"built with tensorrt 10.16.0, this machine has tensorrt {here}" in refusal(engine, tensorrt_version=here)
 
 
 def test_another_tensorrt_flavour_is_refused(engine):
     assert "tensorrt-rtx" in refusal(engine, tensorrt_flavour="tensorrt-rtx")
 
 
-def test_another_gpu_generation_is_refused(engine):
-    message = refusal(engine, compute_capability="9.0")
-    assert "compute capability 8.6 (NVIDIA GeForce RTX 3080 Ti), this GPU has 9.0" in message
+@pytest.mark.parametrize("here", ["9.0", "8.0"], ids=["newer-here", "older-here"])
+def test_another_gpu_generation_is_refused(engine, here):
+    message = refusal(engine, compute_capability=here)
+    assert f"compute capability 8.6 (NVIDIA GeForce RTX 3080 Ti), this GPU has {here}" in message
 
 
-def test_another_interface_version_is_refused(engine):
-    write_sidecar(engine, dataclasses.replace(read_sidecar(engine), interface_version="0"))  # a consistent sidecar
-    assert "interface version '0'" in refusal(engine)
+@pytest.mark.parametrize("built_for", ["0", "2"], ids=["older-engine", "newer-engine"])
+def test_another_interface_version_is_refused(engine, built_for):
+    write_sidecar(engine, dataclasses.replace(read_sidecar(engine), interface_version=built_for))  # a consistent sidecar
+    assert f"interface version '{built_for}'" in refusal(engine)
+
+
+def test_a_sealed_sidecar_with_a_field_we_do_not_know_is_refused(engine):
+    """A sidecar of a later mlff-export (or a tool) with an extra field, hash recomputed: refused
+    with the rebuild hint, not a TypeError."""
+    path = sidecar_path(engine)
+    document = {**json.loads(path.read_text()), "sparsity": True}
+    document["integrity_sha256"] = integrity_sha256(document)
+    path.write_text(json.dumps(document))
+    with pytest.raises(EngineMismatchError, match=r"unexpected fields .*sparsity.*; rebuild the engine"):
+        check_engine(engine, **HERE)
+
+
+def test_a_sidecar_reformatted_by_a_tool_still_loads(engine):
+    """The integrity hash is over canonical JSON: key order and indentation may change."""
+    path = sidecar_path(engine)
+    document = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(reversed(list(document.items())))))
+    assert check_engine(engine, **HERE).cutoff == 5.0
+
+
+def test_a_sidecar_cannot_record_a_non_finite_number(engine):
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        write_sidecar(engine, dataclasses.replace(read_sidecar(engine), cutoff=float("nan")))
+
+
+def test_the_runtime_cache_sits_beside_the_plan(tmp_path):
+    assert runtime_cache_path(tmp_path / "painn.plan") == tmp_path / "painn.plan.runtime-cache"
 
 
 def test_a_sidecar_of_the_first_format_is_refused_with_the_rebuild_hint(engine):

@@ -66,6 +66,8 @@ MODULES = {
     "export/table_rewrite.py": "tests/test_bring_your_own_model.py -k 'scatter_free or matches_the_modules or cannot'",
     "runtime/traced_graphs.py": "tests/test_traced_graphs.py",
     "mlff_export/checkpoint.py": "tests/test_checkpoint.py tests/test_bad_inputs.py -k 'test_checkpoint or card'",
+    "export/engine_sidecar.py": "tests/test_engine_sidecar.py tests/test_bad_inputs.py tests/test_engine_runtime.py "
+    "-k '(test_engine_sidecar or engine or test_engine_runtime) and not tampered'",
     "runtime/device_feeds.py": "tests/test_device_feeds.py",
     "runtime/compile_cache.py": "tests/test_compile_cache.py tests/test_traced_graphs.py tests/test_bad_inputs.py "
     "-k '(key or damaged or payload or manifest or compiles_twice or stored or compile_cache or compile-cache or unsafe or private) "

@@ -57,9 +57,9 @@ def _cgroup_free_bytes() -> int | None:
     try:
         limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
         used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        return None if limit == "max" else int(limit) - used
     except (OSError, ValueError):
         return None
-    return None if limit == "max" else int(limit) - used
 
 
 def free_host_bytes() -> int:

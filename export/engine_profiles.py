@@ -54,9 +54,6 @@ class SizeRange:
     def __str__(self) -> str:
         return f"{self.minimum}:{self.optimum}:{self.maximum}"
 
-    def __contains__(self, size: int) -> bool:
-        return self.minimum <= size <= self.maximum
-
 
 @dataclass(frozen=True)
 class ShapeProfile:

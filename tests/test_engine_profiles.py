@@ -44,7 +44,7 @@ def test_size_range_round_trips_through_its_text():
     assert str(SizeRange.parse("2:8:64", "atoms")) == "2:8:64"
 
 
-@pytest.mark.parametrize("text", ["1:32", "a:b:c", "0:1:2", "4:2:8", "1:9:8", ""])
+@pytest.mark.parametrize("text", ["1:32", "1:2:3:4", "a:b:c", "0:1:2", "4:2:8", "1:9:8", ""])
 def test_bad_ranges_name_the_field_and_the_expected_form(text):
     with pytest.raises(ProfileSpecError, match=r"custom\.atoms \| received .* \| expected"):
         profile_from_ranges(text, "1:1:1", "1:1:2")
@@ -75,5 +75,12 @@ def test_spec_file_errors(tmp_path):
         load_profiles(write_spec(tmp_path, {"a": {}}, version=2))
     with pytest.raises(ProfileSpecError, match=r"missing \['structures'\], unknown \['pairs'\]"):
         load_profiles(write_spec(tmp_path, {"a": {"atoms": "1:1:1", "neighbors": "1:1:1", "pairs": "1:1:1"}}))
+    with pytest.raises(ProfileSpecError, match=r"missing \[\], unknown \['pairs'\]"):  # every size given, one too many
+        load_profiles(write_spec(tmp_path, {"a": {"atoms": "1:1:1", "neighbors": "1:1:1", "structures": "1:1:1", "pairs": "1"}}))
+    with pytest.raises(ProfileSpecError, match=r"missing \['atoms'\], unknown \[\]"):
+        load_profiles(write_spec(tmp_path, {"a": {"neighbors": "1:1:1", "structures": "1:1:1", "description": "no atoms"}}))
+    for empty in ({}, ["a"]):
+        with pytest.raises(ProfileSpecError, match='expected a non-empty "profiles" object'):
+            load_profiles(write_spec(tmp_path, empty))
     with pytest.raises(ProfileSpecError, match=r"profiles.json: a.neighbors \| received '8:4:2'"):
         load_profiles(write_spec(tmp_path, {"a": {"atoms": "1:1:1", "neighbors": "8:4:2", "structures": "1:1:2"}}))

@@ -70,6 +70,8 @@ MODULES = {
     "-k '(test_engine_sidecar or engine or test_engine_runtime) and not tampered'",
     "mlff_export/memory.py": "tests/test_memory.py tests/test_domain_splitting.py tests/test_neighbor_search_limits.py "
     "tests/test_bad_inputs.py -k 'test_memory or memory or fit or domain or allocator or halved or limit'",
+    "export/engine_profiles.py": "tests/test_engine_profiles.py tests/test_engine_shape_buckets.py tests/test_bad_inputs.py "
+    "-k 'test_engine_profiles or test_engine_shape_buckets or profile'",
     "runtime/device_feeds.py": "tests/test_device_feeds.py",
     "runtime/compile_cache.py": "tests/test_compile_cache.py tests/test_traced_graphs.py tests/test_bad_inputs.py "
     "-k '(key or damaged or payload or manifest or compiles_twice or stored or compile_cache or compile-cache or unsafe or private) "

@@ -389,9 +389,10 @@ class CompiledBackend(JointGraphBackend):
     def compiled(self, graph: torch.fx.GraphModule) -> Callable:
         half_body = has_half_body(self.model, self.precision)
         graph = with_numel_as_method(graph)
+        options = inductor_options(self.mode, half_body)
         if self.mode != "max-autotune":
-            return torch.compile(graph, options=inductor_options(self.mode, half_body), fullgraph=True, dynamic=None)
-        tuned = torch.compile(graph, options=inductor_options(self.mode, half_body), fullgraph=True, dynamic=False)
+            return torch.compile(graph, options=options, fullgraph=True, dynamic=None)
+        tuned = torch.compile(graph, options=options, fullgraph=True, dynamic=False)
         other = torch.fx.GraphModule(graph, copy.deepcopy(graph.graph))  # its own code object: its own Dynamo cache
         general = torch.compile(other, options=inductor_options("default", half_body), fullgraph=True, dynamic=True)
         return FirstShapesTuned(tuned, general)

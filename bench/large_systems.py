@@ -12,7 +12,8 @@ eager FP32 on the same structure. Writes ``DIR/large_systems.jsonl`` (a line per
 measured) and ``DIR/large_systems.json`` (rows, the 100k/10k and 1M/100k time ratios, the FP32/FP16
 time ratio per size, environment). With ``--profile``, one more call per row runs under
 torch.profiler: ``DIR/profile-<backend>-<precision>-<atoms>.txt`` lists the 25 operations with the
-most GPU time and the 25 with the most CPU time of their own (neighbor search, table, model, checks).
+most GPU time and the 25 with the most CPU time of their own (neighbor search, table, model, checks),
+and ``profile-...trace.json.gz`` is that call's timeline (open it in Perfetto or ``chrome://tracing``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from mlff_export.runtime import load_calculator
 
 def write_profile(atoms, path: Path) -> None:
     """One more call on a moved geometry under torch.profiler: the operations with the most GPU
-    time, then those with the most CPU time of their own, as tables in ``path``."""
+    time, then those with the most CPU time of their own, as tables in ``path``; the call's
+    timeline (CPU and GPU, where either waits) as a Chrome trace beside it (``.trace.json.gz``)."""
     from torch.profiler import ProfilerActivity, profile
 
     atoms.positions[0, 0] += 1e-4
@@ -46,6 +48,7 @@ def write_profile(atoms, path: Path) -> None:
         torch.cuda.synchronize()
     averages = profiler.key_averages()
     path.write_text(f"{averages.table(sort_by='device_time_total', row_limit=25)}\n{averages.table(sort_by='self_cpu_time_total', row_limit=25)}\n")
+    profiler.export_chrome_trace(str(path.with_suffix(".trace.json.gz")))
 
 
 def measure(backend: str, atoms, repeats: int, reference: dict | None, precision: str = "fp32", memory_limit_gb: float | None = None,
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parity-up-to", type=int, default=100_000, help="compare with eager FP32 up to this many atoms")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-limit-gb", type=float, help="memory a call may take (domains below it; default: 80%% of the free memory)")
-    parser.add_argument("--profile", action="store_true", help="one more call per row under torch.profiler, tables to DIR/profile-*.txt")
+    parser.add_argument("--profile", action="store_true", help="one more call per row under torch.profiler: tables and a Chrome trace, DIR/profile-*")
     args = parser.parse_args(argv)
     require_cuda(parser, "time and memory")
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the domain grid of each call is logged

@@ -16,8 +16,9 @@ a handful of shapes are ever compiled or captured.
 
 CUDA graphs are captured here, not by torch.compile's cudagraph trees: the bucket's input buffers
 are ours (:class:`~mlff_export.runtime.static_feeds.StaticFeeds`), so a small molecule's call
-copies only its positions. Buckets above :data:`CAPTURE_MAX_PAIR_SLOTS` run uncaptured: launch
-overhead is negligible there and a captured graph would keep its activations' memory. A single
+copies only its positions. A captured graph keeps its activations' memory: buckets above
+:func:`captured_slots` (FP16 body: a tenth of the device's memory; float32: 2^18 table slots) run
+uncaptured. A single
 structure whose activations would not fit in the device's free memory (the call's
 :class:`~mlff_export.memory.MemoryBudget`) runs in spatial domains (:mod:`~mlff_export.runtime.domains`)
 through a second trace of the graph with per-atom energy weights.
@@ -66,11 +67,38 @@ default they convert every float16 load to float32). On the H200, 10,125-atom wa
 call against 19.8 ms (FP32 23.1 / 21.8 ms), forces within 2.5e-3 eV/Å of eager FP32
 (``bench/results/2026-12-01-h200-trace-store``); float32 tensors (geometry, energy sum, forces,
 virial) are computed as before."""
+POINTWISE_TILING = {"triton.prefer_nd_tiling": True}
+"""For the FP16 body: Inductor tiles a pointwise kernel over its tensors' rows and features (two
+grid axes) instead of one flat index that every element divides, and takes modulo, by the feature
+count. The table graph's pair kernels (atoms x slots x features: half a billion elements at 10k
+atoms) are bound by that index arithmetic more than by their float16 bytes. On the H200: 10,125-atom
+water, the graph's GPU time 8.5 ms instead of 11.1; the 98k box 94-97 ms per call instead of 105;
+benzene's model call unchanged (207 against 211 µs); a compile takes longer (the 98k box's first call
+59 s against 35 s). Not in FP32: its 98k box, compiled with symbolic sizes, took 212 ms per call
+with it against 159 ms without (``bench/results/2026-12-02-h200-pointwise``)."""
 INDUCTOR_AUTOTUNING_OUTPUT = "TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED"
 """Set by a user who wants Inductor's autotuning output: then none of it is kept back."""
 AUTOTUNING_LOGGER = "torch._inductor.select_algorithm"
 MAX_COMPILED_BUCKETS = 64
-CAPTURE_MAX_PAIR_SLOTS = 1 << 18  # atoms x table width of the largest bucket captured as a CUDA graph
+CAPTURE_MEMORY_FRACTION = 0.1
+"""FP16 body: a bucket is captured as a CUDA graph while its activations (table slots x the backend's
+bytes per pair) take at most this fraction of the device's memory (a captured graph keeps them as
+long as the backend lives). On the H200 (141 GB) it captures 10,125-atom water, whose graph (8.5 ms
+of GPU time) was held back by its ~130 kernel launches from Python: 13.7 ms per call captured (two
+processes), 17.7 ms uncaptured; the 98k box (tens of GB) stays uncaptured."""
+FLOAT32_CAPTURED_SLOTS = 1 << 18
+"""Float32 graphs: buckets of up to this many table slots (about 4k atoms of water) are captured.
+10,125-atom water captured ran no faster on the H200 (24.2 ms per call in one process, against
+18.9-20.4 ms uncaptured in others): its graph's 15 ms of GPU time hide the launches.
+Both: ``bench/results/2026-12-02-h200-pointwise``."""
+
+
+def captured_slots(bytes_per_pair: int, device_bytes: int, half_body: bool) -> int:
+    """The most table slots (atoms x width) of a bucket captured as a CUDA graph, for a backend
+    needing ``bytes_per_pair`` per slot on a device of ``device_bytes``."""
+    if not half_body:
+        return FLOAT32_CAPTURED_SLOTS
+    return int(CAPTURE_MEMORY_FRACTION * device_bytes) // max(bytes_per_pair, 1)
 
 
 class SkippedGemmCandidates(logging.Filter):
@@ -146,13 +174,15 @@ class _CapturedBucket:
 def inductor_options(mode: str, half_body: bool = False) -> dict[str, object]:
     """The Inductor options of our compile ``mode`` (:data:`~mlff_export.runtime.aot_package.INDUCTOR_CONFIGS`),
     with :data:`QUIET_AUTOTUNING` where the mode autotunes, unless the user set
-    ``TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED``, and :data:`HALF_ARITHMETIC` for a
-    ``half_body`` graph; options this torch lacks are left out."""
+    ``TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED``, and :data:`HALF_ARITHMETIC` and
+    :data:`POINTWISE_TILING` for a ``half_body`` graph; options this torch lacks are left out."""
     options = dict(INDUCTOR_CONFIGS[mode])
     if options.get("max_autotune_gemm") and INDUCTOR_AUTOTUNING_OUTPUT not in os.environ:
         options |= {name: value for name, value in QUIET_AUTOTUNING.items() if hasattr(torch._inductor.config, name)}
     if half_body and hasattr(torch._inductor.config.triton, "codegen_upcast_to_fp32"):
         options |= HALF_ARITHMETIC
+    if half_body and hasattr(torch._inductor.config.triton, "prefer_nd_tiling"):
+        options |= POINTWISE_TILING
     return options
 
 
@@ -228,7 +258,7 @@ class JointGraphBackend(PaddedTableBackend):
     """Runs a pair-energy model's joint graph on padded neighbor-table feeds (float32 inputs and outputs).
 
     ``call`` is what runs a bucket (the traced graph, or its compiled form); with ``capture`` (CUDA
-    only) each bucket up to :data:`CAPTURE_MAX_PAIR_SLOTS` is captured once and replayed.
+    only) each bucket up to :func:`captured_slots` is captured once and replayed.
     ``precision``: ``"fp32"``, or ``"fp16"`` for the exporter's half body
     (:mod:`mlff_export.export.precision`: geometry, energy sum, forces and virial stay float32;
     parity within the FP16 tolerances of :mod:`mlff_export.validation.tolerances`).
@@ -256,6 +286,8 @@ class JointGraphBackend(PaddedTableBackend):
         activations = torch.float16 if has_half_body(model, precision) else torch.float32
         self.bytes_per_pair = int(self.memory_fraction * model_bytes_per_pair(model, activations))
         self.domains = DomainSplitter(None, memory or MemoryBudget(device), self.bytes_per_pair)
+        device_bytes = torch.cuda.get_device_properties(device).total_memory if self.capture else 0
+        self._captured_slots = captured_slots(self.bytes_per_pair, device_bytes, activations == torch.float16)
         self._weighted_call: Callable | None = None
 
     def compiled(self, graph: torch.fx.GraphModule) -> Callable:
@@ -307,9 +339,9 @@ class JointGraphBackend(PaddedTableBackend):
 
     def _captured_bucket(self, feeds: dict[str, torch.Tensor]) -> _CapturedBucket | None:
         """The CUDA graph of the feeds' bucket (captured on first use), or ``None`` where buckets
-        are not captured (no capture asked, or above :data:`CAPTURE_MAX_PAIR_SLOTS`)."""
+        are not captured (no capture asked, or above :func:`captured_slots`)."""
         num_atoms, width, _ = table_sizes(feeds)
-        if not self.capture or num_atoms * width > CAPTURE_MAX_PAIR_SLOTS:
+        if not self.capture or num_atoms * width > self._captured_slots:
             return None
         key = tuple(tuple(tensor.shape) for tensor in feeds.values())
         bucket = self._buckets.get(key)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mlff_export.interface import AtomicInputs
-from mlff_export.memory import InsufficientMemoryError, MemoryBudget
+from mlff_export.memory import REFERENCE_BYTES_PER_PAIR, InsufficientMemoryError, MemoryBudget
 from mlff_export.runtime import domains
 from mlff_export.runtime.domains import (
     DomainSplitter,
@@ -544,3 +544,18 @@ def test_each_domain_keeps_the_lattice_shifts_of_its_pairs():
 
     evaluate_in_domains(checked, inputs, hops=1, max_pairs=inputs.num_pairs // 2)
     assert len(kept) > 1 and all(kept)
+
+
+def test_fp16_buckets_are_captured_while_their_activations_take_a_tenth_of_the_device():
+    """A captured CUDA graph keeps its activations for the backend's lifetime. On a 141 GB H200 the
+    compiled reference graph's FP16 body captures the bucket of 10,125-atom water (10,240 atoms x 64
+    slots), not the 98,304-atom box (98,304 x 72); a device with a tenth of the memory captures a
+    tenth of the slots. Float32 graphs capture a fixed 2^18 slots on any device."""
+    from mlff_export.runtime.joint_graph import CompiledBackend, captured_slots
+
+    h200 = 141 * 10**9
+    fp16 = int(CompiledBackend.memory_fraction * REFERENCE_BYTES_PER_PAIR) // 2
+    assert 10_240 * 64 <= captured_slots(fp16, h200, half_body=True) < 98_304 * 72
+    assert captured_slots(fp16, h200 // 10, half_body=True) == captured_slots(fp16, h200, half_body=True) // 10
+    assert captured_slots(0, h200, half_body=True) == h200 // 10  # a model declaring no per-pair memory
+    assert captured_slots(fp16 * 2, h200, half_body=False) == captured_slots(fp16 * 2, h200 // 10, half_body=False) == 1 << 18

@@ -76,6 +76,9 @@ MODULES = {
     "runtime/compile_cache.py": "tests/test_compile_cache.py tests/test_traced_graphs.py tests/test_bad_inputs.py "
     "-k '(key or damaged or payload or manifest or compiles_twice or stored or compile_cache or compile-cache or unsafe or private) "
     "and not new_process and not max_autotune and not half_body and not onnx'",
+    "mlff_export/interface.py": "tests/test_interface_inputs.py tests/test_pair_layout_tables.py tests/test_pair_layouts.py "
+    "tests/test_calculator.py -k 'test_interface_inputs or check or interface or inputs or pair_index or lattice or reverse "
+    "or nan or structure'",
 }
 """Module -> the pytest selection each of its mutants runs (arguments after ``pytest``)."""
 

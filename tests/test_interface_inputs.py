@@ -130,32 +130,30 @@ def test_lattice_shifts_must_be_int64_of_one_row_per_pair():
             replace(inputs, lattice_shifts=wrong).check()
 
 
+def check_with_shift_moved(inputs: AtomicInputs, pair: int, offset: float, refused_as: str | None) -> None:
+    """``inputs`` with pair ``pair``'s x shift moved by ``offset`` Å pass ``check`` (``refused_as``
+    None) or are refused with a message matching ``refused_as``."""
+    moved = inputs.pair_shifts.clone()
+    moved[pair, 0] += offset
+    if refused_as is None:
+        replace(inputs, pair_shifts=moved).check()
+        return
+    with pytest.raises(InterfaceError, match=refused_as):
+        replace(inputs, pair_shifts=moved).check()
+
+
 def test_lattice_shifts_must_give_the_pair_shifts_to_a_tenth_of_a_milliangstrom():
     """Tolerance 1e-4 Å plus 1e-6 of the shift: 0.9e-4 Å off passes, 1.1e-4 Å is refused and the
-    refusal names the first wrong pair, both shifts and the fix; the cell of the pair's own
-    structure is the one used."""
+    refusal names the first wrong pair, both shifts and the fix."""
     inputs = two_structures()
-    for offset, refused in ((0.9e-4, False), (1.1e-4, True), (-1.1e-4, True)):
-        moved = inputs.pair_shifts.clone()
-        moved[3, 0] += offset
-        if refused:
-            with pytest.raises(InterfaceError, match=r"lattice_shifts \| pair 3: \[-1, 0, 0\] @ cell = .*leave lattice_shifts out"):
-                replace(inputs, pair_shifts=moved).check()
-        else:
-            replace(inputs, pair_shifts=moved).check()
-    at_the_tolerance = inputs.pair_shifts.clone()
-    at_the_tolerance[0, 1] = 1e-4  # a pair inside one image, off by exactly the tolerance: accepted
-    replace(inputs, pair_shifts=at_the_tolerance).check()
+    refusal = r"lattice_shifts \| pair 3: \[-1, 0, 0\] @ cell = .*leave lattice_shifts out"
+    for offset, refused_as in ((0.9e-4, None), (1.1e-4, refusal), (-1.1e-4, refusal)):
+        check_with_shift_moved(inputs, 3, offset, refused_as)
+    check_with_shift_moved(inputs, 0, 1e-4, None)  # a pair inside one image, off by exactly the tolerance
     # A shift of 1000 cells (3000 Å) may be off by 1e-4 + 3e-3 Å, float32 rounding of such a shift.
     far = replace(inputs, lattice_shifts=inputs.lattice_shifts * 1000, pair_shifts=inputs.pair_shifts * 1000)
-    for offset, refused in ((3.0e-3, False), (3.2e-3, True)):
-        moved = far.pair_shifts.clone()
-        moved[2, 0] += offset
-        if refused:
-            with pytest.raises(InterfaceError, match=r"pair 2: "):
-                replace(far, pair_shifts=moved).check()
-        else:
-            replace(far, pair_shifts=moved).check()
+    for offset, refused_as in ((3.0e-3, None), (3.2e-3, r"pair 2: ")):
+        check_with_shift_moved(far, 2, offset, refused_as)
 
 
 def test_the_lattice_shifts_use_the_cell_of_their_own_structure():

@@ -200,23 +200,32 @@ class VerletNeighborList:
         self._pairs: Pairs | None = None
         self._reference: Atoms | None = None
 
-    def _needs_rebuild(self, atoms: Atoms) -> bool:
-        ref = self._reference
-        if ref is None or len(ref) != len(atoms):
-            return True
-        if (ref.numbers != atoms.numbers).any() or (ref.pbc != atoms.pbc).any():
-            return True
-        if not np.array_equal(ref.cell.array, atoms.cell.array):
-            return True
-        displacement = np.linalg.norm(atoms.positions - ref.positions, axis=1).max()
-        return bool(displacement > 0.5 * self.skin)
-
     def pairs(self, atoms: Atoms) -> Pairs:
-        if self._needs_rebuild(atoms):
+        if needs_rebuild(self._reference, atoms, self.skin):
             self._pairs = compute_pairs(atoms, self.cutoff + self.skin, self.memory)
-            self._reference = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+            self._reference = reference_of(atoms)
             self.builds += 1
         return self._pairs
+
+
+def reference_of(atoms: Atoms) -> Atoms:
+    """What :func:`needs_rebuild` compares later calls with: a copy of ``atoms``' numbers,
+    positions, cell and periodicity."""
+    return Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+
+
+def needs_rebuild(reference: Atoms | None, atoms: Atoms, skin: float) -> bool:
+    """Whether a neighbor list searched within ``cutoff + skin`` for ``reference`` may miss a pair
+    of ``atoms`` within ``cutoff``: no reference, another atom count, elements, periodicity or cell,
+    or an atom that moved more than ``skin / 2`` Å."""
+    if reference is None or len(reference) != len(atoms):
+        return True
+    if (reference.numbers != atoms.numbers).any() or (reference.pbc != atoms.pbc).any():
+        return True
+    if not np.array_equal(reference.cell.array, atoms.cell.array):
+        return True
+    displacement = np.linalg.norm(atoms.positions - reference.positions, axis=1).max()
+    return bool(displacement > 0.5 * skin)
 
 
 def batch_inputs(

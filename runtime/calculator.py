@@ -79,7 +79,8 @@ class MLFFCalculator(Calculator):
 
     Energy, forces and stress come from one backend call; :meth:`predict` evaluates many
     structures in one call. The neighbor list is reused between calls while no atom moved more
-    than ``skin / 2`` (see :class:`~mlff_export.neighbors.VerletNeighborList`). Structures with two
+    than ``skin / 2`` (see :class:`~mlff_export.neighbors.VerletNeighborList`), and so is the
+    neighbor table of a backend that searches on the GPU (:class:`~mlff_export.runtime.device_feeds.DeviceFeeds`). Structures with two
     atoms closer than ``min_distance`` Å are refused (:mod:`mlff_export.structure_sanity`).
     Not thread-safe (it holds per-call state, like every ASE calculator): use one per thread; a
     second thread entering a call in progress gets :class:`ConcurrentUseError`.
@@ -104,6 +105,8 @@ class MLFFCalculator(Calculator):
         self.species = tuple(species)
         self.search_memory = search_memory or MemoryBudget()
         self.neighbor_list = VerletNeighborList(cutoff, skin, self.search_memory)
+        if getattr(backend, "device_feeds", None) is not None:  # its GPU search keeps a table for the skin too
+            backend.device_feeds.skin = float(skin)
         self.min_distance = checked_min_distance(min_distance)
         self._one_caller = _OneCallerAtATime()
 
@@ -449,7 +452,8 @@ def load_calculator(
         precision: ``"fp32"`` (default) or ``"fp16"``: the network body in float16, geometry, energy
             sum, forces and virial in float32, as in an FP16 export (:mod:`mlff_export.export.precision`);
             compile and cuda-graphs backends only (an artifact keeps its export's precision).
-        skin: Verlet skin in Å; with ``skin > 0`` the neighbor list is reused across MD steps.
+        skin: Verlet skin in Å; with ``skin > 0`` the neighbor list is reused across MD steps (on
+            a GPU, the neighbor table the backend searched there: only the positions move).
         min_distance: structures with two atoms (or an atom and its image) closer than this, Å,
             are refused (:mod:`mlff_export.structure_sanity`; default 0.5 Å, 0: no check).
         memory_limit_gb: at most this much memory per call, GB (default: 80 % of what the device

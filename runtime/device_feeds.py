@@ -13,7 +13,10 @@ padded to a shape bucket: :mod:`mlff_export.runtime.shape_buckets`). Three ways 
   beyond it add exact zeros. The index tensors depend only on the atom count and are built once;
   a call moves the positions only (one copy from a pinned host buffer into the graph's input).
 * :class:`DeviceFeeds`, everything else on a CUDA device: vesin-torch searches neighbors on the
-  GPU and the table is built there; positions are the only host data that moves.
+  GPU and the table is built there; positions are the only host data that moves. With a Verlet
+  ``skin`` (the calculator's) the search reaches ``cutoff + skin`` and its table is reused, only the
+  positions moving, until an atom has moved more than ``skin / 2`` (:meth:`DeviceFeeds.reused`):
+  the pairs that came within the cutoff meanwhile are in it, and those beyond add exact zeros.
 
 :func:`closest_distance` is the structure sanity check of this path, on the device: the shortest
 pair of the table, read back with the outputs (no extra wait for the GPU).
@@ -30,6 +33,7 @@ from ase import Atoms
 from mlff_export.export.engine_profiles import profile_from_ranges
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
 from mlff_export.interface import AtomicInputs
+from mlff_export.neighbors import needs_rebuild, reference_of
 from mlff_export.runtime.shape_buckets import bucket_size, choose_bucket, pad_table_feeds, table_sizes
 
 PAIRS_BUILT_ON_DEVICE = 20_000  # from this many pairs on, build the neighbor table on the device
@@ -163,19 +167,18 @@ class DeviceFeeds:
     so a consumer may skip copying a tensor it has already seen.
     """
 
-    def __init__(self, cutoff: float, padding_species: int, device: torch.device):
+    def __init__(self, cutoff: float, padding_species: int, device: torch.device, skin: float = 0.0):
+        """``skin``: Verlet skin in Å (0: search every call); the calculator sets its own."""
         self.cutoff = float(cutoff)
         self.padding_species = int(padding_species)
         self.device = device
+        self.skin = float(skin)
+        self._kept: tuple[Atoms, dict[str, torch.Tensor]] | None = None  # the last search's structure and feeds
         self._tables: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self._molecule_feeds: dict[tuple[int, bytes], dict[str, torch.Tensor]] = {}
         self._staging: dict[int, tuple[torch.Tensor, np.ndarray]] = {}  # per bucket: the buffer and its values
         self._batch_table: tuple[tuple[int, ...], dict[str, torch.Tensor]] | None = None
-        self._search = None
-        if has_vesin_torch():
-            from vesin_torch import NeighborList
-
-            self._search = NeighborList(cutoff=self.cutoff, full_list=True)
+        self._searches: dict[float, object] | None = {} if has_vesin_torch() else None  # radius -> vesin-torch NeighborList
 
     def __call__(self, atoms: Atoms) -> dict[str, torch.Tensor] | None:
         if self.takes_dense(atoms):
@@ -239,15 +242,20 @@ class DeviceFeeds:
         return feeds if feeds["positions"] is positions else {**feeds, "positions": positions}
 
     def search(self, atoms: Atoms) -> AtomicInputs | None:
-        """``atoms`` as interface inputs (float32) with their pair list, searched on the device by
-        vesin-torch; ``None`` without vesin-torch."""
-        if self._search is None:
+        """``atoms`` as interface inputs (float32) with their pair list within ``cutoff + skin``,
+        searched on the device by vesin-torch; ``None`` without vesin-torch."""
+        if self._searches is None:
             return None
+        radius = self.cutoff + self.skin
+        if radius not in self._searches:
+            from vesin_torch import NeighborList
+
+            self._searches[radius] = NeighborList(cutoff=radius, full_list=True)
         periodic = atoms.pbc.tolist()
         cell = atoms.cell.array if any(periodic) else np.zeros((3, 3))
         positions = torch.from_numpy(atoms.positions).to(self.device)
         box = torch.from_numpy(np.ascontiguousarray(cell)).to(self.device)
-        pairs, shifts = self._search.compute(positions, box, torch.tensor(periodic, device=self.device), quantities="PS")
+        pairs, shifts = self._searches[radius].compute(positions, box, torch.tensor(periodic, device=self.device), quantities="PS")
         return AtomicInputs(
             positions=positions.float(),
             species=torch.from_numpy(atoms.numbers.astype(np.int64)).to(self.device),
@@ -257,3 +265,17 @@ class DeviceFeeds:
             cell=box.float().unsqueeze(0),
             lattice_shifts=shifts.long(),
         )
+
+    def keep(self, atoms: Atoms, feeds: dict[str, torch.Tensor]) -> None:
+        """Keep the table ``feeds`` of ``atoms``, built from :meth:`search`, for :meth:`reused`
+        (with a skin; without one nothing is kept)."""
+        self._kept = (reference_of(atoms), feeds) if self.skin > 0 else None
+
+    def reused(self, atoms: Atoms) -> dict[str, torch.Tensor] | None:
+        """The kept table with ``atoms``' positions (staged as for a small molecule: the same tensors
+        as before but the positions), while the kept structure's search still holds every pair of
+        ``atoms`` within the cutoff (:func:`~mlff_export.neighbors.needs_rebuild`); else ``None``."""
+        if self.skin <= 0 or self._kept is None or needs_rebuild(self._kept[0], atoms, self.skin):
+            return None
+        feeds = self._kept[1]
+        return {**feeds, "positions": self._staged_positions(atoms.positions, feeds["positions"].shape[0])}

@@ -77,12 +77,17 @@ class PaddedTableBackend:
             return None
         if self.device_feeds.takes_dense(atoms):
             return self._launch(self.device_feeds.dense(atoms), len(atoms), 1)
+        reused = self.device_feeds.reused(atoms)  # a Verlet skin's table, only the positions new
+        if reused is not None:
+            return self._launch(reused, len(atoms), 1)
         inputs = self.device_feeds.search(atoms)
         if inputs is None:
             return None
         if not self.takes_whole(inputs.num_pairs):
             return self.launch_large(inputs)
-        return self._launch(table_feeds(inputs, self.device, self.species[0]), len(atoms), 1)
+        feeds = table_feeds(inputs, self.device, self.species[0])
+        self.device_feeds.keep(atoms, feeds)
+        return self._launch(feeds, len(atoms), 1)
 
     def launch_large(self, inputs: AtomicInputs) -> Callable[[], dict[str, np.ndarray]] | None:
         """As :meth:`launch_atoms` for one structure that :meth:`takes_whole` refuses, whose pair

@@ -23,6 +23,7 @@ from mlff_export.runtime.device_feeds import (
     dense_batch_table,
     dense_molecule_table,
     has_vesin_torch,
+    table_feeds,
 )
 from mlff_export.runtime.joint_graph import JointGraphBackend
 from mlff_export.runtime.shape_buckets import strip_padding
@@ -316,3 +317,54 @@ def test_the_device_search_of_a_molecule_gives_its_pairs_and_no_cell():
     assert inputs.cell.shape == (1, 3, 3) and (inputs.cell == 0).all()
     assert inputs.num_pairs == compute_pairs(atoms, 5.0).pair_index.shape[1]
     assert (inputs.lattice_shifts == 0).all()
+
+
+@pytest.mark.skipif(not has_vesin_torch(), reason="vesin-torch is not installed (pip install vesin-torch)")
+def test_a_skin_table_is_reused_with_new_positions_until_an_atom_moved_half_the_skin(reference_graph):
+    """With a 0.6 Å skin the device search reaches cutoff + 0.6 Å and its table is kept: a call whose
+    atoms moved up to 0.3 Å gets the same table tensors with its own positions, and the joint graph
+    gives the numbers of a fresh search at the cutoff (pairs beyond it add exact zeros; the move
+    brings pairs across the cutoff both ways). An atom moved further, another cell or other
+    elements get no table (a new search); without a skin nothing is kept."""
+    model, backend = reference_graph
+    atoms = structure_zoo()["triclinic"]
+    device_feeds = DeviceFeeds(model.cutoff, model.species[0], CPU, skin=0.6)
+    assert device_feeds.reused(atoms) is None, "nothing kept yet"
+    kept = table_feeds(device_feeds.search(atoms), CPU, model.species[0])
+    device_feeds.keep(atoms, kept)
+    moved = atoms.copy()
+    moved.positions += np.random.default_rng(3).uniform(-0.17, 0.17, size=moved.positions.shape)  # |move| < 0.3 Å
+    within = [compute_pairs(structure, model.cutoff).pair_index.shape[1] for structure in (atoms, moved)]
+    feeds = device_feeds.reused(moved)
+    assert feeds is not None and all(feeds[name] is kept[name] for name in kept if name != "positions")
+    np.testing.assert_array_equal(feeds["positions"][: len(moved)].numpy(), moved.positions.astype(np.float32))
+    assert not feeds["positions"][len(moved) :].any(), "padding atoms at the origin, as a search's table pads them"
+    got, want = _run(backend, feeds, moved), _expected(moved)
+    assert got["energy"][0] == pytest.approx(want["energy"], rel=1e-6, abs=2e-4)
+    np.testing.assert_allclose(got["forces"], want["forces"], atol=1e-4)
+    stress = -got["virial"][0] / moved.get_volume()  # ASE's stress (Voigt order) from the virial
+    np.testing.assert_allclose(stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]], want["stress"], atol=1e-5)
+    assert int(kept["neighbor_mask"].sum()) > max(within), "the table holds the skin's pairs too"
+    assert within[0] != within[1], "the move changed which pairs are within the cutoff"
+
+    far = atoms.copy()
+    far.positions[2] += [0.31, 0.0, 0.0]
+    strained = atoms.copy()
+    strained.set_cell(atoms.cell.array * 1.001, scale_atoms=False)
+    swapped = atoms.copy()
+    swapped.numbers[0] = 1 if swapped.numbers[0] != 1 else 8
+    for changed in (far, strained, swapped):
+        assert device_feeds.reused(changed) is None
+    without_skin = DeviceFeeds(model.cutoff, model.species[0], CPU)
+    without_skin.keep(atoms, kept)
+    assert without_skin.reused(atoms) is None
+
+
+def test_the_calculators_skin_reaches_the_backends_device_search(reference_graph):
+    from mlff_export.runtime.calculator import MLFFCalculator
+
+    model, _ = reference_graph
+    backend = JointGraphBackend(model, CPU)
+    backend.device_feeds = DeviceFeeds(model.cutoff, model.species[0], CPU)
+    MLFFCalculator(backend, model.cutoff, model.species, skin=0.4)
+    assert backend.device_feeds.skin == 0.4

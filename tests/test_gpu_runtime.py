@@ -75,6 +75,32 @@ def test_calculator_builds_inputs_on_the_gpu_and_tracks_md_geometry(backend):
     assert calc.neighbor_list.builds == 0, "the calculator never searched neighbors on the CPU"
 
 
+@pytest.mark.parametrize("backend", ["cuda-graphs", "compile-reduce-overhead"])
+def test_md_with_a_skin_reuses_the_gpu_table_and_keeps_eagers_numbers(backend):
+    """With a 0.6 Å skin the GPU path searches once, then replays on the kept table with new
+    positions (the same table tensors) while atoms move less than 0.3 Å, searches again past that,
+    and gives eager's numbers at every step (pairs of the skin add exact zeros)."""
+    from mlff_export.runtime.device_feeds import has_vesin_torch
+    from mlff_export.bench.workloads import water_box
+
+    if not has_vesin_torch():
+        pytest.skip("vesin-torch is not installed (pip install vesin-torch)")
+    calc = load_calculator(REFERENCE_CHECKPOINT, device="cuda", backend=backend, skin=0.6)
+    eager = load_calculator(REFERENCE_CHECKPOINT, device="cuda")
+    atoms = water_box(1000)
+    atoms.calc = calc
+    tables = []
+    for step in range(6):
+        atoms.positions[:, 0] += 0.08 if step < 5 else 0.0  # 0.08 Å per step: 0.32 Å at step 4, a new search
+        want = eager.predict([atoms])[0]
+        np.testing.assert_allclose(atoms.get_forces(), want["forces"], atol=1e-4)
+        assert atoms.get_potential_energy() == pytest.approx(want["energy"], rel=1e-6)
+        np.testing.assert_allclose(atoms.get_stress(), want["stress"], atol=1e-6)
+        tables.append(calc.backend.device_feeds._kept[1]["neighbor_index"])
+    assert [table is tables[0] for table in tables] == [True] * 4 + [False] * 2 and tables[5] is tables[4]
+    assert calc.neighbor_list.builds == 0, "the calculator never searched neighbors on the CPU"
+
+
 def test_the_device_search_gives_the_lattice_shifts_behind_its_pair_shifts():
     """vesin-torch's pairs on the GPU carry their integer shifts (int64) that give the Cartesian
     shifts through the cell (``AtomicInputs.check``), in a cell smaller than the cutoff (images up

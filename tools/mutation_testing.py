@@ -79,6 +79,7 @@ MODULES = {
     "mlff_export/interface.py": "tests/test_interface_inputs.py tests/test_pair_layout_tables.py tests/test_pair_layouts.py "
     "tests/test_calculator.py -k 'test_interface_inputs or check or interface or inputs or pair_index or lattice or reverse "
     "or nan or structure'",
+    "export/precision.py": "tests/test_model_for_precision.py tests/test_checkpoint.py tests/test_fp16_body.py",
 }
 """Module -> the pytest selection each of its mutants runs (arguments after ``pytest``)."""
 

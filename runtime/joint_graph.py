@@ -83,13 +83,13 @@ MAX_COMPILED_BUCKETS = 64
 CAPTURE_MEMORY_FRACTION = 0.1
 """FP16 body: a bucket is captured as a CUDA graph while its activations (table slots x the backend's
 bytes per pair) take at most this fraction of the device's memory (a captured graph keeps them as
-long as the backend lives). On the H200 (141 GB) it captures 10,125-atom water, whose graph (8.5 ms
-of GPU time) was held back by its ~130 kernel launches from Python: 13.7 ms per call captured (two
-processes), 17.7 ms uncaptured; the 98k box (tens of GB) stays uncaptured."""
+long as the backend lives). On the H200 (141 GB) it captures 10,125-atom water, whose uncaptured
+calls launched the graph's ~130 kernels from Python (8.5 ms of GPU time): 13.7 ms per call captured
+(two processes, two hosts), 17.7 ms uncaptured (a third host); the 98k box (tens of GB) stays uncaptured."""
 FLOAT32_CAPTURED_SLOTS = 1 << 18
 """Float32 graphs: buckets of up to this many table slots (about 4k atoms of water) are captured.
-10,125-atom water captured ran no faster on the H200 (24.2 ms per call in one process, against
-18.9-20.4 ms uncaptured in others): its graph's 15 ms of GPU time hide the launches.
+10,125-atom water captured was not shown faster on the H200 (24.2 ms per call in one process,
+against 18.9-20.4 ms uncaptured in processes on other hosts).
 Both: ``bench/results/2026-12-02-h200-pointwise``."""
 
 

@@ -52,13 +52,14 @@ def write_profile(atoms, path: Path) -> None:
 
 
 def measure(backend: str, atoms, repeats: int, reference: dict | None, precision: str = "fp32", memory_limit_gb: float | None = None,
-            profile_to: Path | None = None) -> dict:
+            profile_to: Path | None = None, skin: float = 0.0) -> dict:
     """One row: first call, median of ``repeats`` calls, peak memory, parity with ``reference``;
-    with ``profile_to``, :func:`write_profile` there after the timed calls."""
+    with ``profile_to``, :func:`write_profile` there after the timed calls. The timed calls move one
+    atom by 1e-4 Å: with a ``skin`` (Å) every one of them reuses the first call's neighbor table."""
     device = torch.device("cuda")
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
-    calc = load_calculator(REFERENCE_CHECKPOINT, device="cuda", backend=backend, precision=precision, memory_limit_gb=memory_limit_gb)
+    calc = load_calculator(REFERENCE_CHECKPOINT, device="cuda", backend=backend, precision=precision, memory_limit_gb=memory_limit_gb, skin=skin)
     atoms, forces, energy, first = first_call(calc, atoms)
     seconds = []
     for step in range(repeats):
@@ -68,7 +69,7 @@ def measure(backend: str, atoms, repeats: int, reference: dict | None, precision
         seconds.append(time.perf_counter() - start)
     row = {"backend": backend, "precision": precision, "atoms": len(atoms), "first_call_s": first, "median_s": float(np.median(seconds)),
            "samples_s": seconds, "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30,
-           "energy_per_atom_ev": energy / len(atoms), "memory_limit_gb": memory_limit_gb}
+           "energy_per_atom_ev": energy / len(atoms), "memory_limit_gb": memory_limit_gb, "skin_a": skin}
     if reference is not None:
         row["max_abs_force_error_ev_per_a"] = float(np.abs(forces - reference["forces"]).max())
         row["energy_per_atom_error_ev"] = abs(energy - reference["energy"]) / len(atoms)
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parity-up-to", type=int, default=100_000, help="compare with eager FP32 up to this many atoms")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-limit-gb", type=float, help="memory a call may take (domains below it; default: 80%% of the free memory)")
+    parser.add_argument("--skin", type=float, default=0.0, help="Verlet skin, Å: timed calls reuse the first call's neighbor table")
     parser.add_argument("--profile", action="store_true", help="one more call per row under torch.profiler: tables and a Chrome trace, DIR/profile-*")
     args = parser.parse_args(argv)
     require_cuda(parser, "time and memory")
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         for backend, precision in itertools.product(args.backends.split(","), args.precisions.split(",")):
             try:
                 profile_to = args.out / f"profile-{backend}-{precision}-{len(atoms)}.txt" if args.profile else None
-                row = measure(backend, atoms, args.repeats, reference, precision, args.memory_limit_gb, profile_to)
+                row = measure(backend, atoms, args.repeats, reference, precision, args.memory_limit_gb, profile_to, args.skin)
             except Exception as error:  # noqa: BLE001 - reported as the row, the others still run
                 row = {"backend": backend, "precision": precision, "atoms": len(atoms), "error": f"{type(error).__name__}: {str(error)[:300]}"}
             rows.append(row)

@@ -2,13 +2,17 @@
 
     python3 -m mlff_export.bench.large_systems --out DIR [--backends compile-reduce-overhead,cuda-graphs]
         [--precisions fp32,fp16] [--sizes 10000,100000,1000000] [--parity-up-to 100000] [--repeats 3]
-        [--memory-limit-gb 40] [--profile]
+        [--memory-limit-gb 40] [--skins 0,0.5] [--md-steps 50] [--profile]
 
 For each backend, precision (``fp16``: the FP16 body, ``load_calculator``'s ``precision``) and size, in one process: the first call (neighbor search on the GPU, domains,
 compilation or capture: ``first_call_s``), then the median of ``--repeats`` calls with a new
 geometry each (``median_s``), the peak of torch's GPU memory (``peak_gpu_gib``), the energy per
 atom, and, up to ``--parity-up-to`` atoms, the largest force and energy-per-atom differences from
-eager FP32 on the same structure. Writes ``DIR/large_systems.jsonl`` (a line per row, as it is
+eager FP32 on the same structure. With ``--skins``, each row is measured once per Verlet skin (Å; the
+calculator's ``skin``: its timed calls then reuse the first call's neighbor table). With
+``--md-steps``, each row then runs that many velocity-Verlet steps (0.5 fs, from 300 K) and reports
+the median step (``md_median_step_s``) and how many neighbor searches they took
+(``md_neighbor_searches``: every step without a skin, only the rebuilds with one). Writes ``DIR/large_systems.jsonl`` (a line per row, as it is
 measured) and ``DIR/large_systems.json`` (rows, the 100k/10k and 1M/100k time ratios, the FP32/FP16
 time ratio per size, environment). With ``--profile``, one more call per row runs under
 torch.profiler: ``DIR/profile-<backend>-<precision>-<atoms>.txt`` lists the 25 operations with the
@@ -32,6 +36,7 @@ from mlff_export import REFERENCE_CHECKPOINT
 from mlff_export.bench.environment import describe_environment
 from mlff_export.bench.timing import first_call
 from mlff_export.bench.workloads import water_box
+from mlff_export.runtime.calculator import MLFFCalculator
 from mlff_export.cli.options import require_cuda
 from mlff_export.runtime import load_calculator
 
@@ -51,11 +56,39 @@ def write_profile(atoms, path: Path) -> None:
     profiler.export_chrome_trace(str(path.with_suffix(".trace.json.gz")))
 
 
+def neighbor_searches(calc: MLFFCalculator) -> int:
+    """How many neighbor searches ``calc`` has run: on the GPU (its backend's device search) and
+    on the CPU (its Verlet list)."""
+    device_feeds = getattr(calc.backend, "device_feeds", None)
+    return calc.neighbor_list.builds + (device_feeds.searches if device_feeds is not None else 0)
+
+
+def md_steps(calc: MLFFCalculator, atoms, steps: int) -> dict:
+    """``steps`` velocity-Verlet steps of ``atoms`` (a copy; 0.5 fs, Maxwell-Boltzmann 300 K,
+    seeded) through ``calc``: the median step in seconds and the neighbor searches they took."""
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = atoms.copy()
+    atoms.calc = calc
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    dynamics = VelocityVerlet(atoms, timestep=0.5 * units.fs)
+    searches = neighbor_searches(calc)
+    seconds = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        dynamics.run(1)
+        seconds.append(time.perf_counter() - start)
+    return {"md_steps": steps, "md_median_step_s": float(np.median(seconds)), "md_neighbor_searches": neighbor_searches(calc) - searches}
+
+
 def measure(backend: str, atoms, repeats: int, reference: dict | None, precision: str = "fp32", memory_limit_gb: float | None = None,
-            profile_to: Path | None = None, skin: float = 0.0) -> dict:
+            profile_to: Path | None = None, skin: float = 0.0, steps: int = 0) -> dict:
     """One row: first call, median of ``repeats`` calls, peak memory, parity with ``reference``;
-    with ``profile_to``, :func:`write_profile` there after the timed calls. The timed calls move one
-    atom by 1e-4 Å: with a ``skin`` (Å) every one of them reuses the first call's neighbor table."""
+    with ``profile_to``, :func:`write_profile` there after the timed calls; with ``steps``,
+    :func:`md_steps` last. The timed calls move one atom by 1e-4 Å: with a ``skin`` (Å) every one
+    of them reuses the first call's neighbor table."""
     device = torch.device("cuda")
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
@@ -75,6 +108,8 @@ def measure(backend: str, atoms, repeats: int, reference: dict | None, precision
         row["energy_per_atom_error_ev"] = abs(energy - reference["energy"]) / len(atoms)
     if profile_to is not None:
         write_profile(atoms, profile_to)
+    if steps:
+        row.update(md_steps(calc, atoms, steps))
     return row
 
 
@@ -87,9 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parity-up-to", type=int, default=100_000, help="compare with eager FP32 up to this many atoms")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-limit-gb", type=float, help="memory a call may take (domains below it; default: 80%% of the free memory)")
-    parser.add_argument("--skin", type=float, default=0.0, help="Verlet skin, Å: timed calls reuse the first call's neighbor table")
+    parser.add_argument("--skins", default="0", help="Verlet skins, Å, comma-separated: a row each (timed calls reuse the first call's neighbor table)")
+    parser.add_argument("--md-steps", type=int, default=0, help="velocity-Verlet steps per row after the timed calls (0: none)")
     parser.add_argument("--profile", action="store_true", help="one more call per row under torch.profiler: tables and a Chrome trace, DIR/profile-*")
     args = parser.parse_args(argv)
+    try:
+        skins = [float(text) for text in args.skins.split(",")]
+    except ValueError:
+        parser.error(f"--skins: {args.skins!r} is not a comma-separated list of numbers (Å)")
+    if not all(np.isfinite(skin) and skin >= 0 for skin in skins):
+        parser.error(f"--skins: {args.skins!r}: every skin must be a finite number >= 0 (Å)")
     require_cuda(parser, "time and memory")
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the domain grid of each call is logged
     args.out.mkdir(parents=True, exist_ok=True)
@@ -99,12 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         reference = None
         if len(atoms) <= args.parity_up_to:
             reference = load_calculator(REFERENCE_CHECKPOINT, device="cuda").predict([atoms])[0]
-        for backend, precision in itertools.product(args.backends.split(","), args.precisions.split(",")):
+        for backend, precision, skin in itertools.product(args.backends.split(","), args.precisions.split(","), skins):
             try:
-                profile_to = args.out / f"profile-{backend}-{precision}-{len(atoms)}.txt" if args.profile else None
-                row = measure(backend, atoms, args.repeats, reference, precision, args.memory_limit_gb, profile_to, args.skin)
+                profile_to = args.out / f"profile-{backend}-{precision}-{len(atoms)}-skin{skin:g}.txt" if args.profile else None
+                row = measure(backend, atoms, args.repeats, reference, precision, args.memory_limit_gb, profile_to, skin, args.md_steps)
             except Exception as error:  # noqa: BLE001 - reported as the row, the others still run
-                row = {"backend": backend, "precision": precision, "atoms": len(atoms), "error": f"{type(error).__name__}: {str(error)[:300]}"}
+                row = {"backend": backend, "precision": precision, "atoms": len(atoms), "skin_a": skin, "error": f"{type(error).__name__}: {str(error)[:300]}"}
             rows.append(row)
             with open(args.out / "large_systems.jsonl", "a") as handle:
                 handle.write(json.dumps(row) + "\n")
@@ -116,19 +158,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def time_ratios(rows: list[dict]) -> dict[str, float]:
-    """Per backend and precision: median time at each size over the median at the next smaller
-    size; per backend and size: the FP32 median over the FP16 median (the FP16 body's speed-up)."""
+    """Per backend, precision and skin: median time at each size over the median at the next
+    smaller size; per backend, skin and size: the FP32 median over the FP16 median (the FP16 body's
+    speed-up). Keys name a skin only where it is not 0."""
     ratios = {}
-    medians = {(row["backend"], row.get("precision", "fp32"), row["atoms"]): row["median_s"] for row in rows if "median_s" in row}
-    for backend, precision in {key[:2] for key in medians}:
-        sized = sorted((atoms, seconds) for (b, p, atoms), seconds in medians.items() if (b, p) == (backend, precision))
+    medians = {(row["backend"], row.get("precision", "fp32"), row.get("skin_a", 0.0), row["atoms"]): row["median_s"] for row in rows if "median_s" in row}
+    for backend, precision, skin in {key[:3] for key in medians}:
+        named = f"{backend} skin {skin:g}" if skin else backend
+        sized = sorted((atoms, seconds) for (b, p, s, atoms), seconds in medians.items() if (b, p, s) == (backend, precision, skin))
         for (small, small_s), (large, large_s) in zip(sized, sized[1:]):
-            ratios[f"{backend} {precision} {large}/{small} atoms"] = large_s / small_s
-    for (backend, precision, atoms), seconds in medians.items():
-        if precision == "fp16" and (backend, "fp32", atoms) in medians:
-            ratios[f"{backend} {atoms} atoms fp32/fp16"] = medians[backend, "fp32", atoms] / seconds
+            ratios[f"{named} {precision} {large}/{small} atoms"] = large_s / small_s
+    for (backend, precision, skin, atoms), seconds in medians.items():
+        if precision == "fp16" and (backend, "fp32", skin, atoms) in medians:
+            named = f"{backend} skin {skin:g}" if skin else backend
+            ratios[f"{named} {atoms} atoms fp32/fp16"] = medians[backend, "fp32", skin, atoms] / seconds
     return ratios
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -157,7 +157,7 @@ def _md_steps_per_second(workload: Workload, calc: MLFFCalculator, device: torch
     """(steps per second, total-energy drift in eV, the machine's load meanwhile) of a
     VelocityVerlet run at 0.5 fs."""
     atoms = workload.structures[0].copy()
-    skin, calc.neighbor_list.skin = calc.neighbor_list.skin, 0.5
+    skin, calc.skin = calc.skin, 0.5
     atoms.calc = calc
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dynamics = VelocityVerlet(atoms, timestep=0.5 * units.fs)
@@ -170,7 +170,7 @@ def _md_steps_per_second(workload: Workload, calc: MLFFCalculator, device: torch
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     load = meter.stop()
-    calc.neighbor_list.skin = skin
+    calc.skin = skin
     return workload.md_steps / seconds, float(atoms.get_total_energy() - start_energy), load
 
 

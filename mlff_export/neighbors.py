@@ -194,9 +194,21 @@ class VerletNeighborList:
         if cutoff <= 0 or skin < 0:
             raise ValueError(f"cutoff must be > 0 and skin >= 0; got cutoff={cutoff}, skin={skin}")
         self.cutoff = float(cutoff)
-        self.skin = float(skin)
         self.memory = memory
         self.builds = 0
+        self.skin = skin
+
+    @property
+    def skin(self) -> float:
+        """Verlet skin in Å. Setting it forgets the pairs searched with the last one (the next
+        call searches again: a wider skin would otherwise reuse a list too short for it)."""
+        return self._skin
+
+    @skin.setter
+    def skin(self, skin: float) -> None:
+        if skin < 0:
+            raise ValueError(f"skin must be >= 0; got {skin}")
+        self._skin = float(skin)
         self._pairs: Pairs | None = None
         self._reference: Atoms | None = None
 

@@ -105,10 +105,21 @@ class MLFFCalculator(Calculator):
         self.species = tuple(species)
         self.search_memory = search_memory or MemoryBudget()
         self.neighbor_list = VerletNeighborList(cutoff, skin, self.search_memory)
-        if getattr(backend, "device_feeds", None) is not None:  # its GPU search keeps a table for the skin too
-            backend.device_feeds.skin = float(skin)
+        self.skin = skin
         self.min_distance = checked_min_distance(min_distance)
         self._one_caller = _OneCallerAtATime()
+
+    @property
+    def skin(self) -> float:
+        """Verlet skin in Å, of the CPU neighbor list and of the backend's GPU search alike.
+        Setting it forgets what either kept (the next call searches again)."""
+        return self.neighbor_list.skin
+
+    @skin.setter
+    def skin(self, skin: float) -> None:
+        self.neighbor_list.skin = skin
+        if getattr(self.backend, "device_feeds", None) is not None:  # its GPU search keeps a table for the skin too
+            self.backend.device_feeds.skin = skin
 
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
         """What changed since the last calculation: positions, numbers, cell or pbc (what the

@@ -172,13 +172,23 @@ class DeviceFeeds:
         self.cutoff = float(cutoff)
         self.padding_species = int(padding_species)
         self.device = device
-        self.skin = float(skin)
-        self._kept: tuple[Atoms, dict[str, torch.Tensor]] | None = None  # the last search's structure and feeds
+        self.searches = 0  # how many times :meth:`search` ran (a skin's reused tables need none)
+        self.skin = skin
         self._tables: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self._molecule_feeds: dict[tuple[int, bytes], dict[str, torch.Tensor]] = {}
         self._staging: dict[int, tuple[torch.Tensor, np.ndarray]] = {}  # per bucket: the buffer and its values
         self._batch_table: tuple[tuple[int, ...], dict[str, torch.Tensor]] | None = None
         self._searches: dict[float, object] | None = {} if has_vesin_torch() else None  # radius -> vesin-torch NeighborList
+
+    @property
+    def skin(self) -> float:
+        """Verlet skin in Å. Setting it forgets the kept table (searched with the last skin)."""
+        return self._skin
+
+    @skin.setter
+    def skin(self, skin: float) -> None:
+        self._skin = float(skin)
+        self._kept: tuple[Atoms, dict[str, torch.Tensor]] | None = None  # the last search's structure and feeds
 
     def __call__(self, atoms: Atoms) -> dict[str, torch.Tensor] | None:
         if self.takes_dense(atoms):
@@ -255,6 +265,7 @@ class DeviceFeeds:
         cell = atoms.cell.array if any(periodic) else np.zeros((3, 3))
         positions = torch.from_numpy(atoms.positions).to(self.device)
         box = torch.from_numpy(np.ascontiguousarray(cell)).to(self.device)
+        self.searches += 1
         pairs, shifts = self._searches[radius].compute(positions, box, torch.tensor(periodic, device=self.device), quantities="PS")
         return AtomicInputs(
             positions=positions.float(),

@@ -255,3 +255,39 @@ def test_cold_start_lines_say_when_a_process_wrote_no_bytecode(written, noted):
     if written is not None:
         record["bytecode_written"] = written
     assert ("no bytecode written" in summary_line(record)) is noted
+
+
+def test_large_systems_ratios_pair_rows_of_one_skin_only():
+    """FP32/FP16 and size ratios compare rows of the same backend and skin; a skin is named in
+    the key only where it is not 0."""
+    from mlff_export.bench.large_systems import time_ratios
+
+    rows = [{"backend": "b", "precision": precision, "skin_a": skin, "atoms": atoms, "median_s": seconds}
+            for precision, skin, atoms, seconds in [("fp32", 0.0, 10, 2.0), ("fp16", 0.0, 10, 1.0), ("fp32", 0.5, 10, 1.5),
+                                                    ("fp16", 0.5, 10, 1.2), ("fp16", 0.5, 100, 6.0)]]
+    assert time_ratios(rows) == {"b 10 atoms fp32/fp16": 2.0, "b skin 0.5 10 atoms fp32/fp16": 1.25, "b skin 0.5 fp16 100/10 atoms": 5.0}
+
+
+@pytest.mark.parametrize("skins", ["0,-0.5", "0.5,nan", "half"])
+def test_large_systems_refuses_a_skin_it_cannot_use_in_one_line(skins, tmp_path, capsys):
+    from mlff_export.bench.large_systems import main as large_systems
+
+    with pytest.raises(SystemExit) as exit_info:
+        large_systems(["--out", str(tmp_path / "out"), "--skins", skins])
+    assert exit_info.value.code == 2
+    assert f"--skins: {skins!r}" in capsys.readouterr().err
+
+
+def test_large_systems_md_counts_a_search_per_step_without_a_skin_and_fewer_with_one():
+    """The MD column's searches: every force call searches without a skin (the first step's two
+    calls included); a 1 Å skin at 300 K keeps one list for six 0.5 fs steps of water."""
+    from mlff_export import REFERENCE_CHECKPOINT
+    from mlff_export.bench.large_systems import md_steps
+    from mlff_export.bench.workloads import water_box
+    from mlff_export.runtime import load_calculator
+
+    atoms = water_box(96)
+    searches = {skin: md_steps(load_calculator(REFERENCE_CHECKPOINT, device="cpu", skin=skin), atoms, 6) for skin in (0.0, 1.0)}
+    assert searches[0.0]["md_neighbor_searches"] == 7
+    assert searches[1.0]["md_neighbor_searches"] == 1
+    assert all(row["md_steps"] == 6 and row["md_median_step_s"] > 0 for row in searches.values())

@@ -366,5 +366,10 @@ def test_the_calculators_skin_reaches_the_backends_device_search(reference_graph
     model, _ = reference_graph
     backend = JointGraphBackend(model, CPU)
     backend.device_feeds = DeviceFeeds(model.cutoff, model.species[0], CPU)
-    MLFFCalculator(backend, model.cutoff, model.species, skin=0.4)
+    calc = MLFFCalculator(backend, model.cutoff, model.species, skin=0.4)
     assert backend.device_feeds.skin == 0.4
+    atoms = structure_zoo()["triclinic"]
+    backend.device_feeds.keep(atoms, {"positions": torch.zeros(len(atoms), 3)})
+    calc.skin = 0.8
+    assert (calc.neighbor_list.skin, backend.device_feeds.skin) == (0.8, 0.8)
+    assert backend.device_feeds.reused(atoms) is None, "a table searched with the old skin is forgotten"

@@ -144,6 +144,19 @@ def test_verlet_list_has_no_skin_by_default():
     assert verlet.builds == 2
 
 
+def test_a_new_skin_searches_again_at_its_own_radius():
+    """A list built without a skin, then given one, must not reuse its cutoff-only pairs."""
+    atoms = structure_zoo()["diamond-primitive"]
+    verlet = VerletNeighborList(cutoff=3.0)
+    verlet.pairs(atoms)
+    verlet.skin = 0.7
+    pairs = verlet.pairs(atoms)
+    assert verlet.builds == 2
+    assert pair_set(pairs.pair_index, pairs.cell_shifts) == ase_pair_set(atoms, 3.7)
+    with pytest.raises(ValueError, match="skin must be >= 0"):
+        verlet.skin = -0.1
+
+
 def test_verlet_list_keeps_its_pairs_at_exactly_half_the_skin():
     """The rule is "moved more than skin / 2": 0.75 -> 1.25 Å is exactly 0.5 Å (exact in binary)."""
     verlet = VerletNeighborList(cutoff=2.0, skin=1.0)

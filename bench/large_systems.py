@@ -65,7 +65,9 @@ def neighbor_searches(calc: MLFFCalculator) -> int:
 
 def md_steps(calc: MLFFCalculator, atoms, steps: int) -> dict:
     """``steps`` velocity-Verlet steps of ``atoms`` (a copy; 0.5 fs, Maxwell-Boltzmann 300 K,
-    seeded) through ``calc``: the median step in seconds and the neighbor searches they took."""
+    seeded) through ``calc``: the steps done, their median in seconds and the neighbor searches
+    they took. A step the calculator refuses (e.g. atoms closer than its minimum distance) ends
+    the run: ``md_error`` says why, the steps before it are kept."""
     from ase import units
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
@@ -75,12 +77,17 @@ def md_steps(calc: MLFFCalculator, atoms, steps: int) -> dict:
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dynamics = VelocityVerlet(atoms, timestep=0.5 * units.fs)
     searches = neighbor_searches(calc)
-    seconds = []
+    seconds, failure = [], {}
     for _ in range(steps):
         start = time.perf_counter()
-        dynamics.run(1)
+        try:
+            dynamics.run(1)
+        except Exception as error:  # noqa: BLE001 - a trajectory the calculator refuses ends the run, the steps done are kept
+            failure = {"md_error": f"{type(error).__name__}: {str(error)[:300]}"}
+            break
         seconds.append(time.perf_counter() - start)
-    return {"md_steps": steps, "md_median_step_s": float(np.median(seconds)), "md_neighbor_searches": neighbor_searches(calc) - searches}
+    median = float(np.median(seconds)) if seconds else None
+    return {"md_steps": len(seconds), "md_median_step_s": median, "md_neighbor_searches": neighbor_searches(calc) - searches, **failure}
 
 
 def measure(backend: str, atoms, repeats: int, reference: dict | None, precision: str = "fp32", memory_limit_gb: float | None = None,

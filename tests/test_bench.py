@@ -291,3 +291,18 @@ def test_large_systems_md_counts_a_search_per_step_without_a_skin_and_fewer_with
     assert searches[0.0]["md_neighbor_searches"] == 7
     assert searches[1.0]["md_neighbor_searches"] == 1
     assert all(row["md_steps"] == 6 and row["md_median_step_s"] > 0 for row in searches.values())
+
+
+def test_large_systems_md_keeps_the_steps_before_one_the_calculator_refuses():
+    """A trajectory that brings two atoms closer than the calculator's minimum distance ends
+    with the reason, not with the row lost."""
+    from ase import Atoms
+
+    from mlff_export import REFERENCE_CHECKPOINT
+    from mlff_export.bench.large_systems import md_steps
+    from mlff_export.runtime import load_calculator
+
+    atoms = Atoms("H2", positions=[[0, 0, 0], [0.95, 0, 0]])  # stretched: the bond swings in past 0.7 Å within ~4 fs
+    row = md_steps(load_calculator(REFERENCE_CHECKPOINT, device="cpu", min_distance=0.7), atoms, 50)
+    assert 0 < row["md_steps"] < 50 and row["md_median_step_s"] > 0
+    assert row["md_error"].startswith("StructureError: ") and "closer than the minimum" in row["md_error"]

@@ -117,6 +117,7 @@ class MLFFCalculator(Calculator):
 
     @skin.setter
     def skin(self, skin: float) -> None:
+        skin = checked_skin(skin)
         self.neighbor_list.skin = skin
         if getattr(self.backend, "device_feeds", None) is not None:  # its GPU search keeps a table for the skin too
             self.backend.device_feeds.skin = skin
@@ -340,10 +341,16 @@ def _resolve_model(model: str | Path | nn.Module) -> nn.Module:
     return module
 
 
-def _checked_options(skin: float, min_distance: float, memory_limit_gb: float | None) -> None:
-    """Refuse out-of-range calculator options before anything is loaded."""
+def checked_skin(skin: float) -> float:
+    """``skin`` as a float: a finite Verlet skin >= 0 in Å, else :class:`CalculatorSetupError`."""
     if isinstance(skin, bool) or not isinstance(skin, (int, float)) or not math.isfinite(skin) or skin < 0:
         raise CalculatorSetupError(f"skin | received {skin!r} | expected a finite Verlet skin >= 0 in Å")
+    return float(skin)
+
+
+def _checked_options(skin: float, min_distance: float, memory_limit_gb: float | None) -> None:
+    """Refuse out-of-range calculator options before anything is loaded."""
+    checked_skin(skin)
     try:
         checked_min_distance(min_distance)
     except ValueError as error:

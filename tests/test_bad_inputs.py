@@ -1169,6 +1169,14 @@ def _(options_model):
         load_calculator(options_model, skin=math.nan)
 
 
+@case("option-skin-set-nan")
+def _(options_model):
+    calc = load_calculator(options_model, skin=0.5)
+    with refused(CalculatorSetupError, "skin", "nan"):
+        calc.skin = math.nan
+    assert calc.skin == 0.5 and calc.neighbor_list.skin == 0.5, "a refused skin leaves the old one"
+
+
 @case("option-min-distance-negative")
 def _(options_model):
     with refused(CalculatorSetupError, "min_distance", "-0.1"):

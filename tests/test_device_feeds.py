@@ -332,6 +332,7 @@ def test_a_skin_table_is_reused_with_new_positions_until_an_atom_moved_half_the_
     assert device_feeds.reused(atoms) is None, "nothing kept yet"
     kept = table_feeds(device_feeds.search(atoms), CPU, model.species[0])
     device_feeds.keep(atoms, kept)
+    assert device_feeds.searches == 1, "each search is counted (the benchmark's MD column reads it)"
     moved = atoms.copy()
     moved.positions += np.random.default_rng(3).uniform(-0.17, 0.17, size=moved.positions.shape)  # |move| < 0.3 Å
     within = [compute_pairs(structure, model.cutoff).pair_index.shape[1] for structure in (atoms, moved)]

@@ -187,6 +187,8 @@ class DeviceFeeds:
 
     @skin.setter
     def skin(self, skin: float) -> None:
+        if skin < 0:
+            raise ValueError(f"skin must be >= 0; got {skin}")
         self._skin = float(skin)
         self._kept: tuple[Atoms, dict[str, torch.Tensor]] | None = None  # the last search's structure and feeds
 
@@ -286,7 +288,7 @@ class DeviceFeeds:
         """The kept table with ``atoms``' positions (staged as for a small molecule: the same tensors
         as before but the positions), while the kept structure's search still holds every pair of
         ``atoms`` within the cutoff (:func:`~mlff_export.neighbors.needs_rebuild`); else ``None``."""
-        if self.skin <= 0 or self._kept is None or needs_rebuild(self._kept[0], atoms, self.skin):
+        if self._kept is None or needs_rebuild(self._kept[0], atoms, self.skin):
             return None
         feeds = self._kept[1]
         return {**feeds, "positions": self._staged_positions(atoms.positions, feeds["positions"].shape[0])}

@@ -358,7 +358,9 @@ def test_a_skin_table_is_reused_with_new_positions_until_an_atom_moved_half_the_
         assert device_feeds.reused(changed) is None
     without_skin = DeviceFeeds(model.cutoff, model.species[0], CPU)
     without_skin.keep(atoms, kept)
-    assert without_skin.reused(atoms) is None
+    assert without_skin.reused(atoms) is None, "without a skin nothing is kept, even for unmoved atoms"
+    with pytest.raises(ValueError, match="skin must be >= 0"):
+        DeviceFeeds(model.cutoff, model.species[0], CPU, skin=-0.1)
 
 
 def test_the_calculators_skin_reaches_the_backends_device_search(reference_graph):

@@ -15,7 +15,7 @@ the median step (``md_median_step_s``) and how many neighbor searches they took
 (``md_neighbor_searches``: every step without a skin, only the rebuilds with one). Writes ``DIR/large_systems.jsonl`` (a line per row, as it is
 measured) and ``DIR/large_systems.json`` (rows, the 100k/10k and 1M/100k time ratios, the FP32/FP16
 time ratio per size, environment). With ``--profile``, one more call per row runs under
-torch.profiler: ``DIR/profile-<backend>-<precision>-<atoms>.txt`` lists the 25 operations with the
+torch.profiler: ``DIR/profile-<backend>-<precision>-<atoms>-skin<skin>.txt`` lists the 25 operations with the
 most GPU time and the 25 with the most CPU time of their own (neighbor search, table, model, checks),
 and ``profile-...trace.json.gz`` is that call's timeline (open it in Perfetto or ``chrome://tracing``).
 """
@@ -36,9 +36,9 @@ from mlff_export import REFERENCE_CHECKPOINT
 from mlff_export.bench.environment import describe_environment
 from mlff_export.bench.timing import first_call
 from mlff_export.bench.workloads import water_box
-from mlff_export.runtime.calculator import MLFFCalculator
 from mlff_export.cli.options import require_cuda
 from mlff_export.runtime import load_calculator
+from mlff_export.runtime.calculator import MLFFCalculator
 
 
 def write_profile(atoms, path: Path) -> None:
@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--skins: {args.skins!r} is not a comma-separated list of numbers (Å)")
     if not all(np.isfinite(skin) and skin >= 0 for skin in skins):
         parser.error(f"--skins: {args.skins!r}: every skin must be a finite number >= 0 (Å)")
+    if args.md_steps < 0:
+        parser.error(f"--md-steps: {args.md_steps} is negative; give a number of steps >= 0")
     require_cuda(parser, "time and memory")
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the domain grid of each call is logged
     args.out.mkdir(parents=True, exist_ok=True)

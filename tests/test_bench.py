@@ -268,14 +268,14 @@ def test_large_systems_ratios_pair_rows_of_one_skin_only():
     assert time_ratios(rows) == {"b 10 atoms fp32/fp16": 2.0, "b skin 0.5 10 atoms fp32/fp16": 1.25, "b skin 0.5 fp16 100/10 atoms": 5.0}
 
 
-@pytest.mark.parametrize("skins", ["0,-0.5", "0.5,nan", "half"])
-def test_large_systems_refuses_a_skin_it_cannot_use_in_one_line(skins, tmp_path, capsys):
+@pytest.mark.parametrize("option, value", [("--skins", "0,-0.5"), ("--skins", "0.5,nan"), ("--skins", "half"), ("--md-steps", "-1")])
+def test_large_systems_refuses_a_skin_or_step_count_it_cannot_use_in_one_line(option, value, tmp_path, capsys):
     from mlff_export.bench.large_systems import main as large_systems
 
     with pytest.raises(SystemExit) as exit_info:
-        large_systems(["--out", str(tmp_path / "out"), "--skins", skins])
+        large_systems(["--out", str(tmp_path / "out"), option, value])
     assert exit_info.value.code == 2
-    assert f"--skins: {skins!r}" in capsys.readouterr().err
+    assert f"{option}: " in capsys.readouterr().err
 
 
 def test_large_systems_md_counts_a_search_per_step_without_a_skin_and_fewer_with_one():

@@ -181,27 +181,18 @@ def compute_pairs(atoms: Atoms, cutoff: float, memory: MemoryBudget | None = Non
     return Pairs(pair_index=pair_index, cell_shifts=cell_shifts if change is None else cell_shifts @ change)
 
 
-class VerletNeighborList:
-    """Neighbor list with a skin, rebuilt only when an atom moved more than ``skin / 2``.
+class KeptSearch:
+    """A neighbor search's result (a pair list, a neighbor table) kept for the structures it still
+    serves. Searched within ``cutoff + skin`` for one structure, it holds every pair within
+    ``cutoff`` of a later one until an atom has moved more than ``skin / 2`` Å, or the atom count,
+    elements, periodicity or cell changed. Setting ``skin`` (Å, >= 0) forgets what was kept: a
+    wider skin would otherwise reuse a search too short for it."""
 
-    Pairs are searched within ``cutoff + skin``; the model ignores pairs beyond its cutoff, so a
-    list is valid until some atom has moved ``skin / 2`` since the last build. A change of atom
-    count, elements, periodicity or cell also triggers a rebuild.
-    """
-
-    def __init__(self, cutoff: float, skin: float = 0.0, memory: MemoryBudget | None = None):
-        """``memory``: host memory a search may take (:func:`compute_pairs`; default: what is free)."""
-        if cutoff <= 0 or skin < 0:
-            raise ValueError(f"cutoff must be > 0 and skin >= 0; got cutoff={cutoff}, skin={skin}")
-        self.cutoff = float(cutoff)
-        self.memory = memory
-        self.builds = 0
+    def __init__(self, skin: float = 0.0):
         self.skin = skin
 
     @property
     def skin(self) -> float:
-        """Verlet skin in Å. Setting it forgets the pairs searched with the last one (the next
-        call searches again: a wider skin would otherwise reuse a list too short for it)."""
         return self._skin
 
     @skin.setter
@@ -209,35 +200,51 @@ class VerletNeighborList:
         if skin < 0:
             raise ValueError(f"skin must be >= 0; got {skin}")
         self._skin = float(skin)
-        self._pairs: Pairs | None = None
         self._reference: Atoms | None = None
+        self.value: object = None
+
+    def keep(self, atoms: Atoms, value: object) -> None:
+        """Keep ``value``, the search of ``atoms`` within ``cutoff + skin``."""
+        self._reference = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        self.value = value
+
+    def get(self, atoms: Atoms) -> object:
+        """The kept value if it still holds every pair of ``atoms`` within the cutoff, else ``None``."""
+        reference = self._reference
+        if reference is None or len(reference) != len(atoms):
+            return None
+        if (reference.numbers != atoms.numbers).any() or (reference.pbc != atoms.pbc).any():
+            return None
+        if not np.array_equal(reference.cell.array, atoms.cell.array):
+            return None
+        displacement = np.linalg.norm(atoms.positions - reference.positions, axis=1).max()
+        return None if displacement > 0.5 * self.skin else self.value
+
+
+class VerletNeighborList(KeptSearch):
+    """Neighbor list with a skin, rebuilt only when an atom moved more than ``skin / 2``.
+
+    Pairs are searched within ``cutoff + skin``; the model ignores pairs beyond its cutoff, so a
+    list is valid until some atom has moved ``skin / 2`` since the last build. A change of atom
+    count, elements, periodicity or cell also triggers a rebuild (:class:`KeptSearch`).
+    """
+
+    def __init__(self, cutoff: float, skin: float = 0.0, memory: MemoryBudget | None = None):
+        """``memory``: host memory a search may take (:func:`compute_pairs`; default: what is free)."""
+        if cutoff <= 0 or skin < 0:
+            raise ValueError(f"cutoff must be > 0 and skin >= 0; got cutoff={cutoff}, skin={skin}")
+        super().__init__(skin)
+        self.cutoff = float(cutoff)
+        self.memory = memory
+        self.builds = 0
 
     def pairs(self, atoms: Atoms) -> Pairs:
-        if needs_rebuild(self._reference, atoms, self.skin):
-            self._pairs = compute_pairs(atoms, self.cutoff + self.skin, self.memory)
-            self._reference = reference_of(atoms)
+        pairs = self.get(atoms)
+        if pairs is None:
+            pairs = compute_pairs(atoms, self.cutoff + self.skin, self.memory)
+            self.keep(atoms, pairs)
             self.builds += 1
-        return self._pairs
-
-
-def reference_of(atoms: Atoms) -> Atoms:
-    """What :func:`needs_rebuild` compares later calls with: a copy of ``atoms``' numbers,
-    positions, cell and periodicity."""
-    return Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-
-
-def needs_rebuild(reference: Atoms | None, atoms: Atoms, skin: float) -> bool:
-    """Whether a neighbor list searched within ``cutoff + skin`` for ``reference`` may miss a pair
-    of ``atoms`` within ``cutoff``: no reference, another atom count, elements, periodicity or cell,
-    or an atom that moved more than ``skin / 2`` Å."""
-    if reference is None or len(reference) != len(atoms):
-        return True
-    if (reference.numbers != atoms.numbers).any() or (reference.pbc != atoms.pbc).any():
-        return True
-    if not np.array_equal(reference.cell.array, atoms.cell.array):
-        return True
-    displacement = np.linalg.norm(atoms.positions - reference.positions, axis=1).max()
-    return bool(displacement > 0.5 * skin)
+        return pairs
 
 
 def batch_inputs(

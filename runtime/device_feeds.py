@@ -33,7 +33,7 @@ from ase import Atoms
 from mlff_export.export.engine_profiles import profile_from_ranges
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
 from mlff_export.interface import AtomicInputs
-from mlff_export.neighbors import needs_rebuild, reference_of
+from mlff_export.neighbors import KeptSearch
 from mlff_export.runtime.shape_buckets import bucket_size, choose_bucket, pad_table_feeds, table_sizes
 
 PAIRS_BUILT_ON_DEVICE = 20_000  # from this many pairs on, build the neighbor table on the device
@@ -173,7 +173,7 @@ class DeviceFeeds:
         self.padding_species = int(padding_species)
         self.device = device
         self.searches = 0  # how many times :meth:`search` ran (a skin's reused tables need none)
-        self.skin = skin
+        self._kept = KeptSearch(skin)  # the last search's table, kept with a skin only
         self._tables: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self._molecule_feeds: dict[tuple[int, bytes], dict[str, torch.Tensor]] = {}
         self._staging: dict[int, tuple[torch.Tensor, np.ndarray]] = {}  # per bucket: the buffer and its values
@@ -183,14 +183,11 @@ class DeviceFeeds:
     @property
     def skin(self) -> float:
         """Verlet skin in Å. Setting it forgets the kept table (searched with the last skin)."""
-        return self._skin
+        return self._kept.skin
 
     @skin.setter
     def skin(self, skin: float) -> None:
-        if skin < 0:
-            raise ValueError(f"skin must be >= 0; got {skin}")
-        self._skin = float(skin)
-        self._kept: tuple[Atoms, dict[str, torch.Tensor]] | None = None  # the last search's structure and feeds
+        self._kept.skin = skin
 
     def __call__(self, atoms: Atoms) -> dict[str, torch.Tensor] | None:
         if self.takes_dense(atoms):
@@ -282,13 +279,14 @@ class DeviceFeeds:
     def keep(self, atoms: Atoms, feeds: dict[str, torch.Tensor]) -> None:
         """Keep the table ``feeds`` of ``atoms``, built from :meth:`search`, for :meth:`reused`
         (with a skin; without one nothing is kept)."""
-        self._kept = (reference_of(atoms), feeds) if self.skin > 0 else None
+        if self.skin > 0:
+            self._kept.keep(atoms, feeds)
 
     def reused(self, atoms: Atoms) -> dict[str, torch.Tensor] | None:
         """The kept table with ``atoms``' positions (staged as for a small molecule: the same tensors
         as before but the positions), while the kept structure's search still holds every pair of
-        ``atoms`` within the cutoff (:func:`~mlff_export.neighbors.needs_rebuild`); else ``None``."""
-        if self._kept is None or needs_rebuild(self._kept[0], atoms, self.skin):
+        ``atoms`` within the cutoff (:class:`~mlff_export.neighbors.KeptSearch`); else ``None``."""
+        feeds = self._kept.get(atoms)
+        if feeds is None:
             return None
-        feeds = self._kept[1]
         return {**feeds, "positions": self._staged_positions(atoms.positions, feeds["positions"].shape[0])}

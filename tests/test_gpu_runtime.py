@@ -96,7 +96,7 @@ def test_md_with_a_skin_reuses_the_gpu_table_and_keeps_eagers_numbers(backend):
         np.testing.assert_allclose(atoms.get_forces(), want["forces"], atol=1e-4)
         assert atoms.get_potential_energy() == pytest.approx(want["energy"], rel=1e-6)
         np.testing.assert_allclose(atoms.get_stress(), want["stress"], atol=1e-6)
-        tables.append(calc.backend.device_feeds._kept[1]["neighbor_index"])
+        tables.append(calc.backend.device_feeds._kept.value["neighbor_index"])
     assert [table is tables[0] for table in tables] == [True] * 4 + [False] * 2 and tables[5] is tables[4]
     assert calc.neighbor_list.builds == 0, "the calculator never searched neighbors on the CPU"
 

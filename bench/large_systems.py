@@ -170,18 +170,20 @@ def time_ratios(rows: list[dict]) -> dict[str, float]:
     """Per backend, precision and skin: median time at each size over the median at the next
     smaller size; per backend, skin and size: the FP32 median over the FP16 median (the FP16 body's
     speed-up). Keys name a skin only where it is not 0."""
+    def named(backend: str, skin: float) -> str:
+        return f"{backend} skin {skin:g}" if skin else backend
+
     ratios = {}
     medians = {(row["backend"], row.get("precision", "fp32"), row.get("skin_a", 0.0), row["atoms"]): row["median_s"] for row in rows if "median_s" in row}
     for backend, precision, skin in {key[:3] for key in medians}:
-        named = f"{backend} skin {skin:g}" if skin else backend
         sized = sorted((atoms, seconds) for (b, p, s, atoms), seconds in medians.items() if (b, p, s) == (backend, precision, skin))
         for (small, small_s), (large, large_s) in zip(sized, sized[1:]):
-            ratios[f"{named} {precision} {large}/{small} atoms"] = large_s / small_s
+            ratios[f"{named(backend, skin)} {precision} {large}/{small} atoms"] = large_s / small_s
     for (backend, precision, skin, atoms), seconds in medians.items():
         if precision == "fp16" and (backend, "fp32", skin, atoms) in medians:
-            named = f"{backend} skin {skin:g}" if skin else backend
-            ratios[f"{named} {atoms} atoms fp32/fp16"] = medians[backend, "fp32", skin, atoms] / seconds
+            ratios[f"{named(backend, skin)} {atoms} atoms fp32/fp16"] = medians[backend, "fp32", skin, atoms] / seconds
     return ratios
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -22,7 +22,7 @@ from torch.export import Dim
 
 from mlff_export.forces import energy_forces_virial_by_strain, energy_forces_virial_from_pairs
 from mlff_export.interface import INPUT_NAMES, AtomicInputs
-from mlff_export.pair_layouts import NeighborTable
+from mlff_export.pair_layouts import NeighborTable, PairList
 
 # Smallest size each dynamic axis accepts at run time. Pairs may be 0 (a lone atom).
 AXIS_MINIMUM = {"num_atoms": 1, "max_neighbors": 1, "num_pairs": 0, "num_structures": 1}
@@ -114,8 +114,9 @@ LAYOUTS = {layout.name: layout for layout in (NEIGHBOR_TABLE, PAIR_LIST)}
 def graph_function(model: nn.Module, layout: GraphLayout, weighted: bool = False) -> Callable[..., tuple[torch.Tensor, ...]]:
     """The function to trace: graph inputs (``layout.input_names`` order) -> energy, forces, virial.
 
-    ``weighted`` (neighbor table only; runtime, never exported): one more input ``atom_weights``
-    [N], and the outputs are those of ``sum_i w_i E_i`` (domain evaluation of large structures).
+    ``weighted`` (runtime, never exported; a model with ``atomic_energies``): one more input
+    ``atom_weights`` [N], and the outputs are those of ``sum_i w_i E_i`` by the pair-vector route
+    (domain evaluation of large structures; on the pair list, large structures whole too).
     """
     if layout.name == NEIGHBOR_TABLE.name:
 
@@ -136,14 +137,18 @@ def graph_function(model: nn.Module, layout: GraphLayout, weighted: bool = False
             )
 
         return weighted_neighbor_table_graph if weighted else neighbor_table_graph
-    if weighted:
-        raise ValueError(f"weighted graphs take the '{NEIGHBOR_TABLE.name}' layout, not '{layout.name}'")
+
+    def weighted_pair_list_graph(positions, species, pair_index, pair_shifts, structure_index, cell, atom_weights):
+        pairs = PairList(pair_index, pair_shifts, positions.shape[0])
+        return energy_forces_virial_from_pairs(
+            model, positions, species, pairs, structure_index, cell.shape[0], atom_weights=atom_weights
+        )
 
     def pair_list_graph(positions, species, pair_index, pair_shifts, structure_index, cell):
         inputs = AtomicInputs(positions, species, pair_index, pair_shifts, structure_index, cell)
         return energy_forces_virial_by_strain(model, inputs)
 
-    return pair_list_graph
+    return weighted_pair_list_graph if weighted else pair_list_graph
 
 
 # Atoms per structure of the tracing example. Sizes that are 0 or 1, equal to each other or to a

@@ -127,15 +127,17 @@ def trace_joint_graph(
     example inputs it was traced with (on ``device``; every dynamic size >= 2 and distinct).
     A model without ``atomic_energies`` reaches the neighbor table through the scatter-free
     rewrite (raises :class:`RewriteRefused` where it cannot be proved); ``weighted`` (one more
-    input, per-atom energy weights [N]) needs ``atomic_energies``.
+    input, per-atom energy weights [N]; either layout) needs ``atomic_energies``.
     """
+    if weighted and not has_pair_energy(model):
+        raise ValueError(f"weighted graphs need `atomic_energies`; {type(model).__name__} has none")
     if layout is NEIGHBOR_TABLE and not has_pair_energy(model):
-        if weighted:
-            raise ValueError(f"weighted graphs need `atomic_energies`; {type(model).__name__} has none")
         return rewritten_to_neighbor_table(model, *trace_pair_list_graph(model, device))
-    args = table_example_inputs(model.species, device, weighted) if layout is NEIGHBOR_TABLE else tuple(
-        layout.feeds(example_inputs(tuple(model.species)).to(device)).values()
-    )
+    if layout is NEIGHBOR_TABLE:
+        args = table_example_inputs(model.species, device, weighted)
+    else:
+        args = tuple(layout.feeds(example_inputs(tuple(model.species)).to(device)).values())
+        args += (torch.ones_like(args[0][:, 0]),) if weighted else ()
     return _trace(model, layout, args, weighted), args
 
 

@@ -8,7 +8,9 @@ of its ``L``-hop neighborhood (all pairs between those atoms, periodic shifts ke
 * forces and virial = sums over domains of the gradients of those core energies (linear in E),
 
 which :func:`evaluate_in_domains` computes domain by domain, never holding more than ``max_pairs``
-pairs' activations at once. Cores are the cells of a grid over the fractional coordinates (slabs
+pairs' activations at once. A domain leaves out the pairs between two atoms of its outermost hop
+(``L`` hops from the core, both ends): such a pair only carries messages onto atoms ``L`` hops out,
+which reach the core after ``L`` more blocks, one too many (about a tenth of a slab's pairs in water). Cores are the cells of a grid over the fractional coordinates (slabs
 while the halo is wide against the structure, columns and near-cubes as it grows: 1M atoms need
 cubes); the halo comes from the pair graph itself, so periodic images and cells of any shape need
 no special case.
@@ -81,23 +83,26 @@ def _core_ids(coordinates: torch.Tensor, shape: tuple[int, int, int]) -> torch.T
     return (cells[:, 0] * shape[1] + cells[:, 1]) * shape[2] + cells[:, 2]
 
 
-def _domain_masks(inputs: AtomicInputs, core_ids: torch.Tensor, hops: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(core, core + halo) atom masks of each non-empty domain."""
+def _domain_masks(inputs: AtomicInputs, core_ids: torch.Tensor, hops: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Of each non-empty domain: the core and core + halo atom masks, and its pair mask (both ends
+    in the domain, not both in its outermost hop; the list stays full: a pair and its reverse go
+    together)."""
     centers, neighbors = inputs.pair_index
     for domain in torch.unique(core_ids).tolist():
         core = core_ids == domain
-        extended = core.clone()
+        extended, inner = core.clone(), core
         for _ in range(hops):  # a full list: i is one hop from the set if some pair (i, j) has j in it
+            inner = extended.clone()
             extended[centers[extended[neighbors]]] = True
-        yield core, extended
+        outermost = extended & ~inner if hops else torch.zeros_like(core)
+        yield core, extended, extended[centers] & extended[neighbors] & ~(outermost[centers] & outermost[neighbors])
 
 
 def _largest_domain(inputs: AtomicInputs, core_ids: torch.Tensor, hops: int, max_pairs: int) -> int:
     """Pairs of the largest domain, stopping at the first above ``max_pairs``."""
-    centers, neighbors = inputs.pair_index
     largest = 0
-    for _, extended in _domain_masks(inputs, core_ids, hops):
-        largest = max(largest, int((extended[centers] & extended[neighbors]).sum()))
+    for _, _, kept_pairs in _domain_masks(inputs, core_ids, hops):
+        largest = max(largest, int(kept_pairs.sum()))
         if largest > max_pairs:
             break
     return largest
@@ -105,9 +110,7 @@ def _largest_domain(inputs: AtomicInputs, core_ids: torch.Tensor, hops: int, max
 
 def _domains(inputs: AtomicInputs, core_ids: torch.Tensor, hops: int) -> Iterator[Domain]:
     """The domains of ``core_ids``, each core with its ``hops``-hop halo, built one at a time."""
-    centers, neighbors = inputs.pair_index
-    for core, extended in _domain_masks(inputs, core_ids, hops):
-        kept_pairs = extended[centers] & extended[neighbors]
+    for core, extended, kept_pairs in _domain_masks(inputs, core_ids, hops):
         atom_ids = torch.nonzero(extended).squeeze(1)
         new_index = torch.cumsum(extended, 0) - 1
         yield Domain(

@@ -22,6 +22,11 @@ uncaptured. A single
 structure whose activations would not fit in the device's free memory (the call's
 :class:`~mlff_export.memory.MemoryBudget`) runs in spatial domains (:mod:`~mlff_export.runtime.domains`)
 through a second trace of the graph with per-atom energy weights.
+
+Large float32 structures skip the table on the compiled backend (:data:`PAIR_LIST_FROM_PAIRS`): the
+graph traced on the pair list itself, with per-atom energy weights, runs them whole or in domains.
+A table pads every row to the longest (72 slots for water's 54 neighbors on average), and its
+activations cost the same per slot as the pair list's per pair.
 """
 
 from __future__ import annotations
@@ -30,13 +35,14 @@ import copy
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from mlff_export.export.graph_layouts import NEIGHBOR_TABLE
+from mlff_export.export.graph_layouts import NEIGHBOR_TABLE, PAIR_LIST
 from mlff_export.export.half_gemms import with_half_weight_products
 from mlff_export.export.joint_graph import graph_deviations_from_model, table_example_inputs, trace_joint_graph
 from mlff_export.export.precision import model_for_precision
@@ -99,6 +105,24 @@ def captured_slots(bytes_per_pair: int, device_bytes: int, half_body: bool) -> i
     if not half_body:
         return FLOAT32_CAPTURED_SLOTS
     return int(CAPTURE_MEMORY_FRACTION * device_bytes) // max(bytes_per_pair, 1)
+
+
+PAIR_LIST_FROM_PAIRS = FLOAT32_CAPTURED_SLOTS + 1
+"""Float32 structures with at least this many pairs (their table would not be captured) run on the pair
+list where the backend has that path (compiled, CUDA, a model with ``atomic_energies``, no half body).
+On the H200, FP32 periodic water through the calculator, one process
+(``bench/results/2026-12-02-h200-pair-list``): 10,125 atoms 16.5 ms against the table's 20.0 ms,
+98,304 atoms 128 ms at 53.3 GiB against 155 ms at 70.1 GiB. The FP16 body stays on the table: its
+pair list took 12.0 ms against 13.6 at 10k but 106 ms at 98k, where its table took 90 ms on another host."""
+
+
+def sorted_by_center(inputs: AtomicInputs) -> AtomicInputs:
+    """``inputs`` with its pairs ordered by center, then neighbor (the sums onto atoms then add
+    runs of neighbouring rows); the same structure."""
+    centers, neighbors = inputs.pair_index
+    order = torch.argsort(centers * inputs.num_atoms + neighbors)
+    lattice_shifts = None if inputs.lattice_shifts is None else inputs.lattice_shifts[order]
+    return replace(inputs, pair_index=inputs.pair_index[:, order], pair_shifts=inputs.pair_shifts[order], lattice_shifts=lattice_shifts)
 
 
 class SkippedGemmCandidates(logging.Filter):
@@ -269,6 +293,8 @@ class JointGraphBackend(PaddedTableBackend):
     memory_fraction = 1.0
     """This backend's peak memory per pair as a fraction of the model's eager estimate
     (:func:`~mlff_export.memory.model_bytes_per_pair`): what sizes its domains."""
+    pair_list_memory_fraction = 1.0
+    """The same for its pair-list path (per real pair)."""
 
     def __init__(
         self, model: nn.Module, device: torch.device, capture: bool = False, memory: MemoryBudget | None = None,
@@ -289,22 +315,52 @@ class JointGraphBackend(PaddedTableBackend):
         device_bytes = torch.cuda.get_device_properties(device).total_memory if self.capture else 0
         self._captured_slots = captured_slots(self.bytes_per_pair, device_bytes, activations == torch.float16)
         self._weighted_call: Callable | None = None
+        self.pair_list_from: int | None = None
+        """Structures with at least this many pairs run on the pair list (``None``: none do); set
+        only for a model with ``atomic_energies`` and without a half body (:meth:`runs_on_pair_list`)."""
+        self.pair_list_domains = DomainSplitter(
+            None, self.domains.memory, int(self.pair_list_memory_fraction * model_bytes_per_pair(model, activations))
+        )
+        self._pair_list_call: Callable | None = None
 
     def compiled(self, graph: torch.fx.GraphModule) -> Callable:
         """How this backend runs a traced graph (as traced here; compiled in subclasses)."""
+        return graph
+
+    def compiled_for_any_size(self, graph: torch.fx.GraphModule) -> Callable:
+        """How this backend runs a graph whose sizes change at every call (the pair list's)."""
         return graph
 
     def takes_whole(self, pairs: int) -> bool:
         limit = self.domains.pair_limit(pairs)
         return limit is None or pairs <= limit
 
+    def runs_on_pair_list(self, pairs: int) -> bool:
+        return self.pair_list_from is not None and pairs >= self.pair_list_from
+
     def evaluate(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:
         """As :meth:`PaddedTableBackend.evaluate`; one structure that does not fit (``domains``'
-        memory estimate) runs in spatial domains (uncaptured), with the graph traced once more with atom weights."""
+        memory estimate) runs in spatial domains (uncaptured), with the graph traced once more with
+        atom weights; a call that :meth:`runs_on_pair_list` runs that graph's pair-list twin, whole or in domains."""
         hops = getattr(self.model, "receptive_hops", None)
         if inputs.num_pairs >= PAIRS_BUILT_ON_DEVICE:  # large: split and build tables on the device
             inputs = inputs.to(self.device)
+        if self.runs_on_pair_list(inputs.num_pairs):
+            return self.pair_list_domains.evaluate(sorted_by_center(inputs), hops, self.evaluate_pair_list, self.evaluate_pair_list_weighted)
         return self.domains.evaluate(inputs, hops, super().evaluate, self.evaluate_weighted)
+
+    def evaluate_pair_list(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:
+        """Energy [B], forces [N, 3], virial [B, 3, 3] of ``inputs`` through the pair-list graph."""
+        weights = inputs.positions.new_ones(inputs.num_atoms)
+        return dict(zip(OUTPUT_NAMES, self.evaluate_pair_list_weighted(inputs, weights)))
+
+    def evaluate_pair_list_weighted(self, inputs: AtomicInputs, weights: torch.Tensor):
+        """As :meth:`evaluate_weighted`, on the pair list (the graph traced on first use)."""
+        if self._pair_list_call is None:
+            graph, _ = trace_joint_graph(self.model, PAIR_LIST, self.device, weighted=True)
+            self._pair_list_call = self.compiled_for_any_size(graph)
+        feeds = PAIR_LIST.feeds(inputs.to(self.device))
+        return self._pair_list_call(*feeds.values(), weights.to(self.device, torch.float32))
 
     def launch_large(self, inputs: AtomicInputs):
         """A structure too large for one call, searched on the device: evaluated in domains there
@@ -379,6 +435,10 @@ class CompiledBackend(JointGraphBackend):
     # FP32 15.6 kB of 24.6, FP16 body 7.8 kB of 12.3); 3/4 keeps a margin. An out-of-memory still
     # splits further (DomainSplitter.evaluate).
     memory_fraction = 0.75
+    # The float32 pair-list graph peaked at 0.44 of the reference PaiNN's eager estimate per pair
+    # (H200, 98k-atom water: 53.3 GiB whole, 5.34 M pairs; 33.0 GiB in two domains of 3.27 M pairs,
+    # the whole box's inputs and outputs included); 0.47 keeps a 7 % margin.
+    pair_list_memory_fraction = 0.47
 
     def __init__(
         self, model: nn.Module, device: torch.device, mode: str = "default", memory: MemoryBudget | None = None,
@@ -412,6 +472,14 @@ class CompiledBackend(JointGraphBackend):
                         "(a minute or more; kept in the compile cache); other buckets get default kernels")
         # Fused into one or two kernels (seven tiny ones uncompiled) inside each bucket's CUDA graph.
         self.closest_call = torch.compile(closest_distance, fullgraph=True)
+        # Inductor's CPU code generation fails on the pair-list graph (torch 2.13: an assertion in
+        # its vectorised index code), so only CUDA devices take it.
+        if device.type == "cuda" and has_pair_energy(model) and not has_half_body(model, precision):
+            self.pair_list_from = PAIR_LIST_FROM_PAIRS
+
+    def compiled_for_any_size(self, graph: torch.fx.GraphModule) -> Callable:
+        """Compiled once with symbolic sizes and default options (no kernel is tuned for one size)."""
+        return torch.compile(with_numel_as_method(graph), options=inductor_options("default"), fullgraph=True, dynamic=True)
 
     def bucket_ran(self, bucket: tuple) -> None:
         if self.compile_cache is not None and bucket not in self._ran_buckets:

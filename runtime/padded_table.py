@@ -56,6 +56,10 @@ class PaddedTableBackend:
         structures go through :meth:`launch_large` (domains), larger batches through :meth:`evaluate`."""
         return True
 
+    def runs_on_pair_list(self, pairs: int) -> bool:
+        """Whether a structure of ``pairs`` pairs skips the table (:meth:`launch_large` on its pair list)."""
+        return False
+
     def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The graph on prepared feeds; outputs include the padding and may be reused by the next
         run. May add ``"closest_distance"`` ([1], Å: :func:`closest_distance` of the feeds)."""
@@ -83,7 +87,7 @@ class PaddedTableBackend:
         inputs = self.device_feeds.search(atoms)
         if inputs is None:
             return None
-        if not self.takes_whole(inputs.num_pairs):
+        if not self.takes_whole(inputs.num_pairs) or self.runs_on_pair_list(inputs.num_pairs):
             return self.launch_large(inputs)
         feeds = table_feeds(inputs, self.device, self.species[0])
         self.device_feeds.keep(atoms, feeds)

@@ -218,6 +218,26 @@ def test_largest_domain_counts_the_largest_and_stops_at_the_first_too_large():
     assert _largest_domain(inputs, torch.tensor([0, 0, 1, 1, 1, 1]), 1, 3) == 4
 
 
+def test_a_domain_leaves_out_the_pairs_within_its_outermost_hop():
+    """A triangle 0-1-2 and a tail 2-3: core {0} with a 1-hop halo holds atoms 0, 1, 2 and the
+    pairs 0-1, 0-2 (4 directed), not 1-2 (both ends one hop out); core {1, 2, 3} (halo {0}) keeps
+    all of its 8. The weighted pair potential (one hop of reach) still gives the whole numbers; two
+    hops keep 1-2 (one end is then inside)."""
+    inputs = atoms_with_pairs([0.0, 1.0, 1.5, 3.0], [(0, 1), (0, 2), (1, 2), (2, 3)])
+    core_ids = torch.tensor([0, 1, 1, 1])
+    parts = list(domains._domains(inputs, core_ids, 1))
+    assert [part.inputs.num_pairs for part in parts] == [4, 8]
+    assert _largest_domain(inputs, core_ids, 1, 3) == 4  # counted as built: the first domain, past 3
+    split = {"energy": 0.0, "forces": torch.zeros(4, 3, dtype=torch.float64), "virial": 0.0}
+    for part in parts:
+        energy, forces, virial = pair_potential(part.inputs, part.core_weights)
+        split["energy"] = split["energy"] + energy
+        split["forces"][part.atom_ids] += forces
+        split["virial"] = split["virial"] + virial
+    assert_same_results(split, whole_structure(inputs))
+    assert [part.inputs.num_pairs for part in domains._domains(inputs, core_ids, 2)] == [8, 8]
+
+
 def test_largest_domain_of_atoms_without_pairs_is_empty():
     """Isolated atoms (no pairs at all) make domains of 0 pairs."""
     inputs = atoms_with_pairs([0.0, 5.0, 10.0], [])

@@ -19,6 +19,7 @@ from mlff_export.runtime import domains
 from mlff_export.runtime.domains import (
     DomainSplitter,
     _core_ids,
+    _divisors,
     _grid_coordinates,
     _grid_shape,
     _largest_domain,
@@ -192,6 +193,12 @@ def test_cell_with_a_zero_vector_is_gridded_by_its_bounding_box():
     coordinates, widths = _grid_coordinates(inputs)
     torch.testing.assert_close(widths, torch.tensor([2.0, 4.0, 8.0], dtype=torch.float64))
     torch.testing.assert_close(coordinates[2], torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("number", "divisors"), [(1, [1]), (6, [1, 2, 3, 6]), (7, [1, 7]), (12, [1, 2, 3, 4, 6, 12])])
+def test_grids_are_built_from_the_divisors_of_the_domain_count(number, divisors):
+    """Every grid's cores multiply to the count asked for."""
+    assert _divisors(number) == divisors
 
 
 def test_core_ids_number_the_grid_cells_x_major():

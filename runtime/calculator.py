@@ -474,6 +474,9 @@ def load_calculator(
             a GPU, the neighbor table the backend searched there: only the positions move). Its
             pairs reach ``cutoff + skin``: worth it where the search weighs (H200, 10k-atom water,
             0.5 Å: FP16 13 -> 10 ms per call), not at 98k atoms (90 -> 103 ms, more memory).
+            Float32 structures of more than 2^18 pairs on a compiled backend run on the pair list,
+            which keeps nothing: searched at every call (a skin only widens the search; the pairs
+            beyond the cutoff are dropped before the graph; :data:`~mlff_export.runtime.joint_graph.PAIR_LIST_FROM_PAIRS`).
         min_distance: structures with two atoms (or an atom and its image) closer than this, Å,
             are refused (:mod:`mlff_export.structure_sanity`; default 0.5 Å, 0: no check).
         memory_limit_gb: at most this much memory per call, GB (default: 80 % of what the device

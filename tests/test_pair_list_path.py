@@ -20,7 +20,7 @@ from mlff_export.bench.workloads import water_box
 from mlff_export.export.graph_layouts import NEIGHBOR_TABLE, PAIR_LIST
 from mlff_export.export.joint_graph import trace_joint_graph
 from mlff_export.neighbors import batch_inputs, compute_pairs
-from mlff_export.runtime.joint_graph import PAIR_LIST_FROM_PAIRS, CompiledBackend, JointGraphBackend, sorted_by_center
+from mlff_export.runtime.joint_graph import PAIR_LIST_FROM_PAIRS, CompiledBackend, JointGraphBackend, pair_list_for_graph
 
 
 def water_inputs(atoms_count: int = 1000, model=None):
@@ -107,17 +107,24 @@ def test_a_weighted_graph_needs_atom_energies():
         trace_joint_graph(make_student(), PAIR_LIST, weighted=True)
 
 
-def test_pairs_sorted_by_center_keep_their_shifts_and_the_numbers():
-    inputs = water_inputs(375)
-    order = torch.randperm(inputs.num_pairs, generator=torch.Generator().manual_seed(0))
-    shuffled = replace(inputs, pair_index=inputs.pair_index[:, order], pair_shifts=inputs.pair_shifts[order],
-                       lattice_shifts=inputs.lattice_shifts[order])
-    ordered = sorted_by_center(shuffled)
-    keys = ordered.pair_index[0] * inputs.num_atoms + ordered.pair_index[1]
+def test_the_graph_gets_the_pairs_within_the_cutoff_sorted_by_center_with_their_shifts():
+    """A list searched 1 Å beyond the cutoff (a Verlet skin), shuffled: the graph gets the pairs
+    within the cutoff, centers then neighbors ascending, each with its own shifts; the same numbers."""
+    model = make_small_painn()
+    atoms = water_box(375)
+    inputs = water_inputs(375, model)
+    wide = batch_inputs([atoms], [compute_pairs(atoms, model.cutoff + 1.0)])
+    order = torch.randperm(wide.num_pairs, generator=torch.Generator().manual_seed(0))
+    shuffled = replace(wide, pair_index=wide.pair_index[:, order], pair_shifts=wide.pair_shifts[order],
+                       lattice_shifts=wide.lattice_shifts[order])
+    given = pair_list_for_graph(shuffled, model.cutoff)
+    assert given.num_pairs == inputs.num_pairs < wide.num_pairs
+    keys = given.pair_index[0] * inputs.num_atoms + given.pair_index[1]
     assert bool((keys[1:] > keys[:-1]).all()), "centers, then neighbors, ascending"
-    vectors = ordered.positions[ordered.pair_index[1]] - ordered.positions[ordered.pair_index[0]] + ordered.pair_shifts
-    assert float(vectors.norm(dim=1).max()) < make_small_painn().cutoff, "each shift moved with its pair"
-    cell = ordered.cell[0]
-    np.testing.assert_allclose(ordered.lattice_shifts.float() @ cell, ordered.pair_shifts, atol=1e-4)
-    backend = JointGraphBackend(make_small_painn(), torch.device("cpu"))
-    assert_close(backend.evaluate(ordered), backend.evaluate(inputs))
+    assert torch.equal(keys, (inputs.pair_index[0] * inputs.num_atoms + inputs.pair_index[1]).sort().values)
+    vectors = given.positions[given.pair_index[1]] - given.positions[given.pair_index[0]] + given.pair_shifts
+    assert float(vectors.norm(dim=1).max()) < model.cutoff, "each shift moved with its pair"
+    np.testing.assert_allclose(given.lattice_shifts.float() @ given.cell[0], given.pair_shifts, atol=1e-4)
+    backend = JointGraphBackend(model, torch.device("cpu"))
+    backend.pair_list_from = 0
+    assert_close(backend.evaluate(shuffled), backend.evaluate(inputs))

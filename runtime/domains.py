@@ -8,12 +8,12 @@ of its ``L``-hop neighborhood (all pairs between those atoms, periodic shifts ke
 * forces and virial = sums over domains of the gradients of those core energies (linear in E),
 
 which :func:`evaluate_in_domains` computes domain by domain, never holding more than ``max_pairs``
-pairs' activations at once. A domain leaves out the pairs between two atoms of its outermost hop
-(``L`` hops from the core, both ends): such a pair only carries messages onto atoms ``L`` hops out,
-which reach the core after ``L`` more blocks, one too many (about a tenth of a slab's pairs in water). Cores are the cells of a grid over the fractional coordinates (slabs
+pairs' activations at once. Cores are the cells of a grid over the fractional coordinates (slabs
 while the halo is wide against the structure, columns and near-cubes as it grows: 1M atoms need
 cubes); the halo comes from the pair graph itself, so periodic images and cells of any shape need
-no special case.
+no special case. A domain leaves out the pairs between two atoms of its outermost hop (``L`` hops
+from the core, both ends): such a pair only carries messages onto atoms ``L`` hops out, which reach
+the core after ``L`` more blocks, one too many (about a tenth of a slab's pairs in water).
 """
 
 from __future__ import annotations

@@ -339,6 +339,7 @@ class JointGraphBackend(PaddedTableBackend):
         return limit is None or pairs <= limit
 
     def runs_on_pair_list(self, pairs: int) -> bool:
+        """From :attr:`pair_list_from` pairs on."""
         return self.pair_list_from is not None and pairs >= self.pair_list_from
 
     def evaluate(self, inputs: AtomicInputs) -> dict[str, torch.Tensor]:

@@ -73,8 +73,8 @@ def test_the_pair_list_starts_at_its_threshold():
     assert backend.runs_on_pair_list(1000) and not backend.runs_on_pair_list(999)
 
 
-def test_the_compiled_backend_keeps_tables_on_the_cpu_and_for_a_half_body():
-    """Inductor's CPU code refuses the pair-list graph; the FP16 body was not faster on it at 98k atoms."""
+def test_the_compiled_backend_keeps_tables_on_the_cpu():
+    """Inductor's CPU code generation refuses the pair-list graph."""
     assert PAIR_LIST_FROM_PAIRS == 2**18 + 1
     assert CompiledBackend(make_small_painn(), torch.device("cpu")).pair_list_from is None
 

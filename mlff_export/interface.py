@@ -66,6 +66,11 @@ class AtomicInputs:
     def num_structures(self) -> int:
         return self.cell.shape[0]
 
+    def pair_lengths(self) -> torch.Tensor:
+        """[E] the length of each pair's vector ``x_j - x_i + shift``, Å."""
+        centers, neighbors = self.pair_index
+        return torch.linalg.vector_norm(self.positions[neighbors] - self.positions[centers] + self.pair_shifts, dim=1)
+
     def as_tuple(self) -> tuple[torch.Tensor, ...]:
         """The tensors in :data:`INPUT_NAMES` order, the positional order of a model call."""
         return tuple(getattr(self, name) for name in INPUT_NAMES)

@@ -78,9 +78,7 @@ def closest_pair_distance(inputs: AtomicInputs) -> torch.Tensor:
     inputs' device (inf without pairs)."""
     if inputs.num_pairs == 0:
         return torch.full((1,), torch.inf, device=inputs.positions.device)
-    centers, neighbors = inputs.pair_index
-    vectors = inputs.positions[neighbors] - inputs.positions[centers] + inputs.pair_shifts
-    return torch.linalg.vector_norm(vectors, dim=-1).amin().reshape(1).float()
+    return inputs.pair_lengths().amin().reshape(1).float()
 
 
 class CapturedClosestDistance:

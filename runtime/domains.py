@@ -130,8 +130,7 @@ def _domains(inputs: AtomicInputs, core_ids: torch.Tensor, hops: int) -> Iterato
 
 def _longest_pair(inputs: AtomicInputs) -> float:
     """The longest pair distance (Å): one hop's reach, at most the cutoff."""
-    vectors = inputs.positions[inputs.pair_index[1]] - inputs.positions[inputs.pair_index[0]] + inputs.pair_shifts
-    return float(torch.linalg.vector_norm(vectors, dim=1).max()) if inputs.num_pairs else 0.0
+    return float(inputs.pair_lengths().max()) if inputs.num_pairs else 0.0
 
 
 WeightedEvaluate = Callable[[AtomicInputs, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]

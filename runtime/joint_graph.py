@@ -121,8 +121,7 @@ def pair_list_for_graph(inputs: AtomicInputs, cutoff: float) -> AtomicInputs:
     further; those pairs contribute nothing but time), ordered by center, then neighbor (the sums
     onto atoms then add runs of neighbouring rows); the same structure."""
     centers, neighbors = inputs.pair_index
-    lengths = torch.linalg.vector_norm(inputs.positions[neighbors] - inputs.positions[centers] + inputs.pair_shifts, dim=1)
-    kept = torch.nonzero(lengths < cutoff).squeeze(1)
+    kept = torch.nonzero(inputs.pair_lengths() < cutoff).squeeze(1)
     order = kept[torch.argsort(centers[kept] * inputs.num_atoms + neighbors[kept])]
     lattice_shifts = None if inputs.lattice_shifts is None else inputs.lattice_shifts[order]
     return replace(inputs, pair_index=inputs.pair_index[:, order], pair_shifts=inputs.pair_shifts[order], lattice_shifts=lattice_shifts)

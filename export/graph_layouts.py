@@ -57,15 +57,22 @@ class GraphLayout:
             for axes in self.input_axes.values()
         )
 
-    def feeds(self, inputs: AtomicInputs, dtype: torch.dtype = torch.float32, width: int | None = None) -> dict[str, torch.Tensor]:
+    def feeds(
+        self,
+        inputs: AtomicInputs,
+        dtype: torch.dtype = torch.float32,
+        width: int | None = None,
+        rows: int | None = None,
+    ) -> dict[str, torch.Tensor]:
         """The graph's inputs (floats in ``dtype``, float32 for exported graphs; int64) for
-        interface inputs on any device; ``width``: the neighbor table's (default: its longest row)."""
+        interface inputs on any device; ``width`` and ``rows``: the neighbor table's (default: its
+        longest row, one row per atom; more rows are padding atoms' rows, the table's only)."""
         inputs = inputs.to(dtype=dtype)
         if self.name == PAIR_LIST.name:
             tensors = dict(zip(INPUT_NAMES, inputs.as_tuple()))
         else:
             table = NeighborTable.from_pair_list(
-                inputs.pair_index, inputs.pair_shifts, inputs.num_atoms, width, inputs.lattice_shifts
+                inputs.pair_index, inputs.pair_shifts, inputs.num_atoms, width, inputs.lattice_shifts, rows
             )
             tensors = {
                 "positions": inputs.positions,

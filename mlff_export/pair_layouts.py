@@ -23,7 +23,6 @@ Per-pair values a model sums onto atoms must be zero on padding slots (``mask_pa
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -207,51 +206,86 @@ class NeighborTable:
         num_atoms: int,
         max_neighbors: int | None = None,
         lattice_shifts: torch.Tensor | None = None,
+        num_rows: int | None = None,
     ) -> NeighborTable:
         """Convert a full pair list to a table with ``K = max_neighbors`` (default: the largest row).
 
         ``lattice_shifts`` [E, 3] int, where the neighbor search gave them: the pairs' integer cell
         shifts (``pair_shifts = lattice_shifts @ cell``); reverse pairs are then matched on them,
         which skips ranking the float shifts (three sorts and waits for the device).
+        ``num_rows`` (default ``num_atoms``): rows of the table; those from ``num_atoms`` on are
+        atoms without pairs, all padding (a shape bucket's rows, built here instead of added after).
 
         Raises :class:`InterfaceError` if some pair has no reverse (the list is not full) or a row
         has more than ``max_neighbors`` pairs.
         """
-        device = pair_index.device
-        centers, neighbors = pair_index[0], pair_index[1]
-        num_pairs = centers.shape[0]
-        counts = torch.bincount(centers, minlength=num_atoms)
-        largest_row = int(counts.max()) if num_pairs else 0
+        rows = num_atoms if num_rows is None else num_rows
+        if rows < num_atoms:
+            raise ValueError(f"num_rows={rows} is fewer than the {num_atoms} atoms")
+        counts = torch.bincount(pair_index[0], minlength=rows)
+        largest_row, reach = _largest_row_and_reach(counts, lattice_shifts)
         k = largest_row if max_neighbors is None else max_neighbors
         if largest_row > k:
             raise InterfaceError(
                 f"neighbor table: atom {int(counts.argmax())} has {largest_row} pairs | "
                 f"max_neighbors={k} | use a larger max_neighbors (shape bucket)"
             )
-        k = max(k, 1)
-        order = torch.argsort(centers, stable=True)
-        row_start = torch.cumsum(counts, 0) - counts
-        sorted_centers = centers[order]
-        slot_in_row = torch.arange(num_pairs, device=device) - row_start[sorted_centers]
-        slot = torch.empty_like(order)
-        slot[order] = sorted_centers * k + slot_in_row
+        codes, reverse_codes, radix = _shift_codes(pair_shifts, lattice_shifts, reach)
+        *tensors, unmatched = _table_tensors(pair_index, pair_shifts, codes, reverse_codes, counts, num_atoms, radix, max(k, 1))
+        if pair_index.shape[1] and bool(unmatched):
+            _raise_missing_reverse(pair_index, codes, reverse_codes, num_atoms, radix)
+        return cls(*tensors)
 
-        reverse_pair = _reverse_pairs(pair_index, pair_shifts, num_atoms, lattice_shifts)
-        flat_slots = torch.arange(num_atoms * k, device=device)
-        neighbor_index = (flat_slots // k).clone()
-        neighbor_index[slot] = neighbors
-        reverse_index = flat_slots.clone()
-        reverse_index[slot] = slot[reverse_pair]
-        neighbor_shifts = pair_shifts.new_zeros((num_atoms * k, 3))
-        neighbor_shifts[slot] = pair_shifts
-        neighbor_mask = pair_shifts.new_zeros(num_atoms * k)
-        neighbor_mask[slot] = 1.0
-        return cls(
-            neighbor_index=neighbor_index.reshape(num_atoms, k),
-            neighbor_shifts=neighbor_shifts.reshape(num_atoms, k, 3),
-            neighbor_mask=neighbor_mask.reshape(num_atoms, k),
-            reverse_index=reverse_index.reshape(num_atoms, k),
-        )
+
+def _largest_row_and_reach(counts: torch.Tensor, lattice_shifts: torch.Tensor | None) -> tuple[int, int]:
+    """The most pairs of one center and the largest lattice shift component (0 without them),
+    read from the device together: one wait instead of two."""
+    if lattice_shifts is None or lattice_shifts.shape[0] == 0:
+        return int(counts.max()) if counts.numel() else 0, 0
+    largest_row, reach = torch.stack([counts.max(), lattice_shifts.abs().max().to(counts.dtype)]).tolist()
+    return largest_row, reach
+
+
+def _table_tensors(
+    pair_index: torch.Tensor,
+    pair_shifts: torch.Tensor,
+    codes: torch.Tensor,
+    reverse_codes: torch.Tensor,
+    counts: torch.Tensor,
+    num_atoms: int,
+    radix: int,
+    k: int,
+) -> tuple[torch.Tensor, ...]:
+    """neighbor_index, neighbor_shifts, neighbor_mask, reverse_index of the table with ``counts``'
+    rows of ``k`` slots, and whether some pair has no reverse (a [] bool tensor, left on the
+    device: :meth:`NeighborTable.from_pair_list` reads it with nothing else to wait for)."""
+    device = pair_index.device
+    centers, neighbors = pair_index[0], pair_index[1]
+    num_pairs, rows = centers.shape[0], counts.shape[0]
+    order = torch.argsort(centers, stable=True)
+    sorted_centers = centers[order]
+    row_start = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(order)
+    slot[order] = sorted_centers * k + torch.arange(num_pairs, device=device) - row_start[sorted_centers]
+
+    reverse_pair, unmatched = _matched_reverses(pair_index, codes, reverse_codes, num_atoms, radix)
+
+    flat_slots = torch.arange(rows * k, device=device)
+    neighbor_index = flat_slots // k
+    neighbor_index[slot] = neighbors
+    reverse_index = flat_slots.clone()
+    reverse_index[slot] = slot[reverse_pair]
+    neighbor_shifts = pair_shifts.new_zeros((rows * k, 3))
+    neighbor_shifts[slot] = pair_shifts
+    neighbor_mask = pair_shifts.new_zeros(rows * k)
+    neighbor_mask[slot] = 1.0
+    return (
+        neighbor_index.reshape(rows, k),
+        neighbor_shifts.reshape(rows, k, 3),
+        neighbor_mask.reshape(rows, k),
+        reverse_index.reshape(rows, k),
+        unmatched,
+    )
 
 
 def _lexicographic_order(keys: torch.Tensor) -> torch.Tensor:
@@ -262,49 +296,38 @@ def _lexicographic_order(keys: torch.Tensor) -> torch.Tensor:
     return order
 
 
-def _shift_codes(pair_shifts: torch.Tensor, lattice_shifts: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
-    """For each shift component: codes of ``s`` and of ``-s`` (non-negative integers, equal exactly
-    where the shifts are) and their radix.
+def _shift_codes(pair_shifts: torch.Tensor, lattice_shifts: torch.Tensor | None, reach: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Codes of every pair's shift ``s`` and of ``-s`` ([E, 3] non-negative integers, equal exactly
+    where the shift components are) and their radix.
 
-    Integer lattice shifts are their own codes (offset by the largest magnitude). Cartesian
-    shifts (to 1e-4 Å) are replaced by their rank among the values that occur: one sort each.
+    Integer lattice shifts are their own codes, offset by ``reach`` (their largest magnitude).
+    Cartesian shifts (to 1e-4 Å) are replaced by their rank among the values that occur, as ``s`` or
+    ``-s``, in any component: one sort. Either way the set of values is symmetric, so the code of
+    ``-s`` is ``radix - 1`` minus the code of ``s``.
     """
     if lattice_shifts is not None:
-        reach = int(lattice_shifts.abs().max())
-        lattice = lattice_shifts.to(torch.int64)
-        return [(reach + lattice[:, c], reach - lattice[:, c], 2 * reach + 1) for c in range(3)]
-    num_pairs = pair_shifts.shape[0]
-    shift_key = torch.round(pair_shifts.double() * 1e4).to(torch.int64)
-    codes = []
-    for component in range(3):
-        values, ranks = torch.unique(torch.cat([shift_key[:, component], -shift_key[:, component]]), return_inverse=True)
-        codes.append((ranks[:num_pairs], ranks[num_pairs:], values.numel()))
-    return codes
+        codes, radix = lattice_shifts.to(torch.int64) + reach, 2 * reach + 1
+    else:
+        shift_key = torch.round(pair_shifts.double() * 1e4).to(torch.int64)
+        values, ranks = torch.unique(torch.cat([shift_key, -shift_key]), return_inverse=True)
+        codes, radix = ranks[: shift_key.shape[0]], values.numel()
+    return codes, (radix - 1) - codes, max(radix, 1)
 
 
 def _pair_keys(
-    pair_index: torch.Tensor, pair_shifts: torch.Tensor, num_atoms: int, lattice_shifts: torch.Tensor | None
+    pair_index: torch.Tensor, codes: torch.Tensor, reverse_codes: torch.Tensor, num_atoms: int, radix: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integer keys of ``(i, j, s)`` and of ``(j, i, -s)`` for every pair, one row each.
-
-    The five columns (two atoms, three shift codes: :func:`_shift_codes`) usually fit one int64
-    (mixed radix): one sort instead of five. Where they do not fit, the five columns are returned
-    as they are.
-    """
-    codes = _shift_codes(pair_shifts, lattice_shifts)
-    columns = [pair_index[0], pair_index[1]] + [code for code, _, _ in codes]
-    reverse_columns = [pair_index[1], pair_index[0]] + [reverse for _, reverse, _ in codes]
-    radices = [num_atoms, num_atoms] + [radix for _, _, radix in codes]
-    if math.prod(radices) >= 2**62:
-        return torch.stack(columns, dim=1), torch.stack(reverse_columns, dim=1)
-
-    def combined(parts: list[torch.Tensor]) -> torch.Tensor:
-        key = parts[0]
-        for part, radix in zip(parts[1:], radices[1:]):
-            key = key * radix + part
-        return key.unsqueeze(1)
-
-    return combined(columns), combined(reverse_columns)
+    """Integer keys of ``(i, j, s)`` and of ``(j, i, -s)`` for every pair, one row each: five
+    columns (two atoms, three shift codes of ``radix``: :func:`_shift_codes`), combined into one
+    int64 (mixed radix: one sort instead of five) where they fit."""
+    if num_atoms**2 * radix**3 >= 2**62:
+        return torch.cat([pair_index.T, codes], dim=1), torch.cat([pair_index.flip(0).T, reverse_codes], dim=1)
+    centers, neighbors = pair_index[0], pair_index[1]
+    key, reverse_key = torch.add(neighbors, centers, alpha=num_atoms), torch.add(centers, neighbors, alpha=num_atoms)
+    for component in range(3):  # key * radix + code, one kernel each
+        key = torch.add(codes[:, component], key, alpha=radix)
+        reverse_key = torch.add(reverse_codes[:, component], reverse_key, alpha=radix)
+    return key.unsqueeze(1), reverse_key.unsqueeze(1)
 
 
 def _reverse_pairs(
@@ -312,30 +335,52 @@ def _reverse_pairs(
 ) -> torch.Tensor:
     """For each pair ``(i, j, s)`` the index of ``(j, i, -s)``; shifts are matched exactly on
     ``lattice_shifts`` where given, else on ``pair_shifts`` to 1e-4 Å. Atoms are ``0..num_atoms-1``.
+    Raises :class:`InterfaceError` naming a pair without one."""
+    if pair_index.shape[1] == 0:
+        return pair_index.new_zeros(0)
+    reach = int(lattice_shifts.abs().max()) if lattice_shifts is not None else 0
+    codes, reverse_codes, radix = _shift_codes(pair_shifts, lattice_shifts, reach)
+    reverse, unmatched = _matched_reverses(pair_index, codes, reverse_codes, num_atoms, radix)
+    if bool(unmatched):
+        _raise_missing_reverse(pair_index, codes, reverse_codes, num_atoms, radix)
+    return reverse
+
+
+def _sorted_keys(pair_index: torch.Tensor, codes: torch.Tensor, reverse_codes: torch.Tensor, num_atoms: int, radix: int):
+    """The keys and reverse keys of :func:`_pair_keys` and the orders that sort each."""
+    keys, reverse_keys = _pair_keys(pair_index, codes, reverse_codes, num_atoms, radix)
+    return keys, reverse_keys, _lexicographic_order(keys), _lexicographic_order(reverse_keys)
+
+
+def _matched_reverses(
+    pair_index: torch.Tensor, codes: torch.Tensor, reverse_codes: torch.Tensor, num_atoms: int, radix: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each pair the index of its reverse, and whether some pair has none (a [] bool tensor,
+    left on the device).
 
     The keys ``(i, j, s)`` and the reverse keys ``(j, i, -s)`` of a full list are the same set:
-    sorting both lines every pair up with its reverse (exact, O(E log E), no hashing). The
-    key comparison below works on one combined column or on five.
+    sorting both lines every pair up with its reverse (exact, O(E log E), no hashing).
     """
-    num_pairs = pair_index.shape[1]
-    if num_pairs == 0:
-        return pair_index.new_zeros(0)
-    keys, reverse_keys = _pair_keys(pair_index, pair_shifts, num_atoms, lattice_shifts)
-    key_order, reverse_order = _lexicographic_order(keys), _lexicographic_order(reverse_keys)
-    differs = keys[key_order] != reverse_keys[reverse_order]
-    unmatched = differs.any(dim=1)
-    if bool(unmatched.any()):
-        # At the first mismatch the smaller row has no partner: a key nobody reverses to, or a
-        # reverse key that is nobody's key. Either way that row's pair has no reverse.
-        row = int(torch.nonzero(unmatched)[0, 0])
-        column = int(torch.nonzero(differs[row])[0, 0])
-        key_is_smaller = bool(keys[key_order[row], column] < reverse_keys[reverse_order[row], column])
-        missing = int(key_order[row] if key_is_smaller else reverse_order[row])
-        i, j = (int(v) for v in pair_index[:, missing])
-        raise InterfaceError(
-            f"pair_index: pair {missing} ({i} -> {j}) has no reverse pair ({j} -> {i}, opposite shift) | "
-            "the interface needs a full neighbor list (both directions)"
-        )
+    keys, reverse_keys, key_order, reverse_order = _sorted_keys(pair_index, codes, reverse_codes, num_atoms, radix)
+    unmatched = (keys[key_order] != reverse_keys[reverse_order]).any()
     reverse = torch.empty_like(key_order)
     reverse[reverse_order] = key_order
-    return reverse
+    return reverse, unmatched
+
+
+def _raise_missing_reverse(pair_index: torch.Tensor, codes: torch.Tensor, reverse_codes: torch.Tensor, num_atoms: int, radix: int):
+    """Raise the :class:`InterfaceError` of a list whose keys and reverse keys differ, naming the
+    pair without a reverse that comes first in the sorted keys."""
+    keys, reverse_keys, key_order, reverse_order = _sorted_keys(pair_index, codes, reverse_codes, num_atoms, radix)
+    differs = keys[key_order] != reverse_keys[reverse_order]
+    # At the first mismatch the smaller row has no partner: a key nobody reverses to, or a
+    # reverse key that is nobody's key. Either way that row's pair has no reverse.
+    row = int(torch.nonzero(differs.any(dim=1))[0, 0])
+    column = int(torch.nonzero(differs[row])[0, 0])
+    key_is_smaller = bool(keys[key_order[row], column] < reverse_keys[reverse_order[row], column])
+    missing = int(key_order[row] if key_is_smaller else reverse_order[row])
+    i, j = (int(v) for v in pair_index[:, missing])
+    raise InterfaceError(
+        f"pair_index: pair {missing} ({i} -> {j}) has no reverse pair ({j} -> {i}, opposite shift) | "
+        "the interface needs a full neighbor list (both directions)"
+    )

@@ -52,9 +52,15 @@ def has_vesin_torch() -> bool:
 def table_feeds(inputs: AtomicInputs, device: torch.device, padding_species: int) -> dict[str, torch.Tensor]:
     """Neighbor-table feeds of ``inputs`` padded to their bucket in :data:`UNBOUNDED`, on ``device``."""
     built_there = inputs.positions.device == device or inputs.num_pairs >= PAIRS_BUILT_ON_DEVICE
-    where = device if built_there else torch.device("cpu")
-    feeds = NEIGHBOR_TABLE.feeds(inputs.to(where, torch.float32))
-    return on_device(pad_table_feeds(feeds, choose_bucket(*table_sizes(feeds), [UNBOUNDED]), padding_species), device)
+    inputs = inputs.to(device if built_there else torch.device("cpu"), torch.float32)
+    bucket = choose_bucket(inputs.num_atoms, largest_row(inputs), inputs.num_structures, [UNBOUNDED])
+    feeds = NEIGHBOR_TABLE.feeds(inputs, width=bucket.neighbors, rows=bucket.atoms)  # the table at the bucket's shape
+    return on_device(pad_table_feeds(feeds, bucket, padding_species), device)
+
+
+def largest_row(inputs: AtomicInputs) -> int:
+    """The most pairs any atom of ``inputs`` is the center of (0 without pairs): the table's width."""
+    return int(torch.bincount(inputs.pair_index[0]).max()) if inputs.num_pairs else 0
 
 
 def on_device(feeds: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -127,29 +127,20 @@ def pad_table_feeds(feeds: dict[str, torch.Tensor], bucket: ShapeBucket, padding
     """Neighbor-table feeds padded to ``bucket`` (N, K, B); ``padding_species`` is a species the model knows.
 
     Real atoms keep their rows (first N_real), real structures their indices (first B_real);
-    reverse indices are renumbered for the new width ``K``.
+    reverse indices are renumbered for the new width ``K``. A table already built with the
+    bucket's rows and width (``NeighborTable.from_pair_list(num_rows=...)``) is kept as it is.
     """
-    num_atoms, width, num_structures = table_sizes(feeds)
+    num_atoms, num_structures = feeds["positions"].shape[0], feeds["cell"].shape[0]
+    table_rows, width = feeds["neighbor_index"].shape
     padded_atoms, padded_width, padded_structures = bucket.shape
-    if padded_atoms < num_atoms or padded_width < width or padded_structures < num_structures:
-        raise ValueError(f"bucket {bucket.shape} is smaller than the feeds {(num_atoms, width, num_structures)}")
+    if padded_atoms < table_rows or padded_width < width or padded_structures < num_structures:
+        raise ValueError(f"bucket {bucket.shape} is smaller than the feeds {(table_rows, width, num_structures)}")
     if padded_atoms > num_atoms and padded_structures == num_structures:
         raise ValueError(f"bucket {bucket.shape} pads atoms but has no spare structure to hold them")
-    index = feeds["neighbor_index"]
-    device = index.device
-
-    rows = torch.arange(padded_atoms, device=device)
-    columns = torch.arange(padded_width, device=device)
-    own_slots = rows.unsqueeze(1) * padded_width + columns.unsqueeze(0)  # [N', K'] flat slot of (i, k)
-    neighbor_index = rows.unsqueeze(1).expand(padded_atoms, padded_width).clone()
-    neighbor_index[:num_atoms, :width] = index
-    old_reverse = feeds["reverse_index"]
-    reverse_index = own_slots.clone()
-    reverse_index[:num_atoms, :width] = (old_reverse // width) * padded_width + old_reverse % width
-    neighbor_mask = feeds["neighbor_mask"].new_zeros((padded_atoms, padded_width))
-    neighbor_mask[:num_atoms, :width] = feeds["neighbor_mask"]
-    neighbor_shifts = feeds["neighbor_shifts"].new_zeros((padded_atoms, padded_width, 3))
-    neighbor_shifts[:num_atoms, :width] = feeds["neighbor_shifts"]
+    device = feeds["neighbor_index"].device
+    table = {name: feeds[name] for name in TABLE_NAMES}
+    if (table_rows, width) != (padded_atoms, padded_width):
+        table = _padded_table(table, padded_atoms, padded_width)
 
     positions = feeds["positions"].new_zeros((padded_atoms, 3))
     positions[:num_atoms] = feeds["positions"]
@@ -159,17 +150,32 @@ def pad_table_feeds(feeds: dict[str, torch.Tensor], bucket: ShapeBucket, padding
     structure_index[:num_atoms] = feeds["structure_index"]
     cell = feeds["cell"].new_zeros((padded_structures, 3, 3))
     cell[:num_structures] = feeds["cell"]
-    padded = {
-        "positions": positions,
-        "species": species,
-        "neighbor_index": neighbor_index,
-        "neighbor_shifts": neighbor_shifts,
-        "neighbor_mask": neighbor_mask,
-        "reverse_index": reverse_index,
-        "structure_index": structure_index,
-        "cell": cell,
-    }
+    padded = {"positions": positions, "species": species, **table, "structure_index": structure_index, "cell": cell}
     return {name: padded[name] for name in feeds}
+
+
+TABLE_NAMES = ("neighbor_index", "neighbor_shifts", "neighbor_mask", "reverse_index")
+"""The feeds of the table itself ([N, K] and [N, K, 3]); the others are per atom or per structure."""
+
+
+def _padded_table(table: dict[str, torch.Tensor], padded_atoms: int, padded_width: int) -> dict[str, torch.Tensor]:
+    """The :data:`TABLE_NAMES` tensors of ``table`` grown to ``padded_atoms`` rows of
+    ``padded_width`` slots: new slots are padding (own row, own slot, mask 0, shift 0)."""
+    index = table["neighbor_index"]
+    num_rows, width = index.shape
+    rows = torch.arange(padded_atoms, device=index.device)
+    columns = torch.arange(padded_width, device=index.device)
+    own_slots = rows.unsqueeze(1) * padded_width + columns.unsqueeze(0)  # [N', K'] flat slot of (i, k)
+    neighbor_index = rows.unsqueeze(1).expand(padded_atoms, padded_width).clone()
+    neighbor_index[:num_rows, :width] = index
+    old_reverse = table["reverse_index"]
+    reverse_index = own_slots.clone()
+    reverse_index[:num_rows, :width] = (old_reverse // width) * padded_width + old_reverse % width
+    neighbor_mask = table["neighbor_mask"].new_zeros((padded_atoms, padded_width))
+    neighbor_mask[:num_rows, :width] = table["neighbor_mask"]
+    neighbor_shifts = table["neighbor_shifts"].new_zeros((padded_atoms, padded_width, 3))
+    neighbor_shifts[:num_rows, :width] = table["neighbor_shifts"]
+    return {"neighbor_index": neighbor_index, "neighbor_shifts": neighbor_shifts, "neighbor_mask": neighbor_mask, "reverse_index": reverse_index}
 
 
 def strip_padding(outputs: dict[str, torch.Tensor], num_atoms: int, num_structures: int) -> dict[str, torch.Tensor]:

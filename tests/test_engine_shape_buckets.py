@@ -213,3 +213,28 @@ def test_a_table_one_neighbor_wide_gets_a_one_wide_bucket():
     """Width 1 (and an empty table's width 0) take the narrowest bucket the profile allows, 1."""
     assert choose_bucket(5, 1, 1, [SMALL]).neighbors == 1
     assert choose_bucket(5, 0, 1, [SMALL]).neighbors == 1
+
+
+def test_a_table_built_at_the_buckets_shape_equals_the_padded_table():
+    """``table_feeds``' route: the table built with the bucket's rows and width
+    (``NEIGHBOR_TABLE.feeds(rows=, width=)``), then only the per-atom feeds padded, gives the padded
+    table slot for slot, reverse slots renumbered for the width included; ``pad_table_feeds``
+    keeps such a table's tensors as they are."""
+    structures = [structure_zoo()["CH4"], structure_zoo()["diamond-primitive"], structure_zoo()["triclinic"]]
+    inputs = batch_inputs(structures, [compute_pairs(atoms, 4.0) for atoms in structures], dtype=torch.float32)
+    feeds = NEIGHBOR_TABLE.feeds(inputs)
+    n, k, b = table_sizes(feeds)
+    bucket = ShapeBucket(0, n + 5, k + 3, b + 1)
+    expected = pad_table_feeds(feeds, bucket, padding_species=1)
+    built = NEIGHBOR_TABLE.feeds(inputs, rows=bucket.atoms, width=bucket.neighbors)
+    assert table_sizes(built) == (n + 5, k + 3, b) and built["positions"].shape == (n, 3)
+    padded = pad_table_feeds(built, bucket, padding_species=1)
+    for name in expected:
+        assert torch.equal(padded[name], expected[name]), name
+    assert padded["neighbor_index"] is built["neighbor_index"] and padded["reverse_index"] is built["reverse_index"]
+
+
+def test_a_table_with_fewer_rows_than_atoms_is_refused():
+    pair_index = torch.tensor([[0, 1], [1, 0]])
+    with pytest.raises(ValueError, match="num_rows=1 is fewer than the 2 atoms"):
+        NeighborTable.from_pair_list(pair_index, torch.zeros(2, 3), 2, num_rows=1)

@@ -233,8 +233,3 @@ def test_a_table_built_at_the_buckets_shape_equals_the_padded_table():
         assert torch.equal(padded[name], expected[name]), name
     assert padded["neighbor_index"] is built["neighbor_index"] and padded["reverse_index"] is built["reverse_index"]
 
-
-def test_a_table_with_fewer_rows_than_atoms_is_refused():
-    pair_index = torch.tensor([[0, 1], [1, 0]])
-    with pytest.raises(ValueError, match="num_rows=1 is fewer than the 2 atoms"):
-        NeighborTable.from_pair_list(pair_index, torch.zeros(2, 3), 2, num_rows=1)

@@ -67,6 +67,7 @@ def test_table_without_pairs_is_all_padding(max_neighbors, lattice_shifts):
     assert table.reverse_index.reshape(-1).tolist() == list(range(3 * k))
     assert not bool(table.neighbor_mask.any())
     assert reverse_pairs(torch.zeros(2, 0, dtype=torch.int64), zero_shifts(0)).shape == (0,)
+    assert _reverse_pairs(torch.zeros(2, 0, dtype=torch.int64), zero_shifts(0), 3, lattice_shifts).shape == (0,)
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
@@ -93,13 +94,14 @@ def test_reverse_pairs_of_a_list_in_any_order():
 
 
 def test_reverse_pairs_with_keys_too_wide_for_one_int64():
-    """Atom ids up to M = 2^32 - 1 and x shifts of +-2.5 Å: the mixed-radix key
-    (i 2^32 + j) 2 + rank(x shift) spans 2^65 values, so in one int64 it would lose the top bit of
-    i and confuse the pairs (2^31, 9) and (0, 9). Each pair must still find its own reverse."""
+    """Atom ids up to M = 2^32 - 1 and shifts of +-2.5 Å along every axis (the shift values -2.5 and
+    2.5: radix 2): the mixed-radix key ((i 2^32 + j) 2 + x) 2^2 + ... spans 2^67 values, so in one
+    int64 it would lose the top bits of i and confuse the pairs (2^31, 9) and (0, 9). Each pair
+    must still find its own reverse."""
     m, h = 2**32 - 1, 2**31
     pair_index = torch.tensor([[h, 0, 9, 9, m, m], [9, 9, 0, h, m, m]])
-    shifts = torch.zeros(6, 3, dtype=torch.float64)
-    shifts[:, 0] = torch.tensor([2.5, 2.5, -2.5, -2.5, 2.5, -2.5])
+    signs = torch.tensor([1.0, 1.0, -1.0, -1.0, 1.0, -1.0], dtype=torch.float64)
+    shifts = 2.5 * signs.unsqueeze(1).expand(6, 3)
     assert reverse_pairs(pair_index, shifts).tolist() == [3, 2, 1, 0, 5, 4]
 
 
@@ -170,6 +172,25 @@ def test_of_several_orphans_the_first_in_center_neighbor_order_is_named(offset):
     pair_index = torch.tensor([[0, 0, 0, 1, 3], [6, 1, 5, 0, 2]]) + offset
     with pytest.raises(InterfaceError, match=rf"pair 2 \({offset} -> {offset + 5}\) has no reverse pair"):
         reverse_pairs(pair_index, zero_shifts(5))
+
+
+def test_rows_beyond_the_atoms_are_padding_rows():
+    """``num_rows`` above the atoms (a shape bucket's): the atoms' rows as without it, each extra row
+    all padding (its own atom, its own slots as reverses, mask 0, shift 0); fewer rows than atoms
+    are refused."""
+    pair_index, shifts, num_atoms = zoo_pairs_shuffled()
+    table = NeighborTable.from_pair_list(pair_index, shifts, num_atoms)
+    k = table.max_neighbors
+    grown = NeighborTable.from_pair_list(pair_index, shifts, num_atoms, num_rows=num_atoms + 3)
+    assert grown.num_atoms == num_atoms + 3 and grown.max_neighbors == k
+    for name in ("neighbor_index", "neighbor_shifts", "neighbor_mask", "reverse_index"):
+        assert torch.equal(getattr(grown, name)[:num_atoms], getattr(table, name)), name
+    extra = torch.arange(num_atoms, num_atoms + 3)
+    assert torch.equal(grown.neighbor_index[num_atoms:], extra.unsqueeze(1).expand(3, k))
+    assert torch.equal(grown.reverse_index[num_atoms:].reshape(-1), torch.arange(num_atoms * k, (num_atoms + 3) * k))
+    assert not bool(grown.neighbor_mask[num_atoms:].any()) and not bool(grown.neighbor_shifts[num_atoms:].any())
+    with pytest.raises(ValueError, match=rf"num_rows={num_atoms - 1} is fewer than the {num_atoms} atoms"):
+        NeighborTable.from_pair_list(pair_index, shifts, num_atoms, num_rows=num_atoms - 1)
 
 
 @pytest.mark.parametrize("num_pairs", [0, 2])

@@ -212,7 +212,7 @@ class NeighborTable:
 
         ``lattice_shifts`` [E, 3] int, where the neighbor search gave them: the pairs' integer cell
         shifts (``pair_shifts = lattice_shifts @ cell``); reverse pairs are then matched on them,
-        which skips ranking the float shifts (three sorts and waits for the device).
+        which skips ranking the float shifts (a sort of every shift value and a wait for the device).
         ``num_rows`` (default ``num_atoms``): rows of the table; those from ``num_atoms`` on are
         atoms without pairs, all padding (a shape bucket's rows, built here instead of added after).
 

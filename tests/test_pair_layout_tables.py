@@ -277,7 +277,7 @@ def test_lattice_keys_too_wide_for_one_int64_stay_columns():
 
 def test_table_feeds_take_the_lattice_shifts_and_rank_no_float_shifts(monkeypatch):
     """The graphs' table feeds of inputs that carry lattice shifts are built on them: the same
-    feeds as without them, and the float shifts are never ranked (``torch.unique``: a sort each)."""
+    feeds as without them, and the float shifts are never ranked (``torch.unique``: a sort)."""
     batch = zoo_batch_with_lattice_shifts()
     expected = NEIGHBOR_TABLE.feeds(replace(batch, lattice_shifts=None))
 

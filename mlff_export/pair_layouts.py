@@ -230,11 +230,30 @@ class NeighborTable:
                 f"neighbor table: atom {int(counts.argmax())} has {largest_row} pairs | "
                 f"max_neighbors={k} | use a larger max_neighbors (shape bucket)"
             )
-        codes, reverse_codes, radix = _shift_codes(pair_shifts, lattice_shifts, reach)
-        *tensors, unmatched = _table_tensors(pair_index, pair_shifts, codes, reverse_codes, counts, num_atoms, radix, max(k, 1))
-        if pair_index.shape[1] and bool(unmatched):
-            _raise_missing_reverse(pair_index, codes, reverse_codes, num_atoms, radix)
-        return cls(*tensors)
+        k = max(k, 1)
+        centers, neighbors = pair_index[0], pair_index[1]
+        order = torch.argsort(centers, stable=True)
+        sorted_centers = centers[order]
+        row_start = torch.cumsum(counts, 0) - counts
+        slot = torch.empty_like(order)
+        slot[order] = sorted_centers * k + torch.arange(centers.shape[0], device=centers.device) - row_start[sorted_centers]
+
+        reverse_pair = _reverse_pairs(pair_index, pair_shifts, num_atoms, lattice_shifts, reach)
+        flat_slots = torch.arange(rows * k, device=centers.device)
+        neighbor_index = flat_slots // k
+        neighbor_index[slot] = neighbors
+        reverse_index = flat_slots.clone()
+        reverse_index[slot] = slot[reverse_pair]
+        neighbor_shifts = pair_shifts.new_zeros((rows * k, 3))
+        neighbor_shifts[slot] = pair_shifts
+        neighbor_mask = pair_shifts.new_zeros(rows * k)
+        neighbor_mask[slot] = 1.0
+        return cls(
+            neighbor_index=neighbor_index.reshape(rows, k),
+            neighbor_shifts=neighbor_shifts.reshape(rows, k, 3),
+            neighbor_mask=neighbor_mask.reshape(rows, k),
+            reverse_index=reverse_index.reshape(rows, k),
+        )
 
 
 def _largest_row_and_reach(counts: torch.Tensor, lattice_shifts: torch.Tensor | None) -> tuple[int, int]:
@@ -244,48 +263,6 @@ def _largest_row_and_reach(counts: torch.Tensor, lattice_shifts: torch.Tensor | 
         return int(counts.max()) if counts.numel() else 0, 0
     largest_row, reach = torch.stack([counts.max(), lattice_shifts.abs().max().to(counts.dtype)]).tolist()
     return largest_row, reach
-
-
-def _table_tensors(
-    pair_index: torch.Tensor,
-    pair_shifts: torch.Tensor,
-    codes: torch.Tensor,
-    reverse_codes: torch.Tensor,
-    counts: torch.Tensor,
-    num_atoms: int,
-    radix: int,
-    k: int,
-) -> tuple[torch.Tensor, ...]:
-    """neighbor_index, neighbor_shifts, neighbor_mask, reverse_index of the table with ``counts``'
-    rows of ``k`` slots, and whether some pair has no reverse (a [] bool tensor, left on the
-    device: :meth:`NeighborTable.from_pair_list` reads it with nothing else to wait for)."""
-    device = pair_index.device
-    centers, neighbors = pair_index[0], pair_index[1]
-    num_pairs, rows = centers.shape[0], counts.shape[0]
-    order = torch.argsort(centers, stable=True)
-    sorted_centers = centers[order]
-    row_start = torch.cumsum(counts, 0) - counts
-    slot = torch.empty_like(order)
-    slot[order] = sorted_centers * k + torch.arange(num_pairs, device=device) - row_start[sorted_centers]
-
-    reverse_pair, unmatched = _matched_reverses(pair_index, codes, reverse_codes, num_atoms, radix)
-
-    flat_slots = torch.arange(rows * k, device=device)
-    neighbor_index = flat_slots // k
-    neighbor_index[slot] = neighbors
-    reverse_index = flat_slots.clone()
-    reverse_index[slot] = slot[reverse_pair]
-    neighbor_shifts = pair_shifts.new_zeros((rows * k, 3))
-    neighbor_shifts[slot] = pair_shifts
-    neighbor_mask = pair_shifts.new_zeros(rows * k)
-    neighbor_mask[slot] = 1.0
-    return (
-        neighbor_index.reshape(rows, k),
-        neighbor_shifts.reshape(rows, k, 3),
-        neighbor_mask.reshape(rows, k),
-        reverse_index.reshape(rows, k),
-        unmatched,
-    )
 
 
 def _lexicographic_order(keys: torch.Tensor) -> torch.Tensor:
@@ -331,18 +308,30 @@ def _pair_keys(
 
 
 def _reverse_pairs(
-    pair_index: torch.Tensor, pair_shifts: torch.Tensor, num_atoms: int, lattice_shifts: torch.Tensor | None = None
+    pair_index: torch.Tensor,
+    pair_shifts: torch.Tensor,
+    num_atoms: int,
+    lattice_shifts: torch.Tensor | None = None,
+    reach: int | None = None,
 ) -> torch.Tensor:
     """For each pair ``(i, j, s)`` the index of ``(j, i, -s)``; shifts are matched exactly on
-    ``lattice_shifts`` where given, else on ``pair_shifts`` to 1e-4 Å. Atoms are ``0..num_atoms-1``.
-    Raises :class:`InterfaceError` naming a pair without one."""
+    ``lattice_shifts`` where given, else on ``pair_shifts`` to 1e-4 Å. Atoms are ``0..num_atoms-1``;
+    ``reach``: the lattice shifts' largest component, where the caller has read it already.
+    Raises :class:`InterfaceError` naming a pair without one.
+
+    The keys ``(i, j, s)`` and the reverse keys ``(j, i, -s)`` of a full list are the same set:
+    sorting both lines every pair up with its reverse (exact, O(E log E), no hashing).
+    """
     if pair_index.shape[1] == 0:
         return pair_index.new_zeros(0)
-    reach = int(lattice_shifts.abs().max()) if lattice_shifts is not None else 0
+    if reach is None:
+        reach = int(lattice_shifts.abs().max()) if lattice_shifts is not None else 0
     codes, reverse_codes, radix = _shift_codes(pair_shifts, lattice_shifts, reach)
-    reverse, unmatched = _matched_reverses(pair_index, codes, reverse_codes, num_atoms, radix)
-    if bool(unmatched):
+    keys, reverse_keys, key_order, reverse_order = _sorted_keys(pair_index, codes, reverse_codes, num_atoms, radix)
+    if bool((keys[key_order] != reverse_keys[reverse_order]).any()):
         _raise_missing_reverse(pair_index, codes, reverse_codes, num_atoms, radix)
+    reverse = torch.empty_like(key_order)
+    reverse[reverse_order] = key_order
     return reverse
 
 
@@ -350,22 +339,6 @@ def _sorted_keys(pair_index: torch.Tensor, codes: torch.Tensor, reverse_codes: t
     """The keys and reverse keys of :func:`_pair_keys` and the orders that sort each."""
     keys, reverse_keys = _pair_keys(pair_index, codes, reverse_codes, num_atoms, radix)
     return keys, reverse_keys, _lexicographic_order(keys), _lexicographic_order(reverse_keys)
-
-
-def _matched_reverses(
-    pair_index: torch.Tensor, codes: torch.Tensor, reverse_codes: torch.Tensor, num_atoms: int, radix: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each pair the index of its reverse, and whether some pair has none (a [] bool tensor,
-    left on the device).
-
-    The keys ``(i, j, s)`` and the reverse keys ``(j, i, -s)`` of a full list are the same set:
-    sorting both lines every pair up with its reverse (exact, O(E log E), no hashing).
-    """
-    keys, reverse_keys, key_order, reverse_order = _sorted_keys(pair_index, codes, reverse_codes, num_atoms, radix)
-    unmatched = (keys[key_order] != reverse_keys[reverse_order]).any()
-    reverse = torch.empty_like(key_order)
-    reverse[reverse_order] = key_order
-    return reverse, unmatched
 
 
 def _raise_missing_reverse(pair_index: torch.Tensor, codes: torch.Tensor, reverse_codes: torch.Tensor, num_atoms: int, radix: int):
